@@ -1,0 +1,64 @@
+"""Fine-tune a downstream head on a (frozen or partly unfrozen) speech backbone, fold by fold.
+
+cd experiment && python3 finetune_single_thread.py --pretrain_model apc --dataset iemocap \
+    --learning_rate 0.0005 --downstream_model cnn --num_epochs 30 --num_layers 3 --conv_layers 2 \
+    --pooling mean --hidden_size 128
+"""
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.cli import base_parser, parse_folds  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.data import load_fold  # noqa: E402
+from utils.datasets import get_corpus  # noqa: E402
+from utils.errors import TrustSerError, run_main  # noqa: E402
+from utils.finetune import fold_finished, train_fold  # noqa: E402
+from utils.paths import finetune_dir  # noqa: E402
+from utils.pipeline import aggregate, make_backbone, make_source, resolve_device, run_flags, setup_logging  # noqa: E402
+
+log = logging.getLogger("trust-ser")
+RESULT_KEYS = ["uar", "acc", "macro_f1"]
+
+
+def main() -> None:
+    args = base_parser(__doc__.splitlines()[0]).parse_args()
+    setup_logging()
+    config = load_config(args.config)
+    corpus = get_corpus(args.dataset)
+    folds = parse_folds(args.folds, corpus.fold_ids())
+    run_dir = finetune_dir(config["project_dir"], args)
+    if args.aggregate_only:
+        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args))
+        log.info(f"results: {run_dir / 'results.json'}")
+        return
+    todo = [f for f in folds if args.overwrite or not fold_finished(run_dir, f)]
+    for f in sorted(set(folds) - set(todo)):
+        log.info(f"fold {f}: already finished in {run_dir}, skipping (--overwrite to redo)")
+    device = resolve_device(args.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    backbone = make_backbone(args, device)
+    initial = {k: v.clone() for k, v in backbone.state_dict().items()} if args.finetune != "frozen" else None
+    source = make_source(args, backbone, device, config["project_dir"], grad_backbone=args.finetune != "frozen")
+    for fold in todo:
+        if args.overwrite:
+            (run_dir / f"fold_{fold}_last.pt").unlink(missing_ok=True)
+        if initial is not None:
+            backbone.load_state_dict(initial)   # every fold starts from the pretrained backbone
+        data = {split: source.prepare(utts) for split, utts in load_fold(config["project_dir"], args.dataset, fold).items()}
+        for split, utts in data.items():
+            if not utts:
+                raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
+        train_fold(args, fold, data, backbone, source, run_dir, device, corpus.class_names)
+        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args))
+    results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args))
+    if hasattr(source, "disk_bytes"):
+        log.info(f"feature cache: {source.stats}, {source.disk_bytes() / 2**20:.1f} MiB on disk under {source.cache_root}")
+    log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "
+             f"{results['meta']['folds_done']}; results: {run_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,152 @@
+"""Shared pieces of the train_split_gen scripts: --config, folds, reading label files, writing the splits.
+
+Every script writes `{"train": [...], "dev": [...], "test": [...]}` with entries
+`[key, speaker_id, gender, path, label]` to utils.paths.split_path(project_dir, dataset, fold).
+"""
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Hashable, Iterable, Sequence
+
+import pandas as pd
+
+from utils.config import corpus_dir, load_config
+from utils.errors import TrustSerError
+from utils.io import write_json
+from utils.paths import split_path
+
+SPLITS = ("train", "dev", "test")
+log = logging.getLogger("train_split_gen")
+
+# (group, entry): the group (session or speaker) decides the split of the entry in each fold
+Item = tuple[Hashable, list]
+
+
+def corpus_and_project_dir(dataset: str, description: str) -> tuple[Path, Path]:
+    """Parse --config and set up logging; return (the corpus folder as distributed, project_dir)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s ==> %(message)s", level=logging.INFO,
+                        datefmt="%Y-%m-%d %H:%M:%S")
+    config = load_config(args.config)
+    return corpus_dir(config, dataset), Path(config["project_dir"])
+
+
+@dataclass(frozen=True)
+class Fold:
+    number: int          # 1-based, as in <name>_fold<number>.json
+    train: tuple
+    dev: tuple
+    test: tuple
+
+    def split_of(self, group: Hashable) -> str:
+        """Groups in neither test nor dev go to train, as in the original (its `else` branch)."""
+        if group in self.test:
+            return "test"
+        if group in self.dev:
+            return "dev"
+        return "train"
+
+
+def kfold_indices(n_samples: int, n_splits: int) -> list[tuple[list[int], list[int]]]:
+    """(train, test) indices of sklearn's KFold(n_splits, shuffle=False): contiguous test blocks,
+    the first n_samples % n_splits blocks one longer."""
+    if not 2 <= n_splits <= n_samples:
+        raise ValueError(f"KFold needs 2 <= n_splits ({n_splits}) <= n_samples ({n_samples})")
+    sizes = [n_samples // n_splits + (1 if i < n_samples % n_splits else 0) for i in range(n_splits)]
+    folds, start = [], 0
+    for size in sizes:
+        test = list(range(start, start + size))
+        folds.append(([i for i in range(n_samples) if not start <= i < start + size], test))
+        start += size
+    return folds
+
+
+def last_one(n_train: int) -> int:
+    """Dev size for session folds: the last training session."""
+    return 1
+
+
+def last_fifth(n_train: int) -> int:
+    """Dev size for speaker folds. The original's `train[-len(train)//5:]` parses as
+    `train[(-len(train))//5:]`, i.e. the last ceil(n/5) groups (15 of 72 CREMA-D speakers, not 14)."""
+    return -(-n_train // 5)
+
+
+def kfold(groups: Sequence[Hashable], n_splits: int, dev_size: Callable[[int], int]) -> list[Fold]:
+    """KFold over groups (no shuffle); the last dev_size(len(train)) training groups become dev."""
+    folds = []
+    for number, (train_idx, test_idx) in enumerate(kfold_indices(len(groups), n_splits), start=1):
+        n_dev = dev_size(len(train_idx))
+        folds.append(Fold(number,
+                          train=tuple(groups[i] for i in train_idx[:-n_dev]),
+                          dev=tuple(groups[i] for i in train_idx[-n_dev:]),
+                          test=tuple(groups[i] for i in test_idx)))
+    return folds
+
+
+def assign(items: Iterable[Item], fold: Fold) -> dict[str, list]:
+    """Splits of one fold, keeping the order of items within each split."""
+    splits = {name: [] for name in SPLITS}
+    for group, entry in items:
+        splits[fold.split_of(group)].append(entry)
+    return splits
+
+
+def write_split(project_dir: Path, dataset: str, fold: int, splits: dict[str, list]) -> Path:
+    """Write one split file and log its per-split counts."""
+    path = split_path(project_dir, dataset, fold)
+    write_json(path, {name: splits[name] for name in SPLITS})
+    counts = ", ".join(f"{name} {len(splits[name])}" for name in SPLITS)
+    log.info("%s: %s utterances -> %s", path.stem, counts, path)
+    return path
+
+
+def write_folds(project_dir: Path, dataset: str, items: list[Item], folds: list[Fold]) -> list[Path]:
+    """Write <dataset>_fold<k>.json for every fold."""
+    if not items:
+        raise TrustSerError(f"no labelled utterances found for {dataset}; check data_dir.{dataset}")
+    return [write_split(project_dir, dataset, fold.number, assign(items, fold)) for fold in folds]
+
+
+def require_dir(path: Path, message: str) -> Path:
+    if not path.is_dir():
+        raise TrustSerError(message)
+    return path
+
+
+def read_text(path: Path, what: str) -> str:
+    """A label file as text; a one-line error when it is missing or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrustSerError(f"{what} {path} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TrustSerError(f"{what} {path} is unreadable ({type(err).__name__}: {err})") from None
+
+
+def read_csv(path: Path, what: str, columns: Sequence[str]) -> pd.DataFrame:
+    """A CSV label file with every cell as text (pandas' usual NA handling); checks the needed columns."""
+    if not path.is_file():
+        raise TrustSerError(f"{what} {path} not found")
+    try:
+        table = pd.read_csv(path, dtype=str, encoding_errors="replace")
+    except (OSError, ValueError) as err:  # pandas' parse errors are ValueErrors
+        raise TrustSerError(f"{what} {path} is unreadable ({str(err).splitlines()[0]})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise TrustSerError(f"{what} {path} has no column(s) {', '.join(missing)}")
+    return table
+
+
+def is_hidden(path: Path) -> bool:
+    """macOS/editor clutter such as .DS_Store or ._name AppleDouble files."""
+    return path.name.startswith(".")
+
+
+def warn_skipped(reason: str, names: Sequence[str]) -> None:
+    if names:
+        shown = ", ".join(str(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        log.warning("skipped %d %s: %s", len(names), reason, shown)

@@ -1,0 +1,55 @@
+"""Flags shared by every stage script, so the original's command lines work verbatim everywhere."""
+import argparse
+
+import torch
+
+from model.backbones import BACKBONES
+from utils.datasets import CORPORA
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Flags naming a run (dataset, backbone, head, training) and where/how to run it."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    p.add_argument("--dataset", default="iemocap", help=f"one of: {', '.join(CORPORA)}")
+    p.add_argument("--pretrain_model", default="wav2vec2_0", help=f"one of: {', '.join(BACKBONES)}")
+    p.add_argument("--pretrain_path", default=None,
+                   help="local weights: a Hugging Face model folder, or an s3prl APC/TERA checkpoint file")
+    p.add_argument("--random_init", action="store_true",
+                   help="true architecture with random weights (offline demo and tests; recorded in results)")
+    p.add_argument("--tiny", action="store_true", help="a tiny version of the architecture (tests only)")
+    p.add_argument("--finetune", default="frozen", choices=["frozen", "unfrozen_last_layer", "unfrozen"])
+    p.add_argument("--downstream_model", default="cnn", choices=["cnn"])
+    p.add_argument("--learning_rate", default=0.0002, type=float)
+    p.add_argument("--num_epochs", default=50, type=int)
+    p.add_argument("--num_layers", default=1, type=int, help="accepted for the original's command lines; unused there too")
+    p.add_argument("--conv_layers", default=3, type=int, help="number of pointwise Conv1d layers in the head")
+    p.add_argument("--hidden_size", default=256, type=int, help="channels of the head's Conv1d layers")
+    p.add_argument("--pooling", default="att", choices=["mean", "att"], help="mean, or att (self-attention)")
+    p.add_argument("--norm", default="nonorm", help="accepted for the original's command lines; unused there too")
+    p.add_argument("--optimizer", default="adam", choices=["adam"])
+    p.add_argument("--audio_duration", default=6, type=int, help="seconds each utterance is cropped to")
+    p.add_argument("--batch_size", default=64, type=int, help="training batch size")
+    p.add_argument("--eval_batch_size", default=32, type=int, help="batch size for evaluation and feature passes")
+    p.add_argument("--folds", default=None, help="folds to run, e.g. '3' or '1,2' (default: all)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no_cache", action="store_true", help="recompute the frozen backbone every epoch (no feature cache)")
+    p.add_argument("--skip_bad", action="store_true", help="skip unreadable audio files (counted in results)")
+    p.add_argument("--overwrite", action="store_true", help="redo folds whose outputs already exist")
+    p.add_argument("--aggregate_only", action="store_true", help="rebuild results.json from per-fold files")
+    return p
+
+
+def parse_folds(spec: str | None, all_folds: list[int]) -> list[int]:
+    """'--folds 3' or '--folds 1,2' -> [3] / [1, 2], checked against the corpus' folds."""
+    from utils.errors import TrustSerError
+    if not spec:
+        return all_folds
+    try:
+        folds = [int(x) for x in spec.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise TrustSerError(f"--folds must be comma-separated integers, got '{spec}'") from None
+    bad = [f for f in folds if f not in all_folds]
+    if bad:
+        raise TrustSerError(f"--folds {spec}: fold(s) {bad} do not exist; this corpus has folds {all_folds}")
+    return folds

@@ -1,0 +1,44 @@
+"""config.yml: where the corpora are and where outputs go."""
+from pathlib import Path
+
+import yaml
+
+from utils.errors import TrustSerError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yml"
+CORPORA = ["iemocap", "crema_d", "ravdess", "msp-improv", "msp-podcast", "meld"]
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    """Read config.yml; relative paths are resolved against the file's folder."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise TrustSerError(f"config file {path} not found; pass --config PATH or create it from config/config.yml")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise TrustSerError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise TrustSerError(f"config file {path} must be a mapping with data_dir and project_dir")
+    for key in ("data_dir", "project_dir"):
+        if not config.get(key):
+            raise TrustSerError(f"config file {path} has no '{key}' key")
+    if not isinstance(config["data_dir"], dict):
+        raise TrustSerError(f"config file {path}: 'data_dir' must map corpus names to folders")
+    base = path.resolve().parent
+    config["project_dir"] = str((base / Path(config["project_dir"]).expanduser()))
+    config["data_dir"] = {name: str(base / Path(str(p)).expanduser()) for name, p in config["data_dir"].items()}
+    config["_path"] = str(path)
+    return config
+
+
+def corpus_dir(config: dict, dataset: str) -> Path:
+    """The folder of one corpus as distributed; a clear error when it is unset or missing."""
+    if dataset not in config["data_dir"]:
+        raise TrustSerError(f"config file {config['_path']} has no data_dir.{dataset} key")
+    folder = Path(config["data_dir"][dataset])
+    if not folder.is_dir():
+        raise TrustSerError(
+            f"corpus folder for {dataset} not found: {folder} (set data_dir.{dataset} in {config['_path']})")
+    return folder

@@ -1,0 +1,90 @@
+"""Split files -> labelled utterances with preprocessed audio paths; class weights; padded batches."""
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from utils.datasets import get_corpus, preprocessed_name
+from utils.errors import TrustSerError
+from utils.io import read_json
+from utils.paths import audio_dir, split_path
+
+log = logging.getLogger("trust-ser")
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    key: str
+    speaker: str
+    gender: str
+    path: str       # preprocessed 16 kHz mono file
+    label: int
+
+
+def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, list[Utterance]]:
+    """Read one fold's split file; keep the corpus' emotions, map them to class ids, log what was dropped."""
+    corpus = get_corpus(dataset)
+    path = split_path(project_dir, dataset, fold)
+    if not path.is_file():
+        raise TrustSerError(f"split file {path} not found; run train_split_gen/ for {dataset} first")
+    split_dict = read_json(path)
+    folder = audio_dir(project_dir, dataset)
+    fold_data = {}
+    for split in SPLITS:
+        entries = split_dict.get(split)
+        if not isinstance(entries, list):
+            raise TrustSerError(f"split file {path} has no '{split}' list")
+        kept, dropped = [], Counter()
+        for entry in entries:
+            if not isinstance(entry, list) or len(entry) != 5:
+                raise TrustSerError(f"split file {path}: {split} entry {entry!r} is not [key, speaker, gender, path, label]")
+            label = entry[4]
+            if label not in corpus.label_map:
+                dropped[str(label)] += 1
+                continue
+            kept.append(Utterance(str(entry[0]), str(entry[1]), str(entry[2] or ""),
+                                  str(folder / preprocessed_name(dataset, entry, split)), corpus.label_map[label]))
+        if not kept:
+            raise TrustSerError(f"split file {path}: fold {fold} has an empty {split} split after label mapping")
+        counts = Counter(u.label for u in kept)
+        log.info(f"{dataset} fold {fold} {split}: {len(kept)} utterances "
+                 + ", ".join(f"{corpus.class_names[c]}={counts[c]}" for c in sorted(counts))
+                 + (f"; dropped {sum(dropped.values())} with other labels ({dict(dropped)})" if dropped else ""))
+        fold_data[split] = kept
+    return fold_data
+
+
+def class_weights(train: list[Utterance], num_classes: int) -> torch.Tensor:
+    """Normalised inverse training frequency, as the original (a class absent from training gets weight 0)."""
+    counts = torch.bincount(torch.tensor([u.label for u in train]), minlength=num_classes).float()
+    inv = torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
+    return inv / inv.sum()
+
+
+def pad_waveforms(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad 1-D waveforms to [B, T_max]; return lengths [B]."""
+    lengths = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(lengths.max()))
+    for i, w in enumerate(wavs):
+        batch[i, : len(w)] = w
+    return batch, lengths
+
+
+def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-utterance hidden states [L, F_i, D] -> [L, B, F_max, D] and mask [B, F_max] (True = real frame)."""
+    n_frames = torch.tensor([f.shape[1] for f in feats])
+    L, _, D = feats[0].shape
+    batch = feats[0].new_zeros(L, len(feats), int(n_frames.max()), D)
+    for i, f in enumerate(feats):
+        batch[:, i, : f.shape[1]] = f
+    mask = torch.arange(int(n_frames.max()))[None, :] < n_frames[:, None]
+    return batch, mask.to(batch.device)
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first) so padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,61 @@
+"""What each corpus is: its label map, its folds, how its preprocessed files are named."""
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from utils.errors import TrustSerError
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    label_map: dict          # raw corpus label -> class index (labels not listed are dropped)
+    class_names: list
+    num_folds: int           # 0: one official split in <name>.json
+    speaker_in_audio_name: bool = False   # RAVDESS reuses file names across actors
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def fold_ids(self) -> list[int]:
+        return list(range(1, self.num_folds + 1)) if self.num_folds else [1]
+
+
+_NASH = {"N": 0, "A": 1, "S": 2, "H": 3}
+CORPORA: dict[str, Corpus] = {c.name: c for c in [
+    Corpus("iemocap", {"neu": 0, "sad": 1, "ang": 2, "exc": 3, "hap": 3}, ["neu", "sad", "ang", "hap"], 5),
+    Corpus("crema_d", _NASH, ["N", "A", "S", "H"], 5),
+    Corpus("msp-improv", _NASH, ["N", "A", "S", "H"], 6),
+    Corpus("msp-podcast", _NASH, ["N", "A", "S", "H"], 0),
+    Corpus("meld", {"neutral": 0, "anger": 1, "sadness": 2, "joy": 3}, ["neutral", "anger", "sadness", "joy"], 0),
+    # RAVDESS emotion codes 01..08; calm (02) merged into neutral (01)
+    Corpus("ravdess", {1: 0, 2: 0, 3: 1, 4: 2, 5: 3, 6: 4, 7: 5, 8: 6},
+           ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"], 5, speaker_in_audio_name=True),
+    # the built-in synthetic corpus (utils/synthetic.py)
+    Corpus("demo", {"neu": 0, "sad": 1, "ang": 2, "hap": 3}, ["neu", "sad", "ang", "hap"], 5),
+]}
+
+
+def get_corpus(name: str) -> Corpus:
+    if name not in CORPORA:
+        raise TrustSerError(f"unknown --dataset '{name}'; valid names: {', '.join(CORPORA)}")
+    return CORPORA[name]
+
+
+def split_file_name(dataset: str, fold: int) -> str:
+    """train_split/<name>_fold<k>.json, or <name>.json for corpora with one official split."""
+    return f"{dataset}_fold{fold}.json" if get_corpus(dataset).num_folds else f"{dataset}.json"
+
+
+def preprocessed_name(dataset: str, entry: list, split: str) -> str:
+    """File name under <project_dir>/audio/<dataset>/ for one split entry [key, speaker, gender, path, label].
+
+    As the original, except MELD keeps its split in the name: it reuses dia0_utt0.wav across
+    train/dev/test, which the original silently overwrote.
+    """
+    base = PurePath(str(entry[3]).replace("\\", "/")).name
+    if get_corpus(dataset).speaker_in_audio_name:
+        return f"{entry[1]}_{base}"
+    if dataset == "meld":
+        return f"{split}_{base}"
+    return base

@@ -1,0 +1,121 @@
+"""Train the head (and unfrozen backbone layers) for one fold, resumable after every epoch."""
+import copy
+import io
+import logging
+from argparse import Namespace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from utils.data import Utterance, class_weights
+from utils.errors import TrustSerError
+from utils.io import load_torch, read_json, save_torch, write_json, write_text
+from utils.pipeline import build_head, trainable_backbone_state
+from utils.training import EvalResult, evaluate, make_optimizer, set_seed, train_epoch
+
+log = logging.getLogger("trust-ser")
+
+
+def fold_finished(run_dir: Path, fold: int) -> bool:
+    """A fold is finished once its fold_k.json holds the "best" entry (written last)."""
+    paths = [run_dir / f"fold_{fold}.pt", predictions_path(run_dir, fold), run_dir / f"fold_{fold}.json"]
+    if not all(p.is_file() for p in paths):
+        return False
+    try:
+        return "best" in read_json(paths[2])
+    except TrustSerError:
+        return False
+
+
+def predictions_path(run_dir: Path, fold: int) -> Path:
+    return run_dir / f"fold_{fold}_test_predictions.csv"
+
+
+def write_predictions(path: Path, result: EvalResult, class_names: list[str]) -> None:
+    """One row per test utterance: key, speaker, gender, label, prediction and class probabilities."""
+    frame = pd.DataFrame({
+        "key": [u.key for u in result.utterances], "speaker": [u.speaker for u in result.utterances],
+        "gender": [u.gender for u in result.utterances], "label": [u.label for u in result.utterances],
+        "prediction": result.predictions,
+        **{f"prob_{name}": result.probabilities[:, c] for c, name in enumerate(class_names)},
+    })
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, float_format="%.6f")
+    write_text(path, buf.getvalue())
+
+
+def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], backbone: nn.Module, source,
+               run_dir: Path, device: torch.device, class_names: list[str]) -> dict:
+    """Best epoch by dev UAR; writes fold_k.pt (+ fold_k_backbone.pt), fold_k.json and test predictions."""
+    num_classes = len(class_names)
+    set_seed(8 * fold)
+    head = build_head(args, backbone, num_classes).to(device)
+    params = list(head.parameters()) + [p for p in backbone.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(params, args.learning_rate)
+    criterion = nn.NLLLoss(class_weights(data["train"], num_classes).to(device))
+    generator = torch.Generator().manual_seed(8 * fold)
+    state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
+    last_path = run_dir / f"fold_{fold}_last.pt"
+    if last_path.is_file():
+        state = _resume(last_path, head, backbone, optimizer, scheduler, generator)
+        log.info(f"fold {fold}: resuming after epoch {state['epoch']} from {last_path}")
+
+    for epoch in range(state["epoch"], args.num_epochs):
+        train_res = train_epoch(head, backbone, source, data["train"], criterion, optimizer, args.batch_size,
+                                generator, num_classes)
+        dev = evaluate(head, backbone, source, data["dev"], args.eval_batch_size, num_classes)
+        scheduler.step(dev.loss)
+        test = evaluate(head, backbone, source, data["test"], args.eval_batch_size, num_classes)
+        state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary(), "test": test.summary(),
+                                        "lr": optimizer.param_groups[0]["lr"]}
+        if state["best"] is None or dev.scores["uar"] > state["best"]["dev_uar"]:
+            state["best"] = {"epoch": epoch, "dev_uar": dev.scores["uar"], "dev_acc": dev.scores["acc"],
+                             **test.scores}
+            state["best_head"] = copy.deepcopy(head.state_dict())
+            state["best_backbone"] = copy.deepcopy(trainable_backbone_state(backbone))
+            save_torch(run_dir / f"fold_{fold}.pt", state["best_head"])
+        log.info(f"fold {fold} epoch {epoch}: train loss {train_res['loss']:.3f} UAR {train_res['uar']:.2f}% | "
+                 f"dev UAR {dev.scores['uar']:.2f}% | test UAR {test.scores['uar']:.2f}% | "
+                 f"best epoch {state['best']['epoch']} (test UAR {state['best']['uar']:.2f}%)")
+        state["epoch"] = epoch + 1
+        write_json(run_dir / f"fold_{fold}.json", state["history"])
+        _save_resume(last_path, state, head, backbone, optimizer, scheduler, generator)
+
+    return _finish_fold(args, fold, data, backbone, source, run_dir, class_names, head, state, last_path)
+
+
+def _finish_fold(args, fold, data, backbone, source, run_dir, class_names, head, state, last_path) -> dict:
+    head.load_state_dict(state["best_head"])
+    if args.finetune != "frozen":
+        backbone.load_state_dict(state["best_backbone"], strict=False)
+        save_torch(run_dir / f"fold_{fold}_backbone.pt", state["best_backbone"])
+    test = evaluate(head, backbone, source, data["test"], args.eval_batch_size, len(class_names))
+    write_predictions(predictions_path(run_dir, fold), test, class_names)
+    result = {"uar": test.scores["uar"], "acc": test.scores["acc"], "macro_f1": test.scores["macro_f1"],
+              "dev_uar": state["best"]["dev_uar"], "dev_acc": state["best"]["dev_acc"],
+              "best_epoch": state["best"]["epoch"], "num_test": len(data["test"]),
+              "weights": backbone.weights_id, "skipped_bad_audio": len(source.audio.bad)}
+    write_json(run_dir / f"fold_{fold}.json", {**state["history"], "best": result})
+    last_path.unlink(missing_ok=True)
+    log.info(f"fold {fold} done: best epoch {result['best_epoch']}, test UAR {result['uar']:.2f}%, "
+             f"ACC {result['acc']:.2f}%")
+    return result
+
+
+def _save_resume(path, state, head, backbone, optimizer, scheduler, generator) -> None:
+    save_torch(path, {**state, "head": head.state_dict(), "backbone": trainable_backbone_state(backbone),
+                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                      "generator": generator.get_state(), "rng": torch.get_rng_state()})
+
+
+def _resume(path, head, backbone, optimizer, scheduler, generator) -> dict:
+    ckpt = load_torch(path)
+    head.load_state_dict(ckpt["head"])
+    backbone.load_state_dict(ckpt["backbone"], strict=False)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    generator.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["rng"])
+    return {k: ckpt[k] for k in ("epoch", "history", "best", "best_head", "best_backbone")}

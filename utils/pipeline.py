@@ -1,0 +1,129 @@
+"""Shared by the stage scripts: logging, the models of a run, their feature source, results files."""
+import logging
+import os
+import shlex
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+from model.backbones import build_backbone
+from model.heads import CNNSelfAttention
+from utils.config import REPO_ROOT
+from utils.datasets import get_corpus
+from utils.errors import TrustSerError
+from utils.features import AudioBank, CachedFeatures, LiveFeatures
+from utils.io import load_torch, read_json, write_json
+from utils.metrics import mean_std
+from utils.paths import cache_dir
+
+log = logging.getLogger("trust-ser")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)-3s ==> %(message)s", level=logging.INFO,
+                        datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrustSerError(f"--device {name} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def build_head(args: Namespace, backbone, num_classes: int) -> CNNSelfAttention:
+    return CNNSelfAttention(input_dim=backbone.hidden_dim, num_enc_layers=backbone.num_layers,
+                            output_class_num=num_classes, hidden_dim=args.hidden_size,
+                            conv_layers=args.conv_layers, pooling_method=args.pooling)
+
+
+def make_backbone(args: Namespace, device: torch.device):
+    return build_backbone(args.pretrain_model, pretrain_path=args.pretrain_path, random_init=args.random_init,
+                          tiny=args.tiny, finetune=args.finetune).to(device)
+
+
+def make_source(args: Namespace, backbone, device: torch.device, project_dir: str, grad_backbone: bool):
+    """Cached frozen features unless the backbone trains or --no_cache is given."""
+    audio = AudioBank(args.audio_duration, args.skip_bad)
+    if grad_backbone or args.no_cache:
+        return LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone)
+    if device.type == "cuda":
+        budget = int(0.6 * torch.cuda.mem_get_info(device)[0])
+    else:
+        budget = int(0.3 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return CachedFeatures(backbone, audio, device, args.eval_batch_size, cache_dir(project_dir), budget)
+
+
+def finetune_command(args: Namespace) -> str:
+    """The finetune command that makes the checkpoints an evaluation needs."""
+    flags = ["dataset", "pretrain_model", "learning_rate", "downstream_model", "num_epochs", "conv_layers",
+             "pooling", "hidden_size", "finetune", "audio_duration"]
+    cmd = [sys.executable, str(REPO_ROOT / "experiment" / "finetune_single_thread.py")]
+    cmd += [f"--{f} {getattr(args, f)}" for f in flags]
+    cmd += [f"--{f}" for f in ("random_init", "tiny") if getattr(args, f)]
+    if args.config:
+        cmd.append(f"--config {shlex.quote(str(args.config))}")
+    return " ".join(cmd)
+
+
+def load_trained(args: Namespace, run_dir: Path, fold: int, device: torch.device, num_classes: int):
+    """Backbone and head as finetune_single_thread.py saved them for this fold."""
+    head_path = run_dir / f"fold_{fold}.pt"
+    if not head_path.is_file():
+        raise TrustSerError(f"checkpoint {head_path} not found; train it first: {finetune_command(args)} --folds {fold}")
+    backbone = make_backbone(args, device)
+    head = build_head(args, backbone, num_classes).to(device)
+    load_state(head, head_path)
+    if args.finetune != "frozen":
+        load_state(backbone, run_dir / f"fold_{fold}_backbone.pt", strict=False)
+    backbone.eval()
+    head.eval()
+    return backbone, head
+
+
+def load_state(module: torch.nn.Module, path: Path, strict: bool = True) -> None:
+    state = load_torch(path)
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise TrustSerError(f"checkpoint {path} does not fit this backbone/head "
+                            f"(other --pretrain_model, --hidden_size, --conv_layers?): {first[1].strip() if len(first) > 1 else first[0]}") from None
+
+
+def trainable_backbone_state(backbone: torch.nn.Module) -> dict:
+    names = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    return {k: v for k, v in backbone.state_dict().items() if k in names}
+
+
+RUN_FLAGS = ["dataset", "pretrain_model", "pretrain_path", "random_init", "tiny", "finetune", "downstream_model",
+             "learning_rate", "num_epochs", "conv_layers", "hidden_size", "pooling", "audio_duration", "batch_size"]
+
+
+def run_flags(args: Namespace) -> dict:
+    """The flags that define a run (not where or how fast it ran)."""
+    return {"flags": {k: getattr(args, k) for k in RUN_FLAGS}}
+
+
+def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, fold_file: str = "fold_{}.json",
+              pick=lambda d: d) -> dict:
+    """results.json from whatever per-fold files exist: per fold values, average and std."""
+    per_fold = {}
+    for fold in folds:
+        path = out_dir / fold_file.format(fold)
+        if path.is_file():
+            per_fold[str(fold)] = pick(read_json(path))
+    if not per_fold:
+        raise TrustSerError(f"no finished folds in {out_dir}; nothing to aggregate")
+    avg, std = mean_std(per_fold, keys)
+    results = {**per_fold, "average": avg, "std": std,
+               "meta": {**meta, "folds_done": sorted(int(f) for f in per_fold),
+                        "folds_missing": [f for f in folds if str(f) not in per_fold]}}
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def num_classes_of(dataset: str) -> int:
+    return get_corpus(dataset).num_classes

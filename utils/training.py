@@ -1,0 +1,84 @@
+"""Head training and batched evaluation for one fold."""
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from utils.data import Utterance, length_sorted_batches
+from utils.metrics import classification_scores
+
+log = logging.getLogger("trust-ser")
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    scores: dict
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    utterances: list = field(repr=False)
+
+    def summary(self) -> dict:
+        return {"loss": self.loss, **self.scores}
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def make_optimizer(params, lr: float) -> tuple[torch.optim.Optimizer, ReduceLROnPlateau]:
+    """Adam (wd 1e-4, betas 0.9/0.98) and ReduceLROnPlateau on dev loss (patience 5, x0.5, min 5e-5), as the original."""
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-4, betas=(0.9, 0.98))
+    return optimizer, ReduceLROnPlateau(optimizer, mode="min", patience=5, factor=0.5, min_lr=5e-5)
+
+
+def train_epoch(head: nn.Module, backbone: nn.Module, source, train: list[Utterance], criterion: nn.Module,
+                optimizer: torch.optim.Optimizer, batch_size: int, generator: torch.Generator,
+                num_classes: int) -> dict:
+    """One pass over shuffled training batches (the last incomplete batch dropped, as the original)."""
+    head.train()
+    backbone.train()          # frozen parts stay in eval mode (Backbone.train)
+    trains_backbone = any(p.requires_grad for p in backbone.parameters())
+    order = torch.randperm(len(train), generator=generator).tolist()
+    n_batches = max(len(order) // batch_size, 1)
+    losses, y_true, y_pred = [], [], []
+    device = next(head.parameters()).device
+    for b in range(n_batches):
+        utts = [train[i] for i in order[b * batch_size:(b + 1) * batch_size]]
+        hidden, mask = source.batch(utts, grad=trains_backbone)
+        labels = torch.tensor([u.label for u in utts], device=device)
+        log_probs = torch.log_softmax(head(hidden, mask), dim=1)
+        loss = criterion(log_probs, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        y_true += labels.tolist()
+        y_pred += log_probs.argmax(1).tolist()
+    return {"loss": float(np.mean(losses)), **classification_scores(y_true, y_pred, num_classes)}
+
+
+@torch.no_grad()
+def evaluate(head: nn.Module, backbone: nn.Module, source, utts: list[Utterance], batch_size: int,
+             num_classes: int) -> EvalResult:
+    """Length-sorted padded batches with masks; the loss is the mean NLL over utterances."""
+    head.eval()
+    backbone.eval()
+    device = next(head.parameters()).device
+    log_probs = torch.zeros(len(utts), num_classes)
+    for idx in length_sorted_batches([source.length(u) for u in utts], batch_size):
+        hidden, mask = source.batch([utts[i] for i in idx])
+        log_probs[idx] = torch.log_softmax(head(hidden, mask), dim=1).float().cpu()
+    labels = torch.tensor([u.label for u in utts])
+    # The original evaluated one utterance per batch, where the class-weighted NLL reduces to plain NLL.
+    loss = nn.functional.nll_loss(log_probs, labels).item()
+    preds = log_probs.argmax(1).numpy()
+    return EvalResult(loss, classification_scores(labels.numpy(), preds, num_classes), preds,
+                      log_probs.exp().numpy(), list(utts))
+
