@@ -14,8 +14,9 @@ All three metrics are 0 for a perfectly fair classifier and at most 1; lower is 
   per group and class, P(pred=c and true=c | group); the largest absolute difference over
   classes and pairs of groups. For two groups this is the original's number.
 
-`classes=None` means the classes seen in y_true and y_pred, as the original (holisticai's default).
-Passing the corpus' full class list gives the same values whenever every class occurs in the data.
+The class list is always the classes observed in y_true and y_pred (y_pred alone for statistical
+parity, where unobserved classes add nothing): holisticai accepts no other list, and the original
+passed classes=None.
 """
 from typing import Sequence
 
@@ -24,11 +25,9 @@ import numpy as np
 METRICS = ("statistical_parity", "equality_of_opportunity", "demographic_parity")
 
 
-def _encode(values: np.ndarray, vocabulary: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """values -> (indices into the sorted vocabulary, vocabulary size)."""
-    vocab, index = np.unique(values if vocabulary is None else vocabulary), None
-    index = np.searchsorted(vocab, values)
-    return index.astype(np.int64), len(vocab)
+def _encode(values: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+    """values -> indices into the sorted vocabulary (which holds every value)."""
+    return np.searchsorted(vocabulary, values).astype(np.int64)
 
 
 def _count(group_idx: np.ndarray, *index_and_size: tuple[np.ndarray, int]) -> np.ndarray:
@@ -73,10 +72,12 @@ def _demographic_parity(true: np.ndarray, pred: np.ndarray, group: np.ndarray, n
 def _encode_all(y_true: Sequence[int], y_pred: Sequence[int],
                 groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Labels -> indices into the sorted observed classes; groups -> indices into sorted group names."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    pred, n_classes = _encode(y_pred, np.unique(np.concatenate([y_pred, y_true])))
-    true, _ = _encode(y_true, np.unique(np.concatenate([y_pred, y_true])))
-    return true, pred, _encode(np.asarray(groups))[0], n_classes
+    y_true, y_pred, groups = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
+    if not len(y_true) == len(y_pred) == len(groups):
+        raise ValueError(f"lengths differ: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)}")
+    classes = np.unique(np.concatenate([y_pred, y_true]))
+    return (_encode(y_true, classes), _encode(y_pred, classes), _encode(groups, np.unique(groups)),
+            len(classes))
 
 
 def multiclass_statistical_parity(y_pred: Sequence[int], groups: Sequence[str]) -> float:
@@ -128,6 +129,9 @@ def fairness_report(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequen
 
     Utterances whose group is "" (unknown, e.g. MELD gender) are left out. With fewer than two
     known groups the metrics are None and "reason" says why; otherwise "reason" is None.
+    Small groups count like any other (as in holisticai); "smallest_group" shows when one is tiny.
+    A maximum over group pairs grows with sampling noise, so resamples are biased upward: when
+    groups are alike the percentile interval can lie entirely above the point value.
     Schema: {statistical_parity, equality_of_opportunity, demographic_parity: float|None,
     ci95: {metric: [low, high]|None}, n_utterances, n_groups, smallest_group, n_bootstrap, reason}.
     """

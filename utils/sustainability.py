@@ -1,0 +1,51 @@
+"""Cost of a model: FLOPs of one forward pass, parameter counts, wall-clock latency.
+
+FLOPs come from torch.utils.flop_counter (matrix products, convolutions, attention; a
+multiply-add counts as 2 FLOPs; elementwise ops are not counted). The original used thop,
+which reports multiply-accumulates (MACs), so its "GFLOPs" are about half of these numbers.
+"""
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(module: nn.Module, example_inputs: tuple) -> int:
+    """Total FLOPs of module(*example_inputs), run once without gradients."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*example_inputs)
+    return int(counter.get_total_flops())
+
+
+def count_parameters(*modules: nn.Module) -> dict[str, int]:
+    """{"total", "trainable"} over the modules together; a parameter shared between them counts once."""
+    unique = {id(p): p for m in modules for p in m.parameters()}.values()
+    return {"total": sum(p.numel() for p in unique),
+            "trainable": sum(p.numel() for p in unique if p.requires_grad)}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
+                    device: str | torch.device = "cpu") -> dict[str, float]:
+    """Seconds per call of fn() after `warmup` untimed calls; waits for the GPU when device is cuda."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90)),
+            "mean_s": float(np.mean(times)), "min_s": min(times), "max_s": max(times), "repeats": repeats}
