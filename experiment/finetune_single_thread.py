@@ -15,7 +15,7 @@ from utils.config import load_config  # noqa: E402
 from utils.data import load_fold  # noqa: E402
 from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.finetune import fold_finished, train_fold  # noqa: E402
+from utils.finetune import FitSpec, best_of_fold, fold_finished, train_fold  # noqa: E402
 from utils.paths import finetune_dir  # noqa: E402
 from utils.pipeline import aggregate, make_backbone, make_source, resolve_device, run_flags, setup_logging  # noqa: E402
 
@@ -31,7 +31,7 @@ def main() -> None:
     folds = parse_folds(args.folds, corpus.fold_ids())
     run_dir = finetune_dir(config["project_dir"], args)
     if args.aggregate_only:
-        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args))
+        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
         log.info(f"results: {run_dir / 'results.json'}")
         return
     todo = [f for f in folds if args.overwrite or not fold_finished(run_dir, f)]
@@ -51,9 +51,10 @@ def main() -> None:
         for split, utts in data.items():
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
-        train_fold(args, fold, data, backbone, source, run_dir, device, corpus.class_names)
-        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args))
-    results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args))
+        spec = FitSpec(corpus.class_names, args.learning_rate, args.num_epochs, class_weighted=True)
+        train_fold(args, fold, data, backbone, source, run_dir, device, spec)
+        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
+    results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
     if hasattr(source, "disk_bytes"):
         log.info(f"feature cache: {source.stats}, {source.disk_bytes() / 2**20:.1f} MiB on disk under {source.cache_root}")
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "

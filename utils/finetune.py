@@ -2,6 +2,7 @@
 import copy
 import io
 import logging
+from dataclasses import dataclass
 from argparse import Namespace
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def fold_finished(run_dir: Path, fold: int) -> bool:
         return False
 
 
+def best_of_fold(fold_json: dict) -> dict | None:
+    """The per-fold result inside fold_k.json (the rest is the per-epoch history); None while unfinished."""
+    return fold_json.get("best")
+
+
 def predictions_path(run_dir: Path, fold: int) -> Path:
     return run_dir / f"fold_{fold}_test_predictions.csv"
 
@@ -46,15 +52,25 @@ def write_predictions(path: Path, result: EvalResult, class_names: list[str]) ->
     write_text(path, buf.getvalue())
 
 
+@dataclass(frozen=True)
+class FitSpec:
+    """What a head is trained for: emotions (finetune) or speaker gender (privacy)."""
+    class_names: list
+    learning_rate: float
+    num_epochs: int
+    class_weighted: bool
+
+
 def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], backbone: nn.Module, source,
-               run_dir: Path, device: torch.device, class_names: list[str]) -> dict:
+               run_dir: Path, device: torch.device, spec: FitSpec) -> dict:
     """Best epoch by dev UAR; writes fold_k.pt (+ fold_k_backbone.pt), fold_k.json and test predictions."""
-    num_classes = len(class_names)
+    class_names, num_classes = spec.class_names, len(spec.class_names)
     set_seed(8 * fold)
     head = build_head(args, backbone, num_classes).to(device)
     params = list(head.parameters()) + [p for p in backbone.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(params, args.learning_rate)
-    criterion = nn.NLLLoss(class_weights(data["train"], num_classes).to(device))
+    optimizer, scheduler = make_optimizer(params, spec.learning_rate)
+    weights = class_weights(data["train"], num_classes) if spec.class_weighted else None
+    criterion = nn.NLLLoss(weights.to(device) if weights is not None else None)
     generator = torch.Generator().manual_seed(8 * fold)
     state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
     last_path = run_dir / f"fold_{fold}_last.pt"
@@ -62,7 +78,7 @@ def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], bac
         state = _resume(last_path, head, backbone, optimizer, scheduler, generator)
         log.info(f"fold {fold}: resuming after epoch {state['epoch']} from {last_path}")
 
-    for epoch in range(state["epoch"], args.num_epochs):
+    for epoch in range(state["epoch"], spec.num_epochs):
         train_res = train_epoch(head, backbone, source, data["train"], criterion, optimizer, args.batch_size,
                                 generator, num_classes)
         dev = evaluate(head, backbone, source, data["dev"], args.eval_batch_size, num_classes)
@@ -83,15 +99,16 @@ def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], bac
         write_json(run_dir / f"fold_{fold}.json", state["history"])
         _save_resume(last_path, state, head, backbone, optimizer, scheduler, generator)
 
-    return _finish_fold(args, fold, data, backbone, source, run_dir, class_names, head, state, last_path)
+    return _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path,
+                        args.eval_batch_size)
 
 
-def _finish_fold(args, fold, data, backbone, source, run_dir, class_names, head, state, last_path) -> dict:
+def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path, eval_batch_size) -> dict:
     head.load_state_dict(state["best_head"])
-    if args.finetune != "frozen":
+    if state["best_backbone"]:
         backbone.load_state_dict(state["best_backbone"], strict=False)
         save_torch(run_dir / f"fold_{fold}_backbone.pt", state["best_backbone"])
-    test = evaluate(head, backbone, source, data["test"], args.eval_batch_size, len(class_names))
+    test = evaluate(head, backbone, source, data["test"], eval_batch_size, len(class_names))
     write_predictions(predictions_path(run_dir, fold), test, class_names)
     result = {"uar": test.scores["uar"], "acc": test.scores["acc"], "macro_f1": test.scores["macro_f1"],
               "dev_uar": state["best"]["dev_uar"], "dev_acc": state["best"]["dev_acc"],

@@ -16,10 +16,28 @@ def classification_scores(y_true, y_pred, num_classes: int) -> dict:
 
 
 def mean_std(per_fold: dict, keys: list[str]) -> tuple[dict, dict]:
-    """Average and (population, as the original's np.std) std over folds of each key."""
+    """Average and (population, as the original's np.std) std over folds of each key.
+
+    A dotted key ("gender.statistical_parity") reads and writes nested dicts.
+    """
     avg, std = {}, {}
-    for k in keys:
-        vals = [v[k] for v in per_fold.values() if v.get(k) is not None]
-        avg[k] = float(np.mean(vals)) if vals else None
-        std[k] = float(np.std(vals)) if vals else None
+    for key in keys:
+        vals = [v for v in (_dotted(fold, key) for fold in per_fold.values()) if v is not None]
+        _set_dotted(avg, key, float(np.mean(vals)) if vals else None)
+        _set_dotted(std, key, float(np.std(vals)) if vals else None)
     return avg, std
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _set_dotted(d: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        d = d.setdefault(part, {})
+    d[last] = value

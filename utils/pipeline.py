@@ -77,7 +77,10 @@ def load_trained(args: Namespace, run_dir: Path, fold: int, device: torch.device
     head = build_head(args, backbone, num_classes).to(device)
     load_state(head, head_path)
     if args.finetune != "frozen":
-        load_state(backbone, run_dir / f"fold_{fold}_backbone.pt", strict=False)
+        backbone_path = run_dir / f"fold_{fold}_backbone.pt"
+        load_state(backbone, backbone_path, strict=False)
+        st = backbone_path.stat()
+        backbone.weights_id += f"+finetuned:{backbone_path}:{st.st_size}:{st.st_mtime_ns}"   # its own feature cache
     backbone.eval()
     head.eval()
     return backbone, head
@@ -113,8 +116,9 @@ def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, fold
     per_fold = {}
     for fold in folds:
         path = out_dir / fold_file.format(fold)
-        if path.is_file():
-            per_fold[str(fold)] = pick(read_json(path))
+        result = pick(read_json(path)) if path.is_file() else None
+        if result is not None:
+            per_fold[str(fold)] = result
     if not per_fold:
         raise TrustSerError(f"no finished folds in {out_dir}; nothing to aggregate")
     avg, std = mean_std(per_fold, keys)

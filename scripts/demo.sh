@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One command, offline: set up, generate the synthetic corpus, then split -> preprocess -> finetune (5 folds)
+# -> fairness -> FGSM safety -> privacy -> sustainability -> trust profile.   Usage: bash scripts/demo.sh [OUT_DIR]
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="$(mkdir -p "${1:-$REPO/demo_output}" && cd "${1:-$REPO/demo_output}" && pwd)"
+bash "$REPO/scripts/setup.sh"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY="$REPO/.venv/bin/python"
+cat > "$OUT/config.yml" <<YML
+data_dir:
+  demo: $OUT/corpus
+project_dir: $OUT
+YML
+RUN="--config $OUT/config.yml --dataset demo --pretrain_model whisper_tiny --random_init --device cpu
+     --learning_rate 0.0005 --downstream_model cnn --num_epochs 30 --num_layers 3 --conv_layers 2
+     --pooling mean --hidden_size 128 --batch_size 16"
+step() { echo; echo "=== $1"; }
+step "synthetic corpus + splits";   "$PY" "$REPO/train_split_gen/demo.py" --config "$OUT/config.yml" --generate
+step "preprocess";                  "$PY" "$REPO/preprocess_audio/preprocess_audio.py" --dataset demo --config "$OUT/config.yml"
+step "finetune (5 folds)";          "$PY" "$REPO/experiment/finetune_single_thread.py" $RUN
+step "fairness";                    "$PY" "$REPO/trustworthy/fairness/fairness_evaluation.py" $RUN
+step "safety (FGSM, 45 dB)";        "$PY" "$REPO/trustworthy/safety/adversarial_attack.py" $RUN --attack_method fgsm -snr 45
+step "privacy (gender inference)";  "$PY" "$REPO/trustworthy/privacy/gender_inference.py" $RUN
+step "sustainability";              "$PY" "$REPO/trustworthy/sustainability/sustainability.py" $RUN
+step "trust profile";               "$PY" "$REPO/trustworthy/plot_spider.py" --config "$OUT/config.yml" --dataset demo \
+                                        --output_dir "$OUT/trust_profile"
+echo
+echo "Trust profile: $OUT/trust_profile/ (PNG per model, compare.png, trust_profile.csv, trust_profile.md)"
+cat "$OUT/trust_profile/trust_profile.md"

@@ -1,0 +1,117 @@
+"""Safety: attack success rate of FGSM / PGD / Gaussian noise at a given SNR on each fold's test set.
+
+Only utterances the model classifies correctly are attacked; an attack succeeds when the prediction changes.
+The gradient flows from the loss to the waveform through the backbone's own front end.
+"""
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from utils.attacks import fgsm, gaussian_noise, measured_snr_db, pgd  # noqa: E402
+from utils.cli import base_parser, parse_folds  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.data import Utterance, length_sorted_batches, load_fold, pad_waveforms  # noqa: E402
+from utils.datasets import get_corpus  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+from utils.features import AudioBank  # noqa: E402
+from utils.io import write_json  # noqa: E402
+from utils.metrics import classification_scores  # noqa: E402
+from utils.paths import attack_dir, finetune_dir  # noqa: E402
+from utils.pipeline import aggregate, load_trained, resolve_device, run_flags, setup_logging  # noqa: E402
+
+log = logging.getLogger("trust-ser")
+RESULT_KEYS = ["success_rate", "measured_snr_db", "clean_uar"]
+
+
+def attack_batch(backbone, head, wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, args,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perturbation of one padded batch and the predictions on the perturbed audio."""
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        hidden, _, mask = backbone(x, lengths)
+        return head(hidden, mask)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits(x), labels, reduction="none")
+
+    if args.attack_method == "fgsm":
+        delta = fgsm(wav, lengths, loss_fn, args.snr)
+    elif args.attack_method == "pgd":
+        delta = pgd(wav, lengths, loss_fn, args.snr, steps=args.pgd_steps)
+    else:
+        delta = gaussian_noise(wav, lengths, args.snr, generator)
+    with torch.no_grad():
+        attacked = logits(wav + delta).argmax(1)
+    return delta, attacked
+
+
+def predict(backbone, head, wavs: list[torch.Tensor], device, batch_size: int) -> torch.Tensor:
+    preds = torch.zeros(len(wavs), dtype=torch.long)
+    for idx in length_sorted_batches([len(w) for w in wavs], batch_size):
+        wav, lengths = pad_waveforms([wavs[i] for i in idx])
+        with torch.no_grad():
+            hidden, _, mask = backbone(wav.to(device), lengths.to(device))
+            preds[idx] = head(hidden, mask).argmax(1).cpu()
+    return preds
+
+
+def attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, args, device, num_classes: int) -> dict:
+    wavs = [audio.get(u.path) for u in test]
+    labels = torch.tensor([u.label for u in test])
+    clean = predict(backbone, head, wavs, device, args.eval_batch_size)
+    correct = [i for i in range(len(test)) if clean[i] == labels[i]]
+    generator = torch.Generator(device=device).manual_seed(0)
+    flipped, snrs = 0, []
+    for idx in length_sorted_batches([len(wavs[i]) for i in correct], args.eval_batch_size):
+        chosen = [correct[i] for i in idx]
+        wav, lengths = pad_waveforms([wavs[i] for i in chosen])
+        wav, lengths, y = wav.to(device), lengths.to(device), labels[chosen].to(device)
+        delta, attacked = attack_batch(backbone, head, wav, lengths, y, args, generator)
+        flipped += int((attacked != y).sum())
+        snrs += measured_snr_db(wav, delta, lengths).tolist()
+    snr_mean = float(torch.tensor(snrs).mean()) if snrs else None
+    if snr_mean is not None and abs(snr_mean - args.snr) > 0.1:
+        log.warning(f"measured perturbation SNR {snr_mean:.2f} dB differs from --snr {args.snr} by more than 0.1 dB")
+    return {"success_rate": 100.0 * flipped / len(correct) if correct else None,
+            "num_attacked": len(correct), "num_flipped": flipped, "num_test": len(test),
+            "measured_snr_db": snr_mean, "measured_snr_db_min": min(snrs) if snrs else None,
+            "measured_snr_db_max": max(snrs) if snrs else None,
+            "clean_uar": classification_scores(labels.numpy(), clean.numpy(), num_classes)["uar"]}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--attack_method", default="fgsm", choices=["fgsm", "pgd", "gaussian_noise"])
+    parser.add_argument("--snr", "-snr", default=45, type=int, help="SNR (dB) of the perturbation")
+    parser.add_argument("--pgd_steps", default=10, type=int)
+    args = parser.parse_args()
+    setup_logging()
+    config = load_config(args.config)
+    corpus = get_corpus(args.dataset)
+    folds = parse_folds(args.folds, corpus.fold_ids())
+    out_dir = attack_dir(config["project_dir"], args)
+    meta = {**run_flags(args), "attack": {"method": args.attack_method, "snr": args.snr, "pgd_steps": args.pgd_steps}}
+    if not args.aggregate_only:
+        device = resolve_device(args.device)
+        for fold in folds:
+            if (out_dir / f"fold_{fold}.json").is_file() and not args.overwrite:
+                log.info(f"fold {fold}: already attacked in {out_dir}, skipping (--overwrite to redo)")
+                continue
+            backbone, head = load_trained(args, finetune_dir(config["project_dir"], args), fold, device,
+                                          corpus.num_classes)
+            audio = AudioBank(args.audio_duration, args.skip_bad)
+            test = [u for u in load_fold(config["project_dir"], args.dataset, fold)["test"] if audio.get(u.path) is not None]
+            result = attack_fold(backbone, head, test, audio, args, device, corpus.num_classes)
+            write_json(out_dir / f"fold_{fold}.json", result)
+            log.info(f"fold {fold}: {args.attack_method} at {args.snr} dB flips {result['num_flipped']} of "
+                     f"{result['num_attacked']} correctly classified utterances ({result['success_rate']}%)")
+    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, meta)
+    log.info(f"attack success rate {results['average']['success_rate']:.2f}%; results: {out_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    run_main(main)

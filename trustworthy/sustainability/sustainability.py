@@ -1,0 +1,76 @@
+"""Sustainability: FLOPs of backbone + head for one input (torch.utils.flop_counter, exact), parameter
+counts, and measured inference latency and throughput on the chosen device."""
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from utils.cli import base_parser, parse_folds  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.datasets import get_corpus  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+from utils.io import write_json  # noqa: E402
+from utils.paths import finetune_dir, flops_dir  # noqa: E402
+from utils.pipeline import load_trained, resolve_device, run_flags, setup_logging  # noqa: E402
+from utils.sustainability import count_flops, count_parameters, measure_latency  # noqa: E402
+
+log = logging.getLogger("trust-ser")
+
+
+class Classifier(nn.Module):
+    """Waveform -> emotion logits: what is deployed, and what is counted."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        hidden, _, mask = self.backbone(wav, lengths)
+        return self.head(hidden, mask)
+
+
+def profile(model: Classifier, seconds: float, batch: int, repeats: int, device: torch.device) -> dict:
+    one = (torch.randn(1, int(seconds * 16000), device=device), torch.tensor([int(seconds * 16000)], device=device))
+    many = (one[0].repeat(batch, 1), one[1].repeat(batch))
+    with torch.no_grad():
+        flops = count_flops(model, one)
+        hidden, _, mask = model.backbone(*one)
+        head_flops = count_flops(model.head, (hidden, mask))
+        latency = measure_latency(lambda: model(*one), repeats=repeats, device=device)
+        batched = measure_latency(lambda: model(*many), repeats=repeats, device=device)
+    params = count_parameters(model.backbone, model.head)
+    return {"gflops": flops / 1e9, "gmacs": flops / 2e9, "backbone_gflops": (flops - head_flops) / 1e9,
+            "head_gflops": head_flops / 1e9, "params_total": params["total"], "params_trainable": params["trainable"],
+            "params_backbone": count_parameters(model.backbone)["total"], "params_head": count_parameters(model.head)["total"],
+            "latency_ms_median": 1000 * latency["median_s"], "latency_ms_p90": 1000 * latency["p90_s"],
+            "throughput_audio_seconds_per_second": batch * seconds / batched["median_s"],
+            "throughput_batch": batch, "input_seconds": seconds, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--input_seconds", default=6.0, type=float, help="input length for FLOPs and latency")
+    parser.add_argument("--throughput_batch", default=8, type=int)
+    parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
+    args = parser.parse_args()
+    setup_logging()
+    config = load_config(args.config)
+    corpus = get_corpus(args.dataset)
+    fold = parse_folds(args.folds, corpus.fold_ids())[0]
+    device = resolve_device(args.device)
+    backbone, head = load_trained(args, finetune_dir(config["project_dir"], args), fold, device, corpus.num_classes)
+    result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats, device)
+    out = flops_dir(config["project_dir"], args) / "gflops.json"
+    write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, **run_flags(args)})
+    log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M parameters "
+             f"({result['params_trainable'] / 1e6:.2f} M trainable), latency {result['latency_ms_median']:.1f} ms on "
+             f"{result['device_name']}; {out}")
+
+
+if __name__ == "__main__":
+    run_main(main)
