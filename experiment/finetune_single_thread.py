@@ -17,10 +17,19 @@ from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
 from utils.finetune import FitSpec, best_of_fold, fold_finished, train_fold  # noqa: E402
 from utils.paths import finetune_dir  # noqa: E402
-from utils.pipeline import aggregate, make_backbone, make_source, resolve_device, run_flags, setup_logging  # noqa: E402
+from utils.pipeline import (aggregate, check_backbone_name, make_backbone, make_source, resolve_device,  # noqa: E402
+                            run_flags, setup_logging)
 
 log = logging.getLogger("trust-ser")
 RESULT_KEYS = ["uar", "acc", "macro_f1"]
+
+
+def folds_to_train(run_dir: Path, folds: list[int], overwrite: bool) -> list[int]:
+    """The folds without complete outputs (all of them with --overwrite); the others are logged as skipped."""
+    todo = [f for f in folds if overwrite or not fold_finished(run_dir, f)]
+    for f in sorted(set(folds) - set(todo)):
+        log.info(f"fold {f}: already finished in {run_dir}, skipping (--overwrite to redo)")
+    return todo
 
 
 def main() -> None:
@@ -28,26 +37,26 @@ def main() -> None:
     setup_logging()
     config = load_config(args.config)
     corpus = get_corpus(args.dataset)
+    check_backbone_name(args.pretrain_model)
     folds = parse_folds(args.folds, corpus.fold_ids())
     run_dir = finetune_dir(config["project_dir"], args)
-    if args.aggregate_only:
+    todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, args.overwrite)
+    if not todo:    # nothing to train: no backbone to load (no hub access needed)
         aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
         log.info(f"results: {run_dir / 'results.json'}")
         return
-    todo = [f for f in folds if args.overwrite or not fold_finished(run_dir, f)]
-    for f in sorted(set(folds) - set(todo)):
-        log.info(f"fold {f}: already finished in {run_dir}, skipping (--overwrite to redo)")
+    splits = {fold: load_fold(config["project_dir"], args.dataset, fold) for fold in todo}   # fail fast, before any download
     device = resolve_device(args.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
     backbone = make_backbone(args, device)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()} if args.finetune != "frozen" else None
     source = make_source(args, backbone, device, config["project_dir"], grad_backbone=args.finetune != "frozen")
+    run_dir.mkdir(parents=True, exist_ok=True)
     for fold in todo:
         if args.overwrite:
             (run_dir / f"fold_{fold}_last.pt").unlink(missing_ok=True)
         if initial is not None:
             backbone.load_state_dict(initial)   # every fold starts from the pretrained backbone
-        data = {split: source.prepare(utts) for split, utts in load_fold(config["project_dir"], args.dataset, fold).items()}
+        data = {split: source.prepare(utts) for split, utts in splits[fold].items()}
         for split, utts in data.items():
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")

@@ -1,0 +1,129 @@
+"""End to end on the synthetic corpus: every stage script run once as a subprocess, outputs checked by number."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synthetic_project import make_project, run_script
+from utils.fairness import fairness_report
+
+FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
+         "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
+         "--conv_layers", "2", "--pooling", "mean", "--hidden_size", "32", "--batch_size", "8"]
+RUN = "lr0005_ep1_cnn_conv2_hid32_mean_randinit"
+N_TEST = 80    # 2 test speakers x 4 emotions x 10 utterances
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = make_project(root, utts_per_emotion=10)
+    run_script("experiment/finetune_single_thread.py", *FLAGS, "--config", str(config))
+    return config, root / "project"
+
+
+def _flags(config):
+    return [*FLAGS, "--config", str(config)]
+
+
+def test_five_fold_finetune_writes_everything_and_beats_chance(project):
+    _, out = project
+    run_dir = out / "finetune" / "demo" / "apc" / RUN
+    for fold in range(1, 6):
+        assert (run_dir / f"fold_{fold}.pt").is_file()
+        assert not (run_dir / f"fold_{fold}_backbone.pt").exists()      # frozen: only the head is saved
+        best = json.loads((run_dir / f"fold_{fold}.json").read_text())["best"]
+        preds = pd.read_csv(run_dir / f"fold_{fold}_test_predictions.csv")
+        assert len(preds) == best["num_test"] == N_TEST
+        assert list(preds.columns[:5]) == ["key", "speaker", "gender", "label", "prediction"]
+        np.testing.assert_allclose(preds.filter(like="prob_").sum(axis=1), 1.0, atol=1e-4)
+        assert best["uar"] == pytest.approx(100 * np.mean([(preds.prediction[preds.label == c] == c).mean()
+                                                           for c in range(4)]), abs=1e-6)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert sorted(k for k in results if k.isdigit()) == ["1", "2", "3", "4", "5"]
+    uar = results["average"]["uar"]
+    print(f"1-epoch 5-fold test UAR with a random-init tiny APC backbone: {uar:.1f}% (chance 25%)")
+    assert uar > 35.0
+    assert results["std"]["uar"] == pytest.approx(np.std([results[str(f)]["uar"] for f in range(1, 6)]))
+    assert results["1"]["weights"] == "random:apc:tiny:seed0"
+
+
+def test_original_readme_command_parses_and_explains_what_is_missing(tmp_path):
+    """The README's training command, verbatim from experiment/, ends in one line naming the next step."""
+    config = tmp_path / "config.yml"
+    config.write_text(f"data_dir:\n  iemocap: {tmp_path}\nproject_dir: {tmp_path / 'out'}\n")
+    proc = run_script("experiment/finetune_single_thread.py", "--pretrain_model", "apc", "--dataset", "iemocap",
+                      "--learning_rate", "0.0005", "--downstream_model", "cnn", "--num_epochs", "30",
+                      "--num_layers", "3", "--conv_layers", "2", "--pooling", "mean", "--hidden_size", "128",
+                      "--config", str(config), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "iemocap_fold1.json not found" in proc.stderr and "train_split_gen" in proc.stderr
+
+
+def test_fairness_matches_the_saved_predictions(project):
+    config, out = project
+    run_script("trustworthy/fairness/fairness_evaluation.py", *_flags(config), "--bootstrap", "50")
+    results = json.loads((out / "fairness" / "demo" / "apc" / RUN / "results.json").read_text())
+    for fold in ("1", "3"):
+        preds = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / f"fold_{fold}_test_predictions.csv",
+                            dtype={"speaker": str, "gender": str})
+        for attr in ("speaker", "gender"):
+            expected = fairness_report(preds.label, preds.prediction, preds[attr], n_bootstrap=0, seed=0)
+            got = results[fold][attr]
+            for metric in ("statistical_parity", "equality_of_opportunity", "demographic_parity"):
+                assert got[metric] == pytest.approx(expected[metric], abs=1e-9)
+                assert 0.0 <= got[metric] <= 1.0
+            low, high = got["ci95"]["statistical_parity"]
+            assert low <= high
+    assert results["average"]["gender"]["statistical_parity"] == pytest.approx(
+        np.mean([results[str(f)]["gender"]["statistical_parity"] for f in range(1, 6)]))
+
+
+def test_fgsm_hits_the_snr_and_a_strong_attack_beats_a_weak_one(project):
+    config, out = project
+    rates = {}
+    for snr in ("5", "60"):
+        run_script("trustworthy/safety/adversarial_attack.py", *_flags(config), "--attack_method", "fgsm",
+                   "-snr", snr, "--folds", "1,2")
+        results = json.loads((out / "attack" / "fgsm" / snr / "demo" / "apc" / RUN / "results.json").read_text())
+        for fold in ("1", "2"):
+            assert results[fold]["measured_snr_db"] == pytest.approx(float(snr), abs=0.1)
+            assert results[fold]["num_attacked"] > 0
+        rates[snr] = results["average"]["success_rate"]
+    print(f"FGSM success rate: {rates['5']:.1f}% at 5 dB vs {rates['60']:.1f}% at 60 dB")
+    assert rates["5"] > rates["60"]
+
+
+def test_privacy_trains_a_gender_head_on_fold_1(project):
+    config, out = project
+    run_script("trustworthy/privacy/gender_inference.py", *_flags(config))
+    results = json.loads((out / "privacy" / "gender" / "demo" / "apc" / RUN / "results.json").read_text())
+    assert list(k for k in results if k.isdigit()) == ["1"]
+    history = json.loads((out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1.json").read_text())
+    assert len([k for k in history if k.isdigit()]) == 10                 # 10 epochs, as the original
+    preds = pd.read_csv(out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
+    assert set(preds.label) == {0, 1} and list(preds.columns[-2:]) == ["prob_female", "prob_male"]
+    assert 0.0 <= results["average"]["uar"] <= 100.0
+
+
+def test_sustainability_counts_flops_params_and_latency(project):
+    config, out = project
+    run_script("trustworthy/sustainability/sustainability.py", *_flags(config), "--repeats", "2",
+               "--throughput_batch", "2")
+    report = json.loads((out / "flops" / "demo" / "apc" / RUN / "gflops.json").read_text())
+    assert report["gflops"] > report["backbone_gflops"] > 0 and report["head_gflops"] > 0
+    assert report["gflops"] == pytest.approx(report["backbone_gflops"] + report["head_gflops"])
+    assert report["params_total"] == report["params_backbone"] + report["params_head"]
+    assert report["params_trainable"] == report["params_head"]            # frozen backbone
+    assert report["latency_ms_median"] > 0 and report["throughput_audio_seconds_per_second"] > 0
+
+
+def test_trust_profile_plot_reads_the_runs(project):
+    config, out = project
+    run_script("trustworthy/plot_spider.py", "--config", str(config), "--dataset", "demo",
+               "--output_dir", str(out / "profile"))
+    pngs = sorted(p.name for p in (out / "profile").glob("*.png"))
+    assert "compare.png" in pngs and len(pngs) >= 2
+    assert "apc" in (out / "profile" / "trust_profile.md").read_text().lower()
