@@ -1,4 +1,5 @@
-"""Where the head's input comes from: frozen hidden states computed once (memory + disk cache), or a live backbone."""
+"""Where the head's input comes from: frozen hidden states computed once (memory + disk cache), the cached input
+of a trainable last layer, or a live backbone."""
 import hashlib
 import logging
 import os
@@ -41,7 +42,7 @@ def autocast_for(device: torch.device):
 
 
 class LiveFeatures:
-    """Runs the backbone on every batch (unfrozen fine-tuning, or --no_cache: the original's per-epoch loop)."""
+    """Runs the backbone on every batch (--finetune unfrozen, or --no_cache: the original's per-epoch loop)."""
 
     def __init__(self, backbone, audio: AudioBank, device: torch.device, round_like_cache: bool):
         self.backbone, self.audio, self.device = backbone, audio, device
@@ -62,10 +63,14 @@ class LiveFeatures:
         return hidden.float(), mask
 
 
-class CachedFeatures:
-    """Frozen-backbone hidden states, computed once per utterance in length-sorted batches and reused
-    across epochs, folds and scripts: in memory (on the device while it fits) and on disk as fp16,
-    keyed by backbone weights, audio file (path, size, mtime) and crop length."""
+class _StoredFeatures:
+    """What a frozen backbone pass gives per utterance, computed once in length-sorted batches and reused
+    across epochs, folds and scripts: in memory (on the device while it fits) and on disk as fp16, keyed by
+    what is stored (`kind`), backbone weights, audio file (path, size, mtime), crop length and precision.
+
+    Subclasses say what is stored ([L, F, D] per utterance, from `_encode`) and how a batch is made of it."""
+
+    kind: str   # names the disk folder and enters the key, so different stored things never mix
 
     def __init__(self, backbone, audio: AudioBank, device: torch.device, batch_size: int,
                  cache_root: Path | None, memory_budget_bytes: int):
@@ -77,25 +82,33 @@ class CachedFeatures:
         self.precision = "bf16" if device.type == "cuda" else "fp32"
         self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0}
 
+    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored tensors [L, B, F, D] and frame lengths [B] of a padded batch."""
+        raise NotImplementedError
+
     def _key(self, path: str) -> str:
         st = os.stat(path)
-        ident = f"{self.backbone.weights_id}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.audio.max_seconds}|{self.precision}"
+        ident = (f"{self.kind}|{self.backbone.weights_id}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+                 f"|{self.audio.max_seconds}|{self.precision}")
         return hashlib.sha1(ident.encode()).hexdigest()
 
-    def _disk_path(self, key: str) -> Path:
-        return self.cache_root / self.backbone.name / key[:2] / f"{key}.pt"
+    def _folder(self) -> Path:
+        return self.cache_root / self.backbone.name / self.kind
 
-    def _remember(self, key: str, hidden: torch.Tensor) -> torch.Tensor:
-        size = hidden.numel() * hidden.element_size()
+    def _disk_path(self, key: str) -> Path:
+        return self._folder() / key[:2] / f"{key}.pt"
+
+    def _remember(self, key: str, stored: torch.Tensor) -> torch.Tensor:
+        size = stored.numel() * stored.element_size()
         on_device = self.memory_bytes + size <= self.memory_budget
         if on_device or self.cache_root is None:
-            hidden = hidden.to(self.device)
-            self.memory[key] = hidden
+            stored = stored.to(self.device)
+            self.memory[key] = stored
             self.memory_bytes += size
-        return hidden
+        return stored
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
-        """Make sure every utterance has features; returns those whose audio is readable."""
+        """Make sure every utterance has its stored tensors; returns those whose audio is readable."""
         missing = []
         for u in utts:
             if u.path in self.audio.bad:
@@ -121,10 +134,10 @@ class CachedFeatures:
             batch_utts = [unique[i] for i in idx]
             wav, wav_len = pad_waveforms([self.audio.get(u.path) for u in batch_utts])
             with torch.no_grad(), autocast_for(self.device):
-                hidden, n_frames, _ = self.backbone(wav.to(self.device), wav_len.to(self.device))
-            hidden = hidden.to(torch.float16)
+                stored, n_frames = self._encode(wav.to(self.device), wav_len.to(self.device))
+            stored = stored.to(torch.float16)
             for i, u in enumerate(batch_utts):
-                one = hidden[:, i, : int(n_frames[i])].contiguous()
+                one = stored[:, i, : int(n_frames[i])].contiguous()
                 key = self._key(u.path)
                 if self.cache_root is not None:
                     save_torch(self._disk_path(key), one.cpu())
@@ -140,11 +153,47 @@ class CachedFeatures:
     def length(self, u: Utterance) -> int:
         return self.get(u).shape[1]
 
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, mask = pad_features([self.get(u).to(self.device) for u in utts])
-        return hidden.float(), mask
+    def _padded(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored fp16 tensors of a batch, zero-padded to [L, B, F, D], and the mask [B, F]."""
+        return pad_features([self.get(u).to(self.device) for u in utts])
 
     def disk_bytes(self) -> int:
-        if self.cache_root is None or not (self.cache_root / self.backbone.name).is_dir():
+        if self.cache_root is None or not self._folder().is_dir():
             return 0
-        return sum(p.stat().st_size for p in (self.cache_root / self.backbone.name).rglob("*.pt"))
+        return sum(p.stat().st_size for p in self._folder().rglob("*.pt"))
+
+
+class CachedFeatures(_StoredFeatures):
+    """A frozen backbone's hidden states [L, F, D], stored; batches are just padded."""
+
+    kind = "hidden"
+
+    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, n_frames, _ = self.backbone(wav, lengths)
+        return hidden, n_frames
+
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self._padded(utts)
+        return hidden.float(), mask
+
+
+class LastLayerFeatures(_StoredFeatures):
+    """--finetune unfrozen_last_layer: the frozen lower hidden states and the last layer's input are stored
+    ([L-1] + [1] slices), and each batch runs only the (trainable) last layer on them.
+
+    The stored tensors come from the lower layers, which never train, so they hold in every fold; the last
+    layer's output is never stored, since its weights change. A batch equals forward()'s hidden states up to
+    the fp16 rounding of the stored part."""
+
+    kind = "until_last"
+
+    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lower, last_input, n_frames, _ = self.backbone.forward_until_last(wav, lengths)
+        return torch.cat([lower, last_input.unsqueeze(0)]), n_frames
+
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        stored, mask = self._padded(utts)
+        # as LiveFeatures: fp32 while training, autocast (bf16 on CUDA) for evaluation
+        with torch.set_grad_enabled(grad), (nullcontext() if grad else autocast_for(self.device)):
+            last = self.backbone.run_last_layer(stored[-1].float(), mask)
+        return torch.cat([stored[:-1], last.float().unsqueeze(0)]), mask   # fp16 lower states promoted to fp32

@@ -1,19 +1,21 @@
 """Shared by the stage scripts: logging, the models of a run, their feature source, results files."""
+import fcntl
 import logging
 import os
 import shlex
 import sys
 from argparse import Namespace
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from model.backbones import build_backbone
+from model.backbones import BACKBONES, build_backbone
 from model.heads import CNNSelfAttention
 from utils.config import REPO_ROOT
 from utils.datasets import get_corpus
 from utils.errors import TrustSerError
-from utils.features import AudioBank, CachedFeatures, LiveFeatures
+from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures
 from utils.io import load_torch, read_json, write_json
 from utils.metrics import mean_std
 from utils.paths import cache_dir
@@ -24,6 +26,12 @@ log = logging.getLogger("trust-ser")
 def setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)-3s ==> %(message)s", level=logging.INFO,
                         datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def check_backbone_name(name: str) -> None:
+    """Unknown --pretrain_model fails before any file is read or written (aggregating included)."""
+    if name not in BACKBONES:
+        raise TrustSerError(f"unknown --pretrain_model '{name}'; choose one of: {', '.join(BACKBONES)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,15 +53,20 @@ def make_backbone(args: Namespace, device: torch.device):
 
 
 def make_source(args: Namespace, backbone, device: torch.device, project_dir: str, grad_backbone: bool):
-    """Cached frozen features unless the backbone trains or --no_cache is given."""
+    """Where the head's input comes from: cached hidden states of a frozen backbone; with --finetune
+    unfrozen_last_layer, cached inputs of the last layer, which alone runs every batch; the live backbone
+    with --finetune unfrozen, or with --no_cache (the original's per-epoch recomputation)."""
     audio = AudioBank(args.audio_duration, args.skip_bad)
-    if grad_backbone or args.no_cache:
+    last_layer_only = (grad_backbone and args.finetune == "unfrozen_last_layer"
+                       and backbone.supports_last_layer_split)
+    if args.no_cache or (grad_backbone and not last_layer_only):
         return LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone)
     if device.type == "cuda":
         budget = int(0.6 * torch.cuda.mem_get_info(device)[0])
     else:
         budget = int(0.3 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    return CachedFeatures(backbone, audio, device, args.eval_batch_size, cache_dir(project_dir), budget)
+    store = LastLayerFeatures if last_layer_only else CachedFeatures
+    return store(backbone, audio, device, args.eval_batch_size, cache_dir(project_dir), budget)
 
 
 def finetune_command(args: Namespace) -> str:
@@ -87,13 +100,21 @@ def load_trained(args: Namespace, run_dir: Path, fold: int, device: torch.device
 
 
 def load_state(module: torch.nn.Module, path: Path, strict: bool = True) -> None:
+    """Weights saved by this project; strict=False: the file may hold a subset (the trained part), never
+    weights the module does not have."""
     state = load_torch(path)
+    hint = "other --pretrain_model, --finetune, --hidden_size, --conv_layers or --pooling?"
+    if not isinstance(state, dict):
+        raise TrustSerError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     try:
-        module.load_state_dict(state, strict=strict)
+        result = module.load_state_dict(state, strict=strict)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
-        raise TrustSerError(f"checkpoint {path} does not fit this backbone/head "
-                            f"(other --pretrain_model, --hidden_size, --conv_layers?): {first[1].strip() if len(first) > 1 else first[0]}") from None
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise TrustSerError(f"checkpoint {path} does not fit this backbone/head ({hint}): {detail}") from None
+    if result.unexpected_keys:
+        raise TrustSerError(f"checkpoint {path} does not fit this backbone/head ({hint}): "
+                            f"{len(result.unexpected_keys)} unknown weights, e.g. {result.unexpected_keys[0]}")
 
 
 def trainable_backbone_state(backbone: torch.nn.Module) -> dict:
@@ -112,21 +133,39 @@ def run_flags(args: Namespace) -> dict:
 
 def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, fold_file: str = "fold_{}.json",
               pick=lambda d: d) -> dict:
-    """results.json from whatever per-fold files exist: per fold values, average and std."""
-    per_fold = {}
-    for fold in folds:
-        path = out_dir / fold_file.format(fold)
-        result = pick(read_json(path)) if path.is_file() else None
-        if result is not None:
-            per_fold[str(fold)] = result
-    if not per_fold:
-        raise TrustSerError(f"no finished folds in {out_dir}; nothing to aggregate")
-    avg, std = mean_std(per_fold, keys)
-    results = {**per_fold, "average": avg, "std": std,
-               "meta": {**meta, "folds_done": sorted(int(f) for f in per_fold),
-                        "folds_missing": [f for f in folds if str(f) not in per_fold]}}
-    write_json(out_dir / "results.json", results)
+    """results.json from whatever per-fold files exist: per fold values, average and std.
+
+    Folds may finish in separate processes at the same time (--folds k): each writes its fold file first,
+    then aggregates under an exclusive lock, so the last to aggregate sees every finished fold."""
+    with _exclusive(out_dir / ".results.lock"):
+        per_fold = {}
+        for fold in folds:
+            path = out_dir / fold_file.format(fold)
+            result = pick(read_json(path)) if path.is_file() else None
+            if result is not None:
+                per_fold[str(fold)] = result
+        if not per_fold:
+            raise TrustSerError(f"no finished folds in {out_dir}; nothing to aggregate")
+        avg, std = mean_std(per_fold, keys)
+        results = {**per_fold, "average": avg, "std": std,
+                   "meta": {**meta, "folds_done": sorted(int(f) for f in per_fold),
+                            "folds_missing": [f for f in folds if str(f) not in per_fold]}}
+        write_json(out_dir / "results.json", results)
     return results
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """An advisory lock held by one process at a time (flock: local disks and NFS alike on Linux)."""
+    if not lock_path.parent.is_dir():
+        yield       # nothing there to aggregate; aggregate() says so
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def num_classes_of(dataset: str) -> int:

@@ -1,0 +1,289 @@
+"""Feature sources: cached == live, batched == batch-of-one, cached last-layer input == full forward, cache keys.
+
+Tiny random-init backbones on 0.5-2 s clips (CPU, seconds); one test runs the finetune script twice."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model.backbones import build_backbone  # noqa: E402
+from model.heads import CNNSelfAttention  # noqa: E402
+from utils.audio import write_wav  # noqa: E402
+from utils.data import Utterance  # noqa: E402
+from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
+from utils.pipeline import make_source  # noqa: E402
+from utils.synthetic import EMOTIONS, make_corpus, make_speaker, synthesize  # noqa: E402
+from utils.training import evaluate, set_seed, train_epoch  # noqa: E402
+
+pytestmark = [  # library noise: s3prl's unused MFCC transform, HF WavLM's mixed mask types
+    pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values"),
+    pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask and attn_mask"),
+]
+CPU = torch.device("cpu")
+SECONDS = [0.5, 1.9, 1.0, 1.4, 0.7, 1.2, 1.65, 0.85]   # clearly different lengths: padding in every batch
+FP16_EPS = 2.0 ** -11                                 # relative rounding of the stored fp16 tensors
+_backbones: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine threads make them crawl."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def utts(tmp_path_factory) -> list[Utterance]:
+    """Synthetic speech (two speakers, the four emotions) cut or looped to the lengths above; label = emotion."""
+    folder = tmp_path_factory.mktemp("clips")
+    out = []
+    for i, seconds in enumerate(SECONDS):
+        speaker = make_speaker(1 + i % 2, seed=0)
+        wav = synthesize(speaker, EMOTIONS[i % 4], k=i, seed=0)
+        path = folder / f"u{i}.wav"
+        write_wav(path, np.resize(wav, int(seconds * 16000)))
+        out.append(Utterance(f"u{i}", speaker.name, speaker.gender, str(path), i % 4))
+    return out
+
+
+def backbone(name: str, finetune: str = "frozen"):
+    if (name, finetune) not in _backbones:
+        _backbones[name, finetune] = build_backbone(name, random_init=True, tiny=True, finetune=finetune)
+    return _backbones[name, finetune]
+
+
+def head_for(bb, seed: int = 3) -> CNNSelfAttention:
+    torch.manual_seed(seed)
+    return CNNSelfAttention(bb.hidden_dim, bb.num_layers, 4, hidden_dim=16, conv_layers=2, pooling_method="att")
+
+
+def cached(bb, cache_root: Path | None, batch_size: int = 8, kind=CachedFeatures):
+    return kind(bb, AudioBank(2, skip_bad=False), CPU, batch_size, cache_root, memory_budget_bytes=1 << 30)
+
+
+def live(bb, round_like_cache: bool):
+    return LiveFeatures(bb, AudioBank(2, skip_bad=False), CPU, round_like_cache=round_like_cache)
+
+
+# -- Part A: --finetune unfrozen_last_layer from cached inputs of the last layer
+
+@pytest.mark.parametrize("name", ["wavlm", "whisper_tiny", "tera"])
+def test_last_layer_source_equals_the_full_forward_and_trains_the_last_layer(name, utts, tmp_path):
+    bb = backbone(name, "unfrozen_last_layer")
+    source = cached(bb, tmp_path, kind=LastLayerFeatures)
+    assert source.prepare(utts) == utts and source.stats["computed"] == len(utts)
+    bb.eval()
+    expected, expected_mask = live(bb, round_like_cache=False).batch(utts)
+    hidden, mask = source.batch(utts)
+    assert hidden.shape == expected.shape == (bb.num_layers, len(utts), mask.shape[1], bb.hidden_dim)
+    assert torch.equal(mask, expected_mask) and not mask.all()
+    scale = expected.abs().max().item()
+    lower_err = (hidden[:-1] - expected[:-1]).abs().max().item()
+    last_err = (hidden[-1] - expected[-1]).abs().max().item()
+    assert lower_err <= FP16_EPS * scale          # only the fp16 rounding of the stored lower states
+    assert last_err <= 4 * FP16_EPS * scale       # the last layer run on fp16-rounded inputs
+    assert hidden[:, ~mask].abs().max() == 0       # padded frames are zero, as forward() gives them
+
+    got, expected = (last_layer_gradients(bb, s, utts) for s in (source, live(bb, round_like_cache=False)))
+    assert 0 < (got - expected).norm() <= 0.01 * expected.norm()
+
+
+def last_layer_gradients(bb, source, utts) -> torch.Tensor:
+    """Gradient of a loss on all hidden states, flattened; the last layer's parameters, and only they, get one."""
+    hidden, mask = source.batch(utts, grad=True)
+    hidden[:, mask].pow(2).mean().backward()
+    grads = {n: p.grad.flatten() for n, p in bb.named_parameters() if p.grad is not None}
+    assert set(grads) == {n for n, p in bb.named_parameters() if p.requires_grad} != set()
+    assert all(g.abs().max() > 0 for n, g in grads.items() if n.endswith(".weight"))
+    bb.zero_grad(set_to_none=True)
+    return torch.cat(list(grads.values()))
+
+
+def test_one_epoch_of_last_layer_finetuning_matches_the_live_backbone(utts, tmp_path):
+    """Same seed, same batches: cached last-layer input vs the whole backbone every batch."""
+    bb = backbone("wavlm", "unfrozen_last_layer")
+    initial = {k: v.clone() for k, v in bb.state_dict().items()}
+    store = cached(bb, tmp_path, kind=LastLayerFeatures)
+    store.prepare(utts)
+    runs = {}
+    for label, source in (("cached", store), ("live", live(bb, round_like_cache=False))):
+        bb.load_state_dict(initial)
+        set_seed(8)
+        head = head_for(bb)
+        params = list(head.parameters()) + [p for p in bb.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=5e-3)
+        losses = [train_epoch(head, bb, source, utts, nn.NLLLoss(), optimizer, 2, torch.Generator().manual_seed(8),
+                              4)["loss"] for _ in range(2)]
+        trained = {n: p.detach().clone() for n, p in bb.named_parameters() if p.requires_grad}
+        runs[label] = losses, evaluate(head, bb, source, utts, 8, 4).probabilities, trained
+    bb.load_state_dict(initial)
+    (loss_c, prob_c, trained), (loss_l, prob_l, _) = runs["cached"], runs["live"]
+    print(f"\nlast-layer finetuning, cached vs live: losses {loss_c} vs {loss_l}, "
+          f"max probability difference {np.abs(prob_c - prob_l).max():.2e}")
+    assert np.allclose(loss_c, loss_l, rtol=1e-4) and loss_c[1] != loss_c[0]
+    assert np.abs(prob_c - prob_l).max() < 1e-4
+    # the weights themselves are not compared: Adam's first steps are about lr * sign(gradient), so weights
+    # with near-zero gradients move by +-lr on float noise
+    assert trained and all(not torch.equal(p, initial[n]) for n, p in trained.items() if n.endswith(".weight"))
+
+
+def test_make_source_picks_the_source_for_each_mode(tmp_path):
+    def source_for(finetune: str, no_cache: bool = False, grad: bool | None = None):
+        args = Namespace(audio_duration=2, skip_bad=False, finetune=finetune, no_cache=no_cache, eval_batch_size=4)
+        grad = finetune != "frozen" if grad is None else grad
+        return make_source(args, backbone("wavlm", finetune), CPU, str(tmp_path), grad_backbone=grad)
+
+    assert type(source_for("frozen")) is CachedFeatures
+    assert type(source_for("unfrozen_last_layer")) is LastLayerFeatures
+    assert type(source_for("unfrozen")) is LiveFeatures and not source_for("unfrozen").round_like_cache
+    assert type(source_for("unfrozen_last_layer", grad=False)) is CachedFeatures   # probing a fine-tuned backbone
+    assert source_for("frozen", no_cache=True).round_like_cache
+    assert type(source_for("unfrozen_last_layer", no_cache=True)) is LiveFeatures
+
+
+# -- Part B: equivalences the feature cache must keep
+
+@pytest.fixture(scope="module")
+def trained_head(utts) -> CNNSelfAttention:
+    """A head fitted to the clips (on cached tiny-WavLM features), so its predictions vary and are confident."""
+    bb = backbone("wavlm")
+    source = cached(bb, None)
+    source.prepare(utts)
+    head = head_for(bb)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for epoch in range(30):
+        train_epoch(head, bb, source, utts, nn.NLLLoss(), optimizer, 4, torch.Generator().manual_seed(epoch), 4)
+    return head
+
+
+@pytest.mark.parametrize("kind", ["live", "cached"])
+def test_batched_evaluation_equals_batch_of_one(kind, utts, trained_head, tmp_path):
+    bb = backbone("wavlm")
+    source = live(bb, round_like_cache=True) if kind == "live" else cached(bb, tmp_path, batch_size=3)
+    utts = source.prepare(utts)
+    head = trained_head
+    one = evaluate(head, bb, source, utts, 1, 4)
+    batched = evaluate(head, bb, source, utts, 8, 4)
+    diff = np.abs(one.probabilities - batched.probabilities).max()
+    print(f"\n{kind}: batch 8 vs batch 1, max probability difference {diff:.2e}")
+    assert diff < 1e-5
+    assert np.array_equal(one.predictions, batched.predictions)
+    assert abs(one.loss - batched.loss) < 1e-5
+    assert len(set(one.predictions)) > 2 and one.probabilities.max(1).min() > 0.5   # varied, confident
+
+
+def test_uncached_frozen_features_are_rounded_like_the_cache(utts, tmp_path):
+    """--no_cache (frozen) gives the cache's fp16 values whatever the batch: at most a rare 1-ulp rounding flip."""
+    bb = backbone("wavlm")
+    store, uncached = cached(bb, tmp_path, batch_size=3), live(bb, round_like_cache=True)
+    store.prepare(utts)
+    for order in ([0, 1, 2, 3, 4, 5, 6, 7], [7, 2, 5], [3], [6, 0, 4, 1]):
+        batch = [utts[i] for i in order]
+        (expected, expected_mask), (hidden, mask) = store.batch(batch), uncached.batch(batch)
+        assert torch.equal(mask, expected_mask)
+        differ = hidden != expected
+        ulp = expected.abs().clamp_min(2.0 ** -14) * 2.0 ** -10
+        assert differ.float().mean() <= 1e-3
+        assert ((hidden - expected).abs()[differ] <= ulp[differ]).all()
+    assert not live(bb, round_like_cache=False).batch(utts)[0].equal(store.batch(utts)[0])
+
+
+def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_path):
+    bb = backbone("wavlm")
+    first = cached(bb, tmp_path)
+    first.prepare(utts)
+    assert first.stats == {"computed": len(utts), "from_disk": 0, "from_memory": 0}
+    before = first.get(utts[2]).clone()
+    first.prepare(utts)
+    assert first.stats["from_memory"] == len(utts) and first.stats["computed"] == len(utts)
+
+    rng = np.random.default_rng(7)
+    write_wav(utts[2].path, (0.2 * rng.standard_normal(int(1.1 * 16000))).astype(np.float32))   # new content
+    touched = Path(utts[5].path)
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))       # only mtime
+    second = cached(bb, tmp_path)
+    second.prepare(utts)
+    assert second.stats == {"computed": 2, "from_disk": len(utts) - 2, "from_memory": 0}
+    after = second.get(utts[2])
+    assert after.shape[1] != before.shape[1]
+    assert torch.equal(second.get(utts[0]), first.get(utts[0]))
+    assert second.disk_bytes() > 0
+
+    other = build_backbone("wavlm", random_init=True, tiny=True)
+    other.weights_id += "+finetuned:x"
+    keys = {cached(b, tmp_path, kind=k)._key(utts[0].path)
+            for b, k in ((bb, CachedFeatures), (other, CachedFeatures), (bb, LastLayerFeatures))}
+    assert len(keys) == 3
+    assert cached(bb, tmp_path)._key(utts[0].path) == first._key(utts[0].path)
+
+
+def load_script(relative: str):
+    spec = importlib.util.spec_from_file_location(Path(relative).stem + "_script", REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepared_project(root: Path) -> Path:
+    """Synthetic corpus (5 speakers, 40 clips) -> splits -> preprocessed audio, by the real scripts' main()."""
+    make_corpus(root / "corpus", n_speakers=5, utts_per_emotion=2)
+    config = root / "config.yml"
+    config.write_text(f"data_dir:\n  demo: {root / 'corpus'}\nproject_dir: {root / 'prepared'}\n")
+    scripts = (("train_split_gen/demo.py", []), ("preprocess_audio/preprocess_audio.py", ["--dataset", "demo"]))
+    for script, flags in scripts:
+        with mock.patch.object(sys, "argv", [script, "--config", str(config), *flags]):
+            load_script(script).main()
+    return root / "prepared"
+
+
+def test_cached_and_uncached_finetune_runs_give_the_same_predictions(tmp_path):
+    prepared = prepared_project(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+           "OMP_NUM_THREADS": "1"}
+    flags = ["--dataset", "demo", "--random_init", "--tiny", "--pretrain_model", "wavlm", "--folds", "1",
+             "--num_epochs", "2", "--batch_size", "8", "--eval_batch_size", "8", "--device", "cpu",
+             "--audio_duration", "2", "--hidden_size", "16", "--conv_layers", "2", "--learning_rate", "0.005"]
+    runs = {}
+    for mode, extra in (("cached", []), ("uncached", ["--no_cache"])):
+        project = tmp_path / mode
+        project.mkdir()
+        for part in ("train_split", "audio"):   # the same splits and audio, separate outputs and cache
+            (project / part).symlink_to(prepared / part)
+        config = tmp_path / f"{mode}.yml"
+        config.write_text(f"data_dir:\n  demo: {tmp_path / 'corpus'}\nproject_dir: {project}\n")
+        command = [sys.executable, str(REPO / "experiment" / "finetune_single_thread.py"), "--config", str(config),
+                   *flags, *extra]
+        runs[mode] = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+    for mode, proc in runs.items():   # both at once: two cores
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{mode} run failed:\n{output[-3000:]}"
+    assert (tmp_path / "cached" / "cache").is_dir() and not (tmp_path / "uncached" / "cache").exists()
+
+    run_dirs = {mode: next((tmp_path / mode / "finetune").rglob("fold_1.json")).parent for mode in runs}
+    cached_pred, uncached_pred = (pd.read_csv(run_dirs[m] / "fold_1_test_predictions.csv") for m in runs)
+    probs = [c for c in cached_pred.columns if c.startswith("prob_")]
+    diff = np.abs(cached_pred[probs].to_numpy() - uncached_pred[probs].to_numpy()).max()
+    histories = [json.loads((run_dirs[m] / "fold_1.json").read_text()) for m in runs]
+    loss_diff = max(abs(histories[0][e][s]["loss"] - histories[1][e][s]["loss"])
+                    for e in ("0", "1") for s in ("train", "dev", "test"))
+    print(f"\ncached vs --no_cache: max probability difference {diff:.2e}, max loss difference {loss_diff:.2e}")
+    assert list(cached_pred["key"]) == list(uncached_pred["key"]) and len(cached_pred) == 8
+    assert list(cached_pred["prediction"]) == list(uncached_pred["prediction"])
+    assert diff <= 1e-4 and loss_diff <= 1e-5
+    assert histories[0]["1"]["train"]["loss"] != histories[0]["0"]["train"]["loss"]   # it did train
