@@ -74,6 +74,8 @@ def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], bac
     generator = torch.Generator().manual_seed(8 * fold)
     state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
     last_path = run_dir / f"fold_{fold}_last.pt"
+    for stale in run_dir.glob(f".fold_{fold}[._]*.tmp"):   # left by a process killed mid-write; this fold is ours
+        stale.unlink(missing_ok=True)
     if last_path.is_file():
         state = _resume(last_path, head, backbone, optimizer, scheduler, generator)
         log.info(f"fold {fold}: resuming after epoch {state['epoch']} from {last_path}")
@@ -124,15 +126,24 @@ def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state
 def _save_resume(path, state, head, backbone, optimizer, scheduler, generator) -> None:
     save_torch(path, {**state, "head": head.state_dict(), "backbone": trainable_backbone_state(backbone),
                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "generator": generator.get_state(), "rng": torch.get_rng_state()})
+                      "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                      # dropout on a GPU draws from its own generator
+                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []})
 
 
 def _resume(path, head, backbone, optimizer, scheduler, generator) -> dict:
-    ckpt = load_torch(path)
-    head.load_state_dict(ckpt["head"])
-    backbone.load_state_dict(ckpt["backbone"], strict=False)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    generator.set_state(ckpt["generator"])
-    torch.set_rng_state(ckpt["rng"])
-    return {k: ckpt[k] for k in ("epoch", "history", "best", "best_head", "best_backbone")}
+    try:
+        ckpt = load_torch(path)
+        head.load_state_dict(ckpt["head"])
+        backbone.load_state_dict(ckpt["backbone"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") and len(ckpt["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        return {k: ckpt[k] for k in ("epoch", "history", "best", "best_head", "best_backbone")}
+    except (TrustSerError, RuntimeError, ValueError, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrustSerError(f"cannot resume from {path} ({reason}); delete it, or pass --overwrite, "
+                            f"to train this fold from the start") from None

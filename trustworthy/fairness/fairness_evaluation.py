@@ -34,7 +34,7 @@ def fold_fairness(args, fold: int, project_dir: str, device, corpus) -> dict:
     reports = {attr: fairness_report(labels, result.predictions, [getattr(u, attr) for u in test],
                                      n_bootstrap=args.bootstrap, seed=fold)
                for attr in ATTRIBUTES}
-    return {**reports, "uar": result.scores["uar"], "num_test": len(test)}
+    return {**reports, "uar": result.scores["uar"], "num_test": len(test), "skipped_bad_audio": len(source.audio.bad)}
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ def main() -> None:
     folds = parse_folds(args.folds or "1", corpus.fold_ids())
     out_dir = privacy_dir(config["project_dir"], args)
     if args.aggregate_only:
-        aggregate(out_dir, folds, ["uar", "acc", "macro_f1"], run_flags(args), pick=best_of_fold)
+        aggregate(out_dir, corpus.fold_ids(), ["uar", "acc", "macro_f1"], run_flags(args), pick=best_of_fold)
         return
     device = resolve_device(args.device)
     spec = FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False)
@@ -65,7 +65,7 @@ def main() -> None:
         if args.overwrite:
             (out_dir / f"fold_{fold}_last.pt").unlink(missing_ok=True)
         train_fold(args, fold, data, backbone, source, out_dir, device, spec)
-    results = aggregate(out_dir, folds, ["uar", "acc", "macro_f1"], run_flags(args), pick=best_of_fold)
+    results = aggregate(out_dir, corpus.fold_ids(), ["uar", "acc", "macro_f1"], run_flags(args), pick=best_of_fold)
     log.info(f"gender inference test UAR {results['average']['uar']:.2f}% (50% = nothing leaks); "
              f"results: {out_dir / 'results.json'}")
 

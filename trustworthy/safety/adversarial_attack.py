@@ -105,7 +105,8 @@ def main() -> None:
                                           corpus.num_classes)
             audio = AudioBank(args.audio_duration, args.skip_bad)
             test = [u for u in load_fold(config["project_dir"], args.dataset, fold)["test"] if audio.get(u.path) is not None]
-            result = attack_fold(backbone, head, test, audio, args, device, corpus.num_classes)
+            result = {**attack_fold(backbone, head, test, audio, args, device, corpus.num_classes),
+                      "skipped_bad_audio": len(audio.bad)}
             write_json(out_dir / f"fold_{fold}.json", result)
             log.info(f"fold {fold}: {args.attack_method} at {args.snr} dB flips {result['num_flipped']} of "
                      f"{result['num_attacked']} correctly classified utterances ({result['success_rate']}%)")

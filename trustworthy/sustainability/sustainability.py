@@ -62,10 +62,13 @@ def main() -> None:
     config = load_config(args.config)
     corpus = get_corpus(args.dataset)
     fold = parse_folds(args.folds, corpus.fold_ids())[0]
+    out = flops_dir(config["project_dir"], args) / "gflops.json"
+    if out.is_file() and not args.overwrite:
+        log.info(f"already measured: {out}, skipping (--overwrite to redo)")
+        return
     device = resolve_device(args.device)
     backbone, head = load_trained(args, finetune_dir(config["project_dir"], args), fold, device, corpus.num_classes)
     result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats, device)
-    out = flops_dir(config["project_dir"], args) / "gflops.json"
     write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, **run_flags(args)})
     log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M parameters "
              f"({result['params_trainable'] / 1e6:.2f} M trainable), latency {result['latency_ms_median']:.1f} ms on "

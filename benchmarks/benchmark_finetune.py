@@ -1,0 +1,464 @@
+"""Benchmark a frozen k-fold x E-epoch run, the original's per-epoch loop vs the feature cache; FGSM batched vs 1.
+
+Builds a synthetic corpus in memory (noise + tones, gamma-distributed durations, speakers in sessions of two,
+leave-one-session-out folds with the last remaining session as dev, as IEMOCAP), then times in one process:
+
+  per_epoch  the original's loop: the frozen backbone (fp32, no_grad) on every training batch of every epoch, and
+             every dev/test utterance evaluated alone through backbone + head after every epoch. Only
+             --per_epoch_epochs epochs of fold 1 are run; the totals are extrapolated per training batch and per
+             evaluated utterance to all folds x epochs, and the output says so.
+  ours       CachedFeatures (one length-sorted feature pass, bf16 autocast on CUDA, kept in memory) and
+             utils.finetune.train_fold for every fold (batched evaluation, checkpoints and logs included).
+  fgsm       the safety stage's attack_fold over fold 1's test set, --eval_batch_size vs batch 1.
+
+  python benchmarks/benchmark_finetune.py                         # tiny preset, CPU, well under a minute
+  python benchmarks/benchmark_finetune.py --preset iemocap --pretrain_model wavlm --json bench.json   # GPU
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from argparse import Namespace
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.backbones import BACKBONES, build_backbone  # noqa: E402
+from trustworthy.safety.adversarial_attack import attack_fold  # noqa: E402
+from utils import finetune  # noqa: E402
+from utils.data import Utterance, class_weights, pad_waveforms  # noqa: E402
+from utils.errors import TrustSerError, run_main  # noqa: E402
+from utils.features import AudioBank, CachedFeatures, LiveFeatures  # noqa: E402
+from utils.pipeline import build_head, load_state  # noqa: E402
+from utils.training import evaluate, make_optimizer, set_seed, train_epoch  # noqa: E402
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.5
+GAMMA_SHAPE = 2.0       # IEMOCAP's durations: mean about 4.5 s, std about 3.2 s (= mean / sqrt(shape))
+NUM_CLASSES = 4
+PER_EPOCH_FOLD = 1      # the fold whose epochs the per_epoch mode times
+STAGES = ["feature pass", "head training", "evaluation", "bookkeeping", "total"]
+
+# The tiny backbone is 24x narrower than WavLM base+, so its head is narrowed with it (hidden_size 32): the
+# full-size head costs ~1% of the backbone, a 256-channel head on the tiny backbone costs as much as the backbone.
+PRESETS = {
+    "tiny": dict(num_utterances=400, mean_seconds=1.5, max_seconds=2.0, folds=5, epochs=10, per_epoch_epochs=2,
+                 hidden_size=32, tiny=True, threads=1),
+    "iemocap": dict(num_utterances=5500, mean_seconds=4.5, max_seconds=6.0, folds=5, epochs=30, per_epoch_epochs=1,
+                    hidden_size=256, tiny=False, threads=None),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS),
+                   help="tiny: tiny random-init backbone, 400 utterances of ~1.3 s (CPU, < 1 min); "
+                        "iemocap: full-size random-init backbone, 5.5k utterances of mean 4.5 s cropped at 6 s")
+    p.add_argument("--pretrain_model", default="wavlm", choices=list(BACKBONES))
+    p.add_argument("--num_utterances", type=int, help="corpus size (preset default)")
+    p.add_argument("--mean_seconds", type=float, help="mean utterance duration before cropping (preset default)")
+    p.add_argument("--max_seconds", type=float, help="crop length in seconds (preset default)")
+    p.add_argument("--folds", type=int, help="sessions of two speakers = leave-one-session-out folds (>= 3)")
+    p.add_argument("--epochs", type=int, help="epochs per fold (preset default)")
+    p.add_argument("--per_epoch_epochs", type=int,
+                   help="epochs of fold 1 the per_epoch mode runs before extrapolating to folds x epochs "
+                        "(tiny: 2, iemocap: 1)")
+    p.add_argument("--per_epoch_bf16", action="store_true",
+                   help="run the per_epoch backbone under bf16 autocast on CUDA (the original ran fp32)")
+    p.add_argument("--batch_size", type=int, default=64, help="training batch size")
+    p.add_argument("--eval_batch_size", type=int, default=32, help="batch size of the feature pass, evaluation, FGSM")
+    p.add_argument("--hidden_size", type=int, help="head channels (preset default)")
+    p.add_argument("--snr", type=float, default=45.0, help="FGSM perturbation SNR in dB")
+    p.add_argument("--no_fgsm", action="store_true", help="skip the FGSM timing")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (tiny preset: 1; otherwise torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    args = p.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    check_args(args)
+    return args
+
+
+def check_args(args: Namespace) -> None:
+    positive = ["num_utterances", "mean_seconds", "max_seconds", "epochs", "per_epoch_epochs", "batch_size",
+                "eval_batch_size", "hidden_size"]
+    bad = [f"--{k} {getattr(args, k)}" for k in positive if getattr(args, k) <= 0]
+    if bad:
+        raise TrustSerError(f"benchmark flags must be positive: {', '.join(bad)}")
+    if args.folds < 3:
+        raise TrustSerError(f"--folds {args.folds}: need at least 3 sessions (train, dev and test)")
+    if args.max_seconds < MIN_SECONDS:
+        raise TrustSerError(f"--max_seconds {args.max_seconds}: must be at least {MIN_SECONDS} s")
+    if args.num_utterances < 4 * args.folds:
+        raise TrustSerError(f"--num_utterances {args.num_utterances}: need at least 4 per session of two speakers "
+                            f"({4 * args.folds} for --folds {args.folds})")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrustSerError(f"--device {args.device} requested but CUDA is not available; use --device cpu")
+
+
+# -- synthetic corpus
+
+@dataclass
+class SyntheticCorpus:
+    """Utterances of 2 * folds speakers (two per session) with random labels; waveforms live in `audio`."""
+    audio: AudioBank
+    utterances: list[Utterance]
+    folds: int
+    seconds: np.ndarray        # cropped durations
+
+    def session(self, u: Utterance) -> int:
+        return (int(u.speaker[3:]) - 1) // 2 + 1
+
+    def fold(self, k: int) -> dict[str, list[Utterance]]:
+        """Fold k tests session k; the last remaining session is dev, the others train (as IEMOCAP's splits)."""
+        dev = self.folds if k != self.folds else self.folds - 1
+        split = {"train": [], "dev": [], "test": []}
+        for u in self.utterances:
+            s = self.session(u)
+            split["test" if s == k else "dev" if s == dev else "train"].append(u)
+        return split
+
+
+def make_corpus(args: Namespace, folder: Path) -> SyntheticCorpus:
+    """Deterministic noise + tone waveforms, kept in an AudioBank under placeholder file names.
+
+    The empty files only give CachedFeatures a path to stat for its cache key; nothing is read from disk.
+    """
+    rng = np.random.default_rng(args.seed)
+    raw = rng.gamma(GAMMA_SHAPE, args.mean_seconds / GAMMA_SHAPE, args.num_utterances)
+    seconds = np.clip(raw, MIN_SECONDS, args.max_seconds)
+    speakers = rng.permutation(np.arange(args.num_utterances) % (2 * args.folds)) + 1   # balanced speakers
+    labels = rng.integers(0, NUM_CLASSES, args.num_utterances)
+    audio = AudioBank(args.max_seconds, skip_bad=False)
+    utterances = []
+    for i in range(args.num_utterances):
+        path = folder / f"utt{i:05d}.wav"
+        path.touch()
+        audio.wavs[str(path)] = synthetic_wave(int(seconds[i] * SAMPLE_RATE), np.random.default_rng([args.seed, i]))
+        speaker = int(speakers[i])
+        utterances.append(Utterance(f"utt{i:05d}", f"spk{speaker:02d}", "female" if speaker % 2 else "male",
+                                    str(path), int(labels[i])))
+    return SyntheticCorpus(audio, utterances, args.folds, seconds)
+
+
+def synthetic_wave(num_samples: int, rng: np.random.Generator) -> torch.Tensor:
+    t = np.arange(num_samples, dtype=np.float32) / SAMPLE_RATE
+    f0 = rng.uniform(90.0, 260.0)
+    wave = 0.1 * np.sin(2 * np.pi * f0 * t) + 0.05 * np.sin(2 * np.pi * 2.7 * f0 * t + rng.uniform(0, np.pi))
+    wave *= 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2.0, 6.0) * t) ** 2   # syllable-like envelope
+    wave += 0.02 * rng.standard_normal(num_samples, dtype=np.float32)
+    return torch.from_numpy(wave.astype(np.float32, copy=False))
+
+
+# -- timing and memory
+
+class StageClock:
+    """Wall seconds per stage; on CUDA the device is synchronised at every boundary."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str):
+        self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[name] += time.perf_counter() - start
+
+    def timed(self, name: str, fn):
+        def wrapper(*a, **kw):
+            with self.stage(name):
+                return fn(*a, **kw)
+        return wrapper
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak GPU memory since the last reset; the process' peak host RSS so far (it never goes down)."""
+    peak = {"host_rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.type == "cuda":
+        peak["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return peak
+
+
+# -- the two modes
+
+class OriginalLoopFeatures(LiveFeatures):
+    """The original's input path: the frozen backbone on every batch, fp32 (no autocast, no fp16 rounding)."""
+
+    def __init__(self, backbone, audio: AudioBank, device: torch.device, bf16: bool):
+        super().__init__(backbone, audio, device, round_like_cache=False)
+        self.bf16 = bf16
+
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bf16:
+            return super().batch(utts, grad)
+        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
+        with torch.no_grad():
+            hidden, _, mask = self.backbone(wav.to(self.device), lengths.to(self.device))
+        return hidden.float(), mask
+
+
+def head_args(args: Namespace) -> Namespace:
+    """The run flags train_fold and build_head read."""
+    return Namespace(hidden_size=args.hidden_size, conv_layers=3, pooling="att", batch_size=args.batch_size,
+                     eval_batch_size=args.eval_batch_size)
+
+
+def training_batches(split: dict, batch_size: int) -> int:
+    return max(len(split["train"]) // batch_size, 1)   # train_epoch drops the last incomplete batch
+
+
+def run_per_epoch(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device) -> dict:
+    """--per_epoch_epochs epochs of fold 1 in the original's loop, extrapolated to folds x epochs."""
+    clock = StageClock(device)
+    reset_peak_memory(device)
+    source = OriginalLoopFeatures(backbone, corpus.audio, device, bf16=args.per_epoch_bf16)
+    data = corpus.fold(PER_EPOCH_FOLD)
+    set_seed(8 * PER_EPOCH_FOLD)
+    head = build_head(head_args(args), backbone, NUM_CLASSES).to(device)
+    optimizer, scheduler = make_optimizer(head.parameters(), 2e-4)
+    criterion = nn.NLLLoss(class_weights(data["train"], NUM_CLASSES).to(device))
+    generator = torch.Generator().manual_seed(8 * PER_EPOCH_FOLD)
+    for _ in range(args.per_epoch_epochs):
+        with clock.stage("head training"):
+            train_epoch(head, backbone, source, data["train"], criterion, optimizer, args.batch_size, generator,
+                        NUM_CLASSES)
+        with clock.stage("evaluation"):
+            dev = evaluate(head, backbone, source, data["dev"], 1, NUM_CLASSES)
+            scheduler.step(dev.loss)
+            evaluate(head, backbone, source, data["test"], 1, NUM_CLASSES)
+
+    per_batch = clock.seconds["head training"] / (args.per_epoch_epochs * training_batches(data, args.batch_size))
+    per_utt = clock.seconds["evaluation"] / (args.per_epoch_epochs * (len(data["dev"]) + len(data["test"])))
+    folds = [corpus.fold(k) for k in range(1, corpus.folds + 1)]
+    batches = args.epochs * sum(training_batches(f, args.batch_size) for f in folds)
+    evaluated = args.epochs * sum(len(f["dev"]) + len(f["test"]) for f in folds)
+    stages = {"feature pass": 0.0, "head training": per_batch * batches, "evaluation": per_utt * evaluated,
+              "bookkeeping": 0.0}
+    stages["total"] = sum(stages.values())
+    return {"stages": stages, "measured": dict(clock.seconds), "extrapolated_from_epochs": args.per_epoch_epochs,
+            "extrapolated_from_fold": PER_EPOCH_FOLD, "seconds_per_training_batch": per_batch,
+            "seconds_per_evaluated_utterance": per_utt, "training_batches": batches, "evaluated_utterances": evaluated,
+            "precision": "bf16 autocast" if args.per_epoch_bf16 and device.type == "cuda" else "fp32",
+            "memory": peak_memory(device)}
+
+
+def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path) -> dict:
+    """Feature pass once, then utils.finetune.train_fold for every fold, all epochs."""
+    clock = StageClock(device)
+    reset_peak_memory(device)
+    # cache_root=None: memory only, every feature stays on the device (the budget only matters with a disk cache)
+    source = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, cache_root=None,
+                            memory_budget_bytes=0)
+    with clock.stage("feature pass"):
+        source.prepare(corpus.utterances)
+    spec = finetune.FitSpec([f"class{c}" for c in range(NUM_CLASSES)], 2e-4, args.epochs, class_weighted=True)
+    batches = evaluated = 0
+    with mock.patch.object(finetune, "train_epoch", clock.timed("head training", train_epoch)), \
+            mock.patch.object(finetune, "evaluate", clock.timed("evaluation", evaluate)):
+        for k in range(1, corpus.folds + 1):
+            with clock.stage("folds"):
+                data = {split: source.prepare(utts) for split, utts in corpus.fold(k).items()}
+                finetune.train_fold(head_args(args), k, data, backbone, source, run_dir, device, spec)
+            batches += args.epochs * training_batches(data, args.batch_size)
+            evaluated += args.epochs * (len(data["dev"]) + len(data["test"])) + len(data["test"])
+    seconds = clock.seconds
+    stages = {"feature pass": seconds["feature pass"], "head training": seconds["head training"],
+              "evaluation": seconds["evaluation"],
+              "bookkeeping": seconds["folds"] - seconds["head training"] - seconds["evaluation"]}
+    stages["total"] = seconds["feature pass"] + seconds["folds"]
+    return {"stages": stages, "seconds_per_training_batch": seconds["head training"] / batches,
+            "seconds_per_evaluated_utterance": seconds["evaluation"] / evaluated, "training_batches": batches,
+            "evaluated_utterances": evaluated, "precision": source.precision,
+            "cache": {"bytes": source.memory_bytes, "utterances": len(source.memory), "where": str(device),
+                      "dtype": "float16", **source.stats},
+            "memory": peak_memory(device)}
+
+
+def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path) -> dict:
+    """attack_fold over fold 1's test set with fold 1's trained head: batch 1 vs --eval_batch_size."""
+    head = build_head(head_args(args), backbone, NUM_CLASSES).to(device)
+    load_state(head, run_dir / f"fold_{PER_EPOCH_FOLD}.pt")
+    head.eval()
+    backbone.eval()
+    test = corpus.fold(PER_EPOCH_FOLD)["test"]
+    out = {"test_utterances": len(test), "snr_db": args.snr}
+    for name, batch_size in (("batch_1", 1), ("batched", args.eval_batch_size)):
+        clock = StageClock(device)
+        reset_peak_memory(device)
+        attack_args = Namespace(attack_method="fgsm", snr=args.snr, eval_batch_size=batch_size)
+        with clock.stage("fgsm"):
+            result = attack_fold(backbone, head, test, corpus.audio, attack_args, device, NUM_CLASSES)
+        out[name] = {"batch_size": batch_size, "seconds": clock.seconds["fgsm"], "attacked": result["num_attacked"],
+                     "flipped": result["num_flipped"], "memory": peak_memory(device)}
+    out["ratio"] = out["batch_1"]["seconds"] / out["batched"]["seconds"]
+    out["same_successes"] = (out["batch_1"]["flipped"], out["batch_1"]["attacked"]) == \
+        (out["batched"]["flipped"], out["batched"]["attacked"])
+    return out
+
+
+def warm_up(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device) -> None:
+    """One backbone pass and one head step outside the clocks (CUDA context, kernels, allocator)."""
+    wavs = [corpus.audio.wavs[u.path] for u in corpus.utterances[: min(4, len(corpus.utterances))]]
+    wav, lengths = pad_waveforms(wavs)
+    with torch.no_grad():
+        hidden, _, mask = backbone(wav.to(device), lengths.to(device))
+    head = build_head(head_args(args), backbone, NUM_CLASSES).to(device)
+    head(hidden, mask).sum().backward()
+    StageClock(device).sync()
+
+
+# -- report
+
+def machine_info(device: torch.device) -> dict:
+    info = {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    return info
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def seconds_text(s: float) -> str:
+    return f"{s:.1f} s" if s < 600 else f"{s:.0f} s ({s / 3600:.2f} h)"
+
+
+def markdown_report(results: dict) -> str:
+    cfg, orig, ours = results["config"], results["per_epoch"], results["ours"]
+    machine = results["machine"]
+    where = machine.get("gpu", f"CPU, {machine['cpus_usable']} cores, {machine['torch_threads']} torch thread(s)")
+    lines = [f"### Frozen {cfg['pretrain_model']} ({'tiny' if cfg['tiny'] else 'full size'}, random init), "
+             f"{cfg['num_utterances']} utterances (mean {cfg['mean_seconds_cropped']:.2f} s after cropping at "
+             f"{cfg['max_seconds']:g} s), {cfg['folds']} folds x {cfg['epochs']} epochs, on {where}",
+             "",
+             f"per_epoch totals are extrapolated from {orig['extrapolated_from_epochs']} epoch(s) of fold "
+             f"{orig['extrapolated_from_fold']} (per training batch and per evaluated utterance).",
+             "",
+             "| stage | per_epoch (original loop) | ours (feature cache) |",
+             "|---|---:|---:|"]
+    notes = {"feature pass": "in every batch", "bookkeeping": "not timed"}
+    for stage in STAGES:
+        left = notes.get(stage) if stage in notes else seconds_text(orig["stages"][stage])
+        label = f"**{stage}**" if stage == "total" else stage
+        lines.append(f"| {label} | {left} | {seconds_text(ours['stages'][stage])} |")
+    lines.append(f"| per training batch of {cfg['batch_size']} | {orig['seconds_per_training_batch'] * 1e3:.1f} ms | "
+                 f"{ours['seconds_per_training_batch'] * 1e3:.1f} ms |")
+    lines.append(f"| per evaluated utterance | {orig['seconds_per_evaluated_utterance'] * 1e3:.2f} ms | "
+                 f"{ours['seconds_per_evaluated_utterance'] * 1e3:.2f} ms |")
+    lines.append(f"| backbone precision | {orig['precision']} | {ours['precision']} |")
+    if "gpu_peak_bytes" in ours["memory"]:
+        lines.append(f"| peak GPU memory | {gib(orig['memory']['gpu_peak_bytes'])} | "
+                     f"{gib(ours['memory']['gpu_peak_bytes'])} |")
+    lines.append(f"| peak host RSS (process, so far) | {gib(orig['memory']['host_rss_peak_bytes'])} | "
+                 f"{gib(ours['memory']['host_rss_peak_bytes'])} |")
+    lines.append(f"| feature cache | none | {gib(ours['cache']['bytes'])} fp16 in {ours['cache']['where']} memory, "
+                 f"{ours['cache']['utterances']} utterances |")
+    lines += ["", "head training includes the backbone in per_epoch; bookkeeping is the rest of train_fold "
+                  "(checkpoints, per-epoch JSON, test predictions, per-fold cache look-ups).",
+              "", f"**Ratio (per_epoch total / ours total): {results['ratio']:.1f}x**"]
+    if results.get("fgsm"):
+        f = results["fgsm"]
+        lines += ["",
+                  f"| FGSM (fp32) at {f['snr_db']:g} dB, fold 1's test set ({f['test_utterances']} utterances) "
+                  f"| batch 1 | batch {f['batched']['batch_size']} |",
+                  "|---|---:|---:|",
+                  f"| wall time | {seconds_text(f['batch_1']['seconds'])} | {seconds_text(f['batched']['seconds'])} |",
+                  f"| successes (flipped / attacked) | {f['batch_1']['flipped']} / {f['batch_1']['attacked']} | "
+                  f"{f['batched']['flipped']} / {f['batched']['attacked']} |"]
+        if "gpu_peak_bytes" in f["batched"]["memory"]:
+            lines.append(f"| peak GPU memory | {gib(f['batch_1']['memory']['gpu_peak_bytes'])} | "
+                         f"{gib(f['batched']['memory']['gpu_peak_bytes'])} |")
+        lines += ["", f"**FGSM ratio (batch 1 / batched): {f['ratio']:.1f}x; same successes: "
+                      f"{'yes' if f['same_successes'] else 'NO'}**"]
+    info = ", ".join(f"{k} {v}" for k, v in machine.items())
+    lines += ["", f"Machine: {info}. Setup (corpus {results['setup_seconds']['corpus']:.1f} s, backbone "
+                  f"{results['setup_seconds']['backbone']:.1f} s) is not in either total."]
+    return "\n".join(lines)
+
+
+def progress(message: str) -> None:
+    print(f"[benchmark] {message}", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory(prefix="trust-ser-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "audio").mkdir()
+        (tmp / "run").mkdir()
+        start = time.perf_counter()
+        corpus = make_corpus(args, tmp / "audio")
+        corpus_seconds = time.perf_counter() - start
+        progress(f"corpus: {len(corpus.utterances)} utterances, {corpus.seconds.sum() / 3600:.2f} h of audio, mean "
+                 f"{corpus.seconds.mean():.2f} s after cropping at {args.max_seconds:g} s ({corpus_seconds:.1f} s)")
+        start = time.perf_counter()
+        backbone = build_backbone(args.pretrain_model, random_init=True, tiny=args.tiny).to(device)
+        backbone_seconds = time.perf_counter() - start
+        warm_up(args, corpus, backbone, device)
+
+        progress(f"per_epoch: {args.per_epoch_epochs} epoch(s) of fold {PER_EPOCH_FOLD} (original loop) ...")
+        per_epoch = run_per_epoch(args, corpus, backbone, device)
+        progress(f"per_epoch: extrapolated total {per_epoch['stages']['total']:.1f} s")
+        progress(f"ours: {args.folds} folds x {args.epochs} epochs with the feature cache ...")
+        ours = run_cached(args, corpus, backbone, device, tmp / "run")
+        progress(f"ours: total {ours['stages']['total']:.1f} s")
+        fgsm = None
+        if not args.no_fgsm:
+            progress("fgsm: batch 1 vs batched ...")
+            fgsm = time_fgsm(args, corpus, backbone, device, tmp / "run")
+
+    results = {"config": {**{k: v for k, v in vars(args).items() if k != "json"},
+                          "mean_seconds_cropped": float(corpus.seconds.mean()),
+                          "audio_hours": float(corpus.seconds.sum() / 3600)},
+               "machine": machine_info(device),
+               "setup_seconds": {"corpus": corpus_seconds, "backbone": backbone_seconds},
+               "per_epoch": per_epoch, "ours": ours, "ratio": per_epoch["stages"]["total"] / ours["stages"]["total"],
+               "fgsm": fgsm}
+    print()
+    print(markdown_report(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Slurm job array: one task per (backbone, fold). Each task fine-tunes its fold, then runs that fold's trust
+# evaluations (fairness, safety; privacy on PRIVACY_FOLDS; sustainability once per backbone, on the first fold).
+#
+#   cd /path/to/trust-ser        # submit from the repository root (or set TRUST_SER_REPO)
+#   sbatch --array=0-$(( 7 * 5 - 1 ))%8 scripts/slurm_array.sh --dataset iemocap --learning_rate 0.0005 \
+#       --num_epochs 30 --conv_layers 2 --pooling mean --hidden_size 128
+#
+# Every flag after the script name goes to every stage script, so give only the shared ones (those of
+# utils/cli.py: --dataset, --learning_rate, --hidden_size, --batch_size, --config, ...). The #SBATCH --array
+# below covers the default lists; pass --array=0-(backbones x folds - 1) on the command line when you change them.
+# Tasks are independent and may run at the same time: each writes only its own fold's files, results.json is
+# rebuilt under a lock after every fold. A task that is killed, preempted or requeued resumes from the last
+# finished epoch when it runs again; finished folds are skipped (add --overwrite to redo them).
+#
+# Afterwards, rebuild every results.json from the per-fold files (cheap, no GPU, safe to repeat):
+#   bash scripts/slurm_array.sh --aggregate_only --dataset iemocap ...            # e.g. on the login node
+# or chain it to the array:
+#   JOB=$(sbatch --parsable scripts/slurm_array.sh ARGS)
+#   sbatch --dependency=afterany:$JOB --array=0 scripts/slurm_array.sh --aggregate_only ARGS
+#
+# Environment: BACKBONES, FOLDS, PRIVACY_FOLDS, ATTACKS override the lists below (space-separated);
+# PYTHON (default: the repo's .venv); DRY_RUN=1 prints the commands instead of running them.
+#SBATCH --job-name=trust-ser
+#SBATCH --array=0-34%8
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=4
+#SBATCH --mem=32G
+#SBATCH --time=24:00:00
+#SBATCH --requeue
+#SBATCH --output=trust-ser_%A_%a.out
+set -euo pipefail
+
+BACKBONES=(${BACKBONES:-apc tera wavlm wav2vec2_0 whisper_tiny whisper_base whisper_small})
+FOLDS=(${FOLDS:-1 2 3 4 5})
+PRIVACY_FOLDS=(${PRIVACY_FOLDS:-1})          # the original probes gender leakage on fold 1 only
+ATTACKS=(${ATTACKS:-fgsm:45})                # method:snr pairs, e.g. "fgsm:45 pgd:45 gaussian_noise:30"
+
+# Under sbatch this file runs from a spool copy, so its own location does not point into the repository.
+REPO="${TRUST_SER_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}}"
+if [[ ! -f "$REPO/experiment/finetune_single_thread.py" ]]; then
+    echo "error: $REPO is not the trust-ser repository; submit from its root or set TRUST_SER_REPO" >&2
+    exit 2
+fi
+PY="${PYTHON:-$REPO/.venv/bin/python}"
+[[ -x "$PY" ]] || PY=python3
+FINETUNE="$REPO/experiment/finetune_single_thread.py"
+FAIRNESS="$REPO/trustworthy/fairness/fairness_evaluation.py"
+SAFETY="$REPO/trustworthy/safety/adversarial_attack.py"
+PRIVACY="$REPO/trustworthy/privacy/gender_inference.py"
+SUSTAINABILITY="$REPO/trustworthy/sustainability/sustainability.py"
+NUM_TASKS=$(( ${#BACKBONES[@]} * ${#FOLDS[@]} ))
+
+run() {   # one stage script: echoed first, then run (or only echoed with DRY_RUN=1)
+    echo "+ $*"
+    [[ -n "${DRY_RUN:-}" ]] || "$@"
+}
+
+contains() { local x; for x in "${@:2}"; do [[ "$x" == "$1" ]] && return 0; done; return 1; }
+
+fold_task() {   # fold_task BACKBONE FOLD [flags...]: the trust evaluations run even if one of them fails
+    local backbone=$1 fold=$2 attack status=0
+    shift 2
+    local common=(--pretrain_model "$backbone" --folds "$fold" "$@")
+    run "$PY" "$FINETUNE" "${common[@]}" || return 1       # nothing to evaluate without the trained fold
+    run "$PY" "$FAIRNESS" "${common[@]}" || status=1
+    for attack in "${ATTACKS[@]}"; do
+        run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
+    done
+    if contains "$fold" "${PRIVACY_FOLDS[@]}"; then
+        run "$PY" "$PRIVACY" "${common[@]}" || status=1
+    fi
+    if [[ "$fold" == "${FOLDS[0]}" ]]; then    # FLOPs and latency do not depend on the fold
+        run "$PY" "$SUSTAINABILITY" "${common[@]}" || status=1
+    fi
+    return $status
+}
+
+aggregate_all() {   # results.json of every stage and backbone from the per-fold files; goes on past gaps
+    local backbone attack status=0
+    for backbone in "${BACKBONES[@]}"; do
+        local common=(--pretrain_model "$backbone" --aggregate_only "$@")
+        run "$PY" "$FINETUNE" "${common[@]}" || status=1
+        run "$PY" "$FAIRNESS" "${common[@]}" || status=1
+        for attack in "${ATTACKS[@]}"; do
+            run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
+        done
+        run "$PY" "$PRIVACY" "${common[@]}" || status=1
+    done
+    return $status
+}
+
+case "${1:-}" in
+    --num_tasks) echo "$NUM_TASKS"; exit 0 ;;
+    --aggregate_only) shift; aggregate_all "$@"; exit $? ;;
+esac
+
+TASK="${SLURM_ARRAY_TASK_ID:-}"
+if [[ ! "$TASK" =~ ^[0-9]+$ ]] || (( TASK >= NUM_TASKS )); then
+    echo "error: SLURM_ARRAY_TASK_ID='$TASK' is not a task in 0..$(( NUM_TASKS - 1 )) (${#BACKBONES[@]} backbones x ${#FOLDS[@]} folds); submit with sbatch --array=0-$(( NUM_TASKS - 1 ))" >&2
+    exit 2
+fi
+BACKBONE=${BACKBONES[TASK / ${#FOLDS[@]}]}
+FOLD=${FOLDS[TASK % ${#FOLDS[@]}]}
+echo "task $TASK of $NUM_TASKS: backbone $BACKBONE, fold $FOLD"
+fold_task "$BACKBONE" "$FOLD" "$@"

@@ -1,0 +1,76 @@
+"""Smoke test of benchmarks/benchmark_finetune.py: the tiny preset end to end on CPU, as a subprocess."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "benchmark_finetune.py"
+NUM_UTTERANCES, FOLDS = 400, 5     # the tiny preset
+EPOCHS = 4                          # fewer than the preset's 10, to stay quick
+
+
+def run_benchmark(*flags: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *flags], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One run of the tiny preset from an unrelated working directory; (stdout, parsed JSON)."""
+    workdir = tmp_path_factory.mktemp("bench")
+    out = workdir / "bench.json"
+    proc = run_benchmark("--preset", "tiny", "--device", "cpu", "--epochs", str(EPOCHS), "--per_epoch_epochs", "1",
+                         "--json", str(out), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_table_lists_every_stage_and_says_it_extrapolates(tiny_run):
+    stdout, _ = tiny_run
+    for row in ("| feature pass |", "| head training |", "| evaluation |", "| bookkeeping |", "| **total** |",
+                "| peak host RSS", "| feature cache |", "| wall time |", "| successes (flipped / attacked) |"):
+        assert row in stdout, f"missing table row {row!r}"
+    assert "extrapolated from 1 epoch(s) of fold 1" in stdout
+    assert "**Ratio (per_epoch total / ours total):" in stdout
+    assert "same successes: yes" in stdout
+
+
+def test_cache_beats_the_per_epoch_loop(tiny_run):
+    _, res = tiny_run
+    orig, ours = res["per_epoch"], res["ours"]
+    assert res["ratio"] > 1
+    assert res["ratio"] == pytest.approx(orig["stages"]["total"] / ours["stages"]["total"])
+    assert ours["stages"]["feature pass"] > 0 and orig["stages"]["feature pass"] == 0
+    # per_epoch totals are its measured per-batch / per-utterance times scaled to all folds x epochs
+    assert orig["stages"]["total"] == pytest.approx(
+        orig["seconds_per_training_batch"] * orig["training_batches"]
+        + orig["seconds_per_evaluated_utterance"] * orig["evaluated_utterances"])
+    assert ours["stages"]["total"] == pytest.approx(sum(v for k, v in ours["stages"].items() if k != "total"))
+    assert ours["training_batches"] == orig["training_batches"]
+
+
+def test_feature_pass_runs_once_and_every_fold_reads_memory(tiny_run):
+    _, res = tiny_run
+    cache = res["ours"]["cache"]
+    assert cache["computed"] == NUM_UTTERANCES and cache["utterances"] == NUM_UTTERANCES
+    assert cache["from_memory"] == FOLDS * NUM_UTTERANCES      # every fold's train + dev + test, all cached
+    assert cache["bytes"] > 0 and res["config"]["epochs"] == EPOCHS
+
+
+def test_batched_fgsm_flips_the_same_utterances_as_batch_1(tiny_run):
+    _, res = tiny_run
+    fgsm = res["fgsm"]
+    assert fgsm["batch_1"]["attacked"] > 0
+    assert (fgsm["batched"]["flipped"], fgsm["batched"]["attacked"]) == \
+        (fgsm["batch_1"]["flipped"], fgsm["batch_1"]["attacked"])
+    assert fgsm["same_successes"] is True
+    assert fgsm["ratio"] == pytest.approx(fgsm["batch_1"]["seconds"] / fgsm["batched"]["seconds"])
+
+
+def test_bad_flags_give_one_line_error(tmp_path):
+    proc = run_benchmark("--folds", "2", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --folds 2: need at least 3 sessions (train, dev and test)"]

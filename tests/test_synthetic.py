@@ -1,0 +1,163 @@
+"""utils/synthetic.py (the built-in corpus) and train_split_gen/demo.py (its splits)."""
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils.errors import TrustSerError  # noqa: E402
+from utils.io import read_json  # noqa: E402
+from utils.synthetic import EMOTIONS, make_corpus  # noqa: E402
+
+SPLIT_SCRIPT = REPO / "train_split_gen" / "demo.py"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "demo"
+    start = time.perf_counter()
+    make_corpus(root)
+    return root, time.perf_counter() - start
+
+
+def features(path: Path) -> tuple[float, float]:
+    """log RMS energy and spectral centroid (Hz)."""
+    audio, sr = sf.read(path)
+    spectrum = np.abs(np.fft.rfft(audio))
+    centroid = (spectrum * np.fft.rfftfreq(len(audio), 1 / sr)).sum() / spectrum.sum()
+    return float(np.log(np.sqrt(np.mean(audio ** 2)))), float(centroid)
+
+
+def f0_estimate(path: Path) -> float:
+    """Autocorrelation pitch of the middle 0.2 s, searched in 60..500 Hz."""
+    audio, sr = sf.read(path)
+    middle = audio[len(audio) // 2 - 1600: len(audio) // 2 + 1600]
+    corr = np.correlate(middle, middle, "full")[len(middle) - 1:]
+    low, high = sr // 500, sr // 60
+    return sr / (low + int(np.argmax(corr[low:high])))
+
+
+def leave_one_speaker_out_accuracy(x: np.ndarray, labels: np.ndarray, speakers: np.ndarray) -> float:
+    """Nearest class centroid on z-scored features, trained on the other speakers."""
+    correct = 0
+    for speaker in np.unique(speakers):
+        train = speakers != speaker
+        z = (x - x[train].mean(0)) / x[train].std(0)
+        centroids = np.stack([z[train & (labels == c)].mean(0) for c in range(len(EMOTIONS))])
+        predicted = np.argmin(((z[~train][:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+        correct += int((predicted == labels[~train]).sum())
+    return correct / len(labels)
+
+
+def test_layout_balance_size_and_speed(corpus):
+    root, seconds = corpus
+    files = sorted(root.glob("*/*.wav"))
+    assert len(files) == 10 * 4 * 4
+    assert (root / "speakers.csv").read_text().splitlines()[:3] == ["speaker,gender", "spk01,F", "spk02,M"]
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert folders == [f"spk{i:02d}_{'F' if i % 2 else 'M'}" for i in range(1, 11)]
+    assert sum(p.name.endswith("_F") for p in root.iterdir()) == 5
+    for emotion in EMOTIONS:
+        assert len(list(root.glob(f"spk03_F/spk03_{emotion}_*.wav"))) == 4
+    assert sum(p.stat().st_size for p in files) < 10 * 2 ** 20
+    durations = [sf.info(str(p)).duration for p in files]
+    assert 1.0 <= min(durations) and max(durations) <= 3.0 and np.std(durations) > 0.2
+    assert {(i.samplerate, i.channels, i.subtype) for i in map(sf.info, map(str, files))} == {(16000, 1, "PCM_16")}
+    assert seconds < 15, f"generation took {seconds:.1f} s"
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = make_corpus(tmp_path / "a", n_speakers=2, utts_per_emotion=1, seed=3)
+    b = make_corpus(tmp_path / "b", n_speakers=2, utts_per_emotion=1, seed=3)
+    c = make_corpus(tmp_path / "c", n_speakers=2, utts_per_emotion=1, seed=4)
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    assert len(names) == 2 * 4 + 1
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    assert all((a / n).read_bytes() != (c / n).read_bytes() for n in names if n.endswith(".wav"))
+
+
+def test_other_sample_rate(tmp_path):
+    root = make_corpus(tmp_path, n_speakers=1, utts_per_emotion=1, sr=22050)
+    assert {sf.info(str(p)).samplerate for p in root.glob("*/*.wav")} == {22050}
+
+
+def test_female_speakers_have_higher_pitch(corpus):
+    root, _ = corpus
+    f0 = {g: np.median([f0_estimate(p) for p in root.glob(f"*_{g}/*_neu_*.wav")]) for g in "FM"}
+    assert 180 < f0["F"] < 230 and 95 < f0["M"] < 130
+
+
+def test_emotions_separable_across_speakers(corpus):
+    root, _ = corpus
+    files = sorted(root.glob("*/*.wav"))
+    x = np.array([features(p) for p in files])
+    labels = np.array([EMOTIONS.index(p.stem.split("_")[1]) for p in files])
+    speakers = np.array([p.parent.name for p in files])
+    assert leave_one_speaker_out_accuracy(x, labels, speakers) > 0.9  # chance: 0.25
+    # without the level (a backbone may normalise it away) the spectrum alone still separates them
+    assert leave_one_speaker_out_accuracy(x[:, 1:], labels, speakers) > 0.7
+
+
+def run_split(config: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SPLIT_SCRIPT), "--config", str(config), *flags],
+                          cwd=config.parent, capture_output=True, text=True, timeout=120)
+
+
+def test_split_script_generates_and_splits_by_speaker(tmp_path, corpus):
+    config = tmp_path / "config.yml"
+    config.write_text("data_dir:\n  demo: data\nproject_dir: out\n")
+    result = run_split(config, "--generate")
+    assert result.returncode == 0, result.stderr
+    assert "generating the synthetic corpus" in result.stderr
+    assert "fold 5: train 96 files (6 speakers), dev 32 files (2 speakers), test 32 files (2 speakers)" in result.stderr
+    generated = tmp_path / "data" / "spk07_F" / "spk07_hap_2.wav"
+    assert generated.read_bytes() == (corpus[0] / "spk07_F" / "spk07_hap_2.wav").read_bytes()
+
+    all_test = []
+    for fold in range(1, 6):
+        split = read_json(tmp_path / "out" / "train_split" / f"demo_fold{fold}.json")
+        speakers = {name: sorted({e[1] for e in split[name]}) for name in ("train", "dev", "test")}
+        assert speakers["test"] == [f"demo_spk{2 * fold - 1:02d}", f"demo_spk{2 * fold:02d}"]
+        train_and_dev = [f"demo_spk{i:02d}" for i in range(1, 11) if f"demo_spk{i:02d}" not in speakers["test"]]
+        assert speakers["train"] == train_and_dev[:6] and speakers["dev"] == train_and_dev[6:]
+        for entry in split["train"] + split["dev"] + split["test"]:
+            key, speaker, gender, path, label = entry
+            assert Path(path).is_file() and Path(path).stem == key and label in EMOTIONS
+            assert gender == ("F" if int(speaker[-2:]) % 2 else "M")
+        all_test += [e[0] for e in split["test"]]
+    assert len(all_test) == len(set(all_test)) == 160
+
+    again = run_split(config, "--generate")
+    assert again.returncode == 0 and "generating" not in again.stderr
+
+
+def load_split_script():
+    spec = importlib.util.spec_from_file_location("demo_split_script", SPLIT_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_script_rejects_a_folder_that_is_not_the_corpus(tmp_path):
+    script = load_split_script()
+    with pytest.raises(TrustSerError, match="speakers.csv not found.*--generate"):
+        script.read_speakers(tmp_path)
+    (tmp_path / "speakers.csv").write_text("speaker,gender\nspk01,F\n")
+    (tmp_path / "spk01_F").mkdir()
+    (tmp_path / "spk01_F" / "spk01_bored_1.wav").write_bytes(b"")
+    with pytest.raises(TrustSerError, match="emotion in"):
+        script.speaker_entries(tmp_path, "spk01", "F")
+
+
+def test_dev_is_last_fifth_of_training_speakers():
+    script = load_split_script()
+    folds = script.fold_speakers(list(range(1, 13)), 5)
+    assert folds[0] == ([4, 5, 6, 7, 8, 9, 10], [11, 12], [1, 2, 3])
+    assert folds[4] == ([1, 2, 3, 4, 5, 6, 7, 8], [9, 10], [11, 12])
