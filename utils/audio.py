@@ -4,11 +4,11 @@ Preprocessed files are written as 32-bit float WAV (as the original's torchaudio
 tensors): no quantisation and no clipping of resampler overshoot.
 """
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio.functional
 
@@ -22,18 +22,31 @@ class BadAudioError(TrustSerError):
     """An audio file that is missing, unreadable, empty or holds non-finite samples."""
 
 
-def _open(path: Path) -> sf.SoundFile:
+def _open(path: Path) -> "soundfile.SoundFile":
+    import soundfile as sf      # imported here so that code which reads no audio runs without libsndfile
     if not path.is_file():
         raise BadAudioError(f"{path}: audio file not found")
     try:
-        return sf.SoundFile(str(path))
+        handle = sf.SoundFile(str(path))
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
         detail = getattr(err, "error_string", None) or str(err)
         raise BadAudioError(f"{path}: not a readable audio file ({detail.splitlines()[0].strip()})") from None
+    _check_not_truncated(path, handle)
+    return handle
 
 
-def _read_frames(path: Path, handle: sf.SoundFile, frames: int) -> np.ndarray:
+def _check_not_truncated(path: Path, handle) -> None:
+    """libsndfile reads a WAV cut off inside its data chunk silently; its header report says 'data : N (should be M)'."""
+    cut = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", handle.extra_info, re.MULTILINE)
+    if cut and int(cut.group(2)) < int(cut.group(1)) and int(cut.group(1)) != 0xFFFFFFFF:
+        handle.close()
+        raise BadAudioError(f"{path}: audio file is truncated (data chunk declares {cut.group(1)} bytes, "
+                            f"only {cut.group(2)} present)")
+
+
+def _read_frames(path: Path, handle, frames: int) -> np.ndarray:
     """[channels, samples] float32, checked for emptiness and non-finite values."""
+    import soundfile as sf
     try:
         data = handle.read(frames, dtype="float32", always_2d=True).T
     except (sf.SoundFileError, RuntimeError, OSError, ValueError) as err:
@@ -78,6 +91,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sr: int = TARGET_SR, subtype:
 
     subtype: "FLOAT" (32-bit float, used for preprocessed audio) or "PCM_16" (as corpora are distributed).
     """
+    import soundfile as sf
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -78,6 +78,7 @@ class _StoredFeatures:
         self.cache_root = cache_root
         self.memory_budget = memory_budget_bytes
         self.memory: dict[str, torch.Tensor] = {}
+        self.keys: dict[str, str] = {}
         self.memory_bytes = 0
         self.precision = "bf16" if device.type == "cuda" else "fp32"
         self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0}
@@ -87,10 +88,12 @@ class _StoredFeatures:
         raise NotImplementedError
 
     def _key(self, path: str) -> str:
+        """Cache key of the file as it is now (weights, path, size, mtime, crop, precision); kept per process."""
         st = os.stat(path)
         ident = (f"{self.kind}|{self.backbone.weights_id}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
                  f"|{self.audio.max_seconds}|{self.precision}")
-        return hashlib.sha1(ident.encode()).hexdigest()
+        self.keys[path] = hashlib.sha1(ident.encode()).hexdigest()
+        return self.keys[path]
 
     def _folder(self) -> Path:
         return self.cache_root / self.backbone.name / self.kind
@@ -145,10 +148,16 @@ class _StoredFeatures:
             self.stats["computed"] += len(batch_utts)
 
     def get(self, u: Utterance) -> torch.Tensor:
-        key = self._key(u.path)
+        key = self.keys.get(u.path) or self._key(u.path)
         if key in self.memory:
             return self.memory[key]
-        return self._remember(key, load_torch(self._disk_path(key)))
+        try:
+            return self._remember(key, load_torch(self._disk_path(key)))
+        except TrustSerError as err:          # a damaged cache entry is recomputed, not fatal
+            log.warning(f"recomputing damaged cache entry: {err}")
+            self._disk_path(key).unlink(missing_ok=True)
+            self._compute([u])
+            return self.memory[key] if key in self.memory else load_torch(self._disk_path(key))
 
     def length(self, u: Utterance) -> int:
         return self.get(u).shape[1]
