@@ -13,6 +13,7 @@ Heavy libraries (transformers, s3prl) are imported on first use so that `--help`
 """
 import argparse
 import copy
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -669,9 +670,14 @@ def _load_weights(module: nn.Module, state: dict, path: Path | None, name: str) 
 
 
 def _s3prl_download(name: str, url: str) -> Path:
+    """s3prl's cached copy of the checkpoint, downloading it unless HF_HUB_OFFLINE=1 (then: cached copy or error)."""
     from s3prl.util.download import _urls_to_filepaths
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
-        return Path(_urls_to_filepaths(url))
+        path = Path(_urls_to_filepaths(url, download=not offline))
+        if not path.is_file():
+            raise FileNotFoundError(f"HF_HUB_OFFLINE=1 and no cached copy at {path}")
+        return path
     except Exception as err:  # requests / urllib / filesystem errors
         raise TrustSerError(_hub_failure(name, url, err)) from None
 
