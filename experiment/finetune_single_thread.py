@@ -10,15 +10,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import base_parser, parse_folds  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.cli import base_parser  # noqa: E402
 from utils.data import load_fold  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
 from utils.finetune import FitSpec, best_of_fold, fold_finished, train_fold  # noqa: E402
 from utils.paths import finetune_dir  # noqa: E402
-from utils.pipeline import (aggregate, check_backbone_name, make_backbone, make_source, resolve_device,  # noqa: E402
-                            run_flags, setup_logging)
+from utils.pipeline import (aggregate, make_backbone, make_source, resolve_device, run_flags,  # noqa: E402
+                            start_stage)
 
 log = logging.getLogger("trust-ser")
 RESULT_KEYS = ["uar", "acc", "macro_f1"]
@@ -33,12 +31,8 @@ def folds_to_train(run_dir: Path, folds: list[int], overwrite: bool) -> list[int
 
 
 def main() -> None:
-    args = base_parser(__doc__.splitlines()[0]).parse_args()
-    setup_logging()
-    config = load_config(args.config)
-    corpus = get_corpus(args.dataset)
-    check_backbone_name(args.pretrain_model)
-    folds = parse_folds(args.folds, corpus.fold_ids())
+    stage = start_stage(base_parser(__doc__.splitlines()[0]))
+    args, config, corpus, folds = stage.args, stage.config, stage.corpus, stage.folds
     run_dir = finetune_dir(config["project_dir"], args)
     todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, args.overwrite)
     if not todo:    # nothing to train: no backbone to load (no hub access needed)

@@ -22,7 +22,7 @@ class BadAudioError(TrustSerError):
     """An audio file that is missing, unreadable, empty or holds non-finite samples."""
 
 
-def _open(path: Path) -> "soundfile.SoundFile":
+def _open(path: Path):
     import soundfile as sf      # imported here so that code which reads no audio runs without libsndfile
     if not path.is_file():
         raise BadAudioError(f"{path}: audio file not found")

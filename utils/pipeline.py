@@ -4,16 +4,19 @@ import logging
 import os
 import shlex
 import sys
-from argparse import Namespace
+from argparse import ArgumentParser, Namespace
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from model.backbones import BACKBONES, build_backbone
 from model.heads import CNNSelfAttention
-from utils.config import REPO_ROOT
-from utils.datasets import get_corpus
+from utils.cli import parse_folds
+from utils.config import REPO_ROOT, load_config
+from utils.datasets import Corpus, get_corpus
 from utils.errors import TrustSerError
 from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures
 from utils.io import load_torch, read_json, write_json
@@ -32,6 +35,41 @@ def check_backbone_name(name: str) -> None:
     """Unknown --pretrain_model fails before any file is read or written (aggregating included)."""
     if name not in BACKBONES:
         raise TrustSerError(f"unknown --pretrain_model '{name}'; choose one of: {', '.join(BACKBONES)}")
+
+
+@dataclass
+class Stage:
+    """What every stage script starts from: its flags, the config, the corpus and the folds to run."""
+    args: Namespace
+    config: dict
+    corpus: Corpus
+    folds: list[int]
+
+    @property
+    def project_dir(self) -> str:
+        return self.config["project_dir"]
+
+
+def start_stage(parser: ArgumentParser, default_folds: str | None = None) -> Stage:
+    """Parse flags, set up logging, read the config and check dataset, backbone and folds before any work."""
+    args = parser.parse_args()
+    setup_logging()
+    config = load_config(args.config)
+    corpus = get_corpus(args.dataset)
+    check_backbone_name(args.pretrain_model)
+    return Stage(args, config, corpus, parse_folds(args.folds or default_folds, corpus.fold_ids()))
+
+
+def evaluate_folds(stage: Stage, out_dir: Path, evaluate_fold: Callable[[int], dict]) -> None:
+    """fold_k.json for each fold not yet done (all with --overwrite); nothing with --aggregate_only."""
+    if stage.args.aggregate_only:
+        return
+    for fold in stage.folds:
+        path = out_dir / f"fold_{fold}.json"
+        if path.is_file() and not stage.args.overwrite:
+            log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
+            continue
+        write_json(path, evaluate_fold(fold))
 
 
 def resolve_device(name: str) -> torch.device:

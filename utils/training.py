@@ -70,7 +70,6 @@ def evaluate(head: nn.Module, backbone: nn.Module, source, utts: list[Utterance]
     """Length-sorted padded batches with masks; the loss is the mean NLL over utterances."""
     head.eval()
     backbone.eval()
-    device = next(head.parameters()).device
     log_probs = torch.zeros(len(utts), num_classes)
     for idx in length_sorted_batches([source.length(u) for u in utts], batch_size):
         hidden, mask = source.batch([utts[i] for i in idx])

@@ -9,15 +9,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import base_parser, parse_folds  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.cli import base_parser  # noqa: E402
 from utils.data import load_fold  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.fairness import METRICS, fairness_report  # noqa: E402
-from utils.io import write_json  # noqa: E402
 from utils.paths import fairness_dir, finetune_dir  # noqa: E402
-from utils.pipeline import aggregate, load_trained, make_source, resolve_device, run_flags, setup_logging  # noqa: E402
+from utils.pipeline import (aggregate, evaluate_folds, load_trained, make_source, resolve_device,  # noqa: E402
+                            run_flags, start_stage)
 from utils.training import evaluate  # noqa: E402
 
 log = logging.getLogger("trust-ser")
@@ -40,27 +38,20 @@ def fold_fairness(args, fold: int, project_dir: str, device, corpus) -> dict:
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", default=1000, type=int, help="bootstrap resamples for the 95%% CIs (0: none)")
-    args = parser.parse_args()
-    setup_logging()
-    config = load_config(args.config)
-    corpus = get_corpus(args.dataset)
-    folds = parse_folds(args.folds, corpus.fold_ids())
-    out_dir = fairness_dir(config["project_dir"], args)
-    if not args.aggregate_only:
-        device = resolve_device(args.device)
-        for fold in folds:
-            if (out_dir / f"fold_{fold}.json").is_file() and not args.overwrite:
-                log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
-                continue
-            result = fold_fairness(args, fold, config["project_dir"], device, corpus)
-            write_json(out_dir / f"fold_{fold}.json", result)
-            for attr in ATTRIBUTES:
-                r = result[attr]
-                if r["reason"]:
-                    log.info(f"fold {fold} {attr}: not available ({r['reason']})")
-                else:
-                    log.info(f"fold {fold} {attr}: " + ", ".join(f"{m} {r[m]:.3f}" for m in METRICS))
-    aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, {**run_flags(args), "bootstrap": args.bootstrap})
+    stage = start_stage(parser)
+    args, out_dir = stage.args, fairness_dir(stage.project_dir, stage.args)
+    device = resolve_device(args.device)
+
+    def evaluate_fold(fold: int) -> dict:
+        result = fold_fairness(args, fold, stage.project_dir, device, stage.corpus)
+        for attr in ATTRIBUTES:
+            r = result[attr]
+            log.info(f"fold {fold} {attr}: " + (f"not available ({r['reason']})" if r["reason"] else
+                                                ", ".join(f"{m} {r[m]:.3f}" for m in METRICS)))
+        return result
+
+    evaluate_folds(stage, out_dir, evaluate_fold)
+    aggregate(out_dir, stage.corpus.fold_ids(), RESULT_KEYS, {**run_flags(args), "bootstrap": args.bootstrap})
     log.info(f"results: {out_dir / 'results.json'}")
 
 

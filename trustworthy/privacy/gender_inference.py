@@ -10,15 +10,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import base_parser, parse_folds  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.cli import base_parser  # noqa: E402
 from utils.data import Utterance, load_fold  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
 from utils.finetune import FitSpec, best_of_fold, fold_finished, train_fold  # noqa: E402
 from utils.paths import finetune_dir, privacy_dir  # noqa: E402
 from utils.pipeline import (aggregate, load_trained, make_source, resolve_device, run_flags,  # noqa: E402
-                            setup_logging)
+                            start_stage)
 
 log = logging.getLogger("trust-ser")
 GENDER_CLASSES = ["female", "male"]
@@ -40,11 +38,8 @@ def relabel_by_gender(utts: list[Utterance], where: str) -> list[Utterance]:
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
-    args = parser.parse_args()
-    setup_logging()
-    config = load_config(args.config)
-    corpus = get_corpus(args.dataset)
-    folds = parse_folds(args.folds or "1", corpus.fold_ids())
+    stage = start_stage(parser, default_folds="1")
+    args, config, corpus, folds = stage.args, stage.config, stage.corpus, stage.folds
     out_dir = privacy_dir(config["project_dir"], args)
     if args.aggregate_only:
         aggregate(out_dir, corpus.fold_ids(), ["uar", "acc", "macro_f1"], run_flags(args), pick=best_of_fold)

@@ -13,16 +13,13 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.attacks import fgsm, gaussian_noise, measured_snr_db, pgd  # noqa: E402
-from utils.cli import base_parser, parse_folds  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.cli import base_parser  # noqa: E402
 from utils.data import Utterance, length_sorted_batches, load_fold, pad_waveforms  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.features import AudioBank  # noqa: E402
-from utils.io import write_json  # noqa: E402
 from utils.metrics import classification_scores  # noqa: E402
 from utils.paths import attack_dir, finetune_dir  # noqa: E402
-from utils.pipeline import aggregate, load_trained, resolve_device, run_flags, setup_logging  # noqa: E402
+from utils.pipeline import aggregate, evaluate_folds, load_trained, resolve_device, run_flags, start_stage  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 RESULT_KEYS = ["success_rate", "measured_snr_db", "clean_uar"]
@@ -88,29 +85,23 @@ def main() -> None:
     parser.add_argument("--attack_method", default="fgsm", choices=["fgsm", "pgd", "gaussian_noise"])
     parser.add_argument("--snr", "-snr", default=45, type=int, help="SNR (dB) of the perturbation")
     parser.add_argument("--pgd_steps", default=10, type=int)
-    args = parser.parse_args()
-    setup_logging()
-    config = load_config(args.config)
-    corpus = get_corpus(args.dataset)
-    folds = parse_folds(args.folds, corpus.fold_ids())
-    out_dir = attack_dir(config["project_dir"], args)
+    stage = start_stage(parser)
+    args, out_dir = stage.args, attack_dir(stage.project_dir, stage.args)
+    device = resolve_device(args.device)
+
+    def evaluate_fold(fold: int) -> dict:
+        backbone, head = load_trained(args, finetune_dir(stage.project_dir, args), fold, device, stage.corpus.num_classes)
+        audio = AudioBank(args.audio_duration, args.skip_bad)
+        test = [u for u in load_fold(stage.project_dir, args.dataset, fold)["test"] if audio.get(u.path) is not None]
+        result = {**attack_fold(backbone, head, test, audio, args, device, stage.corpus.num_classes),
+                  "skipped_bad_audio": len(audio.bad)}
+        log.info(f"fold {fold}: {args.attack_method} at {args.snr} dB flips {result['num_flipped']} of "
+                 f"{result['num_attacked']} correctly classified utterances ({result['success_rate']}%)")
+        return result
+
+    evaluate_folds(stage, out_dir, evaluate_fold)
     meta = {**run_flags(args), "attack": {"method": args.attack_method, "snr": args.snr, "pgd_steps": args.pgd_steps}}
-    if not args.aggregate_only:
-        device = resolve_device(args.device)
-        for fold in folds:
-            if (out_dir / f"fold_{fold}.json").is_file() and not args.overwrite:
-                log.info(f"fold {fold}: already attacked in {out_dir}, skipping (--overwrite to redo)")
-                continue
-            backbone, head = load_trained(args, finetune_dir(config["project_dir"], args), fold, device,
-                                          corpus.num_classes)
-            audio = AudioBank(args.audio_duration, args.skip_bad)
-            test = [u for u in load_fold(config["project_dir"], args.dataset, fold)["test"] if audio.get(u.path) is not None]
-            result = {**attack_fold(backbone, head, test, audio, args, device, corpus.num_classes),
-                      "skipped_bad_audio": len(audio.bad)}
-            write_json(out_dir / f"fold_{fold}.json", result)
-            log.info(f"fold {fold}: {args.attack_method} at {args.snr} dB flips {result['num_flipped']} of "
-                     f"{result['num_attacked']} correctly classified utterances ({result['success_rate']}%)")
-    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, meta)
+    results = aggregate(out_dir, stage.corpus.fold_ids(), RESULT_KEYS, meta)
     log.info(f"attack success rate {results['average']['success_rate']:.2f}%; results: {out_dir / 'results.json'}")
 
 

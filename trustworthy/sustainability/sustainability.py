@@ -9,13 +9,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import base_parser, parse_folds  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
+from utils.cli import base_parser  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.paths import finetune_dir, flops_dir  # noqa: E402
-from utils.pipeline import load_trained, resolve_device, run_flags, setup_logging  # noqa: E402
+from utils.pipeline import load_trained, resolve_device, run_flags, start_stage  # noqa: E402
 from utils.sustainability import count_flops, count_parameters, measure_latency  # noqa: E402
 
 log = logging.getLogger("trust-ser")
@@ -57,11 +55,8 @@ def main() -> None:
     parser.add_argument("--input_seconds", default=6.0, type=float, help="input length for FLOPs and latency")
     parser.add_argument("--throughput_batch", default=8, type=int)
     parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
-    args = parser.parse_args()
-    setup_logging()
-    config = load_config(args.config)
-    corpus = get_corpus(args.dataset)
-    fold = parse_folds(args.folds, corpus.fold_ids())[0]
+    stage = start_stage(parser)
+    args, config, corpus, fold = stage.args, stage.config, stage.corpus, stage.folds[0]
     out = flops_dir(config["project_dir"], args) / "gflops.json"
     if out.is_file() and not args.overwrite:
         log.info(f"already measured: {out}, skipping (--overwrite to redo)")
