@@ -40,15 +40,6 @@ def _tones(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return wav * valid_mask(lengths, NUM_SAMPLES).double(), lengths, labels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits when the 2 CPU cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(one_thread):
     torch.manual_seed(0)

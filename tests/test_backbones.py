@@ -24,15 +24,6 @@ LENGTHS = [4800, 2410, 6400, 2410]  # two equal lengths share one CNN pass in wa
 _cache: dict = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine threads make them crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(name: str):
     if name not in _cache:
         _cache[name] = build_backbone(name, random_init=True, tiny=True)

@@ -38,15 +38,6 @@ FP16_EPS = 2.0 ** -11                                 # relative rounding of the
 _backbones: dict = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine threads make them crawl."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def utts(tmp_path_factory) -> list[Utterance]:
     """Synthetic speech (two speakers, the four emotions) cut or looped to the lengths above; label = emotion."""
@@ -79,8 +70,8 @@ def cached(bb, cache_root: Path | None, batch_size: int = 8, kind=CachedFeatures
 def live(bb, round_like_cache: bool):
     return LiveFeatures(bb, AudioBank(2, skip_bad=False), CPU, round_like_cache=round_like_cache)
 
-
 # -- Part A: --finetune unfrozen_last_layer from cached inputs of the last layer
+
 
 @pytest.mark.parametrize("name", ["wavlm", "whisper_tiny", "tera"])
 def test_last_layer_source_equals_the_full_forward_and_trains_the_last_layer(name, utts, tmp_path):
@@ -155,8 +146,8 @@ def test_make_source_picks_the_source_for_each_mode(tmp_path):
     assert source_for("frozen", no_cache=True).round_like_cache
     assert type(source_for("unfrozen_last_layer", no_cache=True)) is LiveFeatures
 
-
 # -- Part B: equivalences the feature cache must keep
+
 
 @pytest.fixture(scope="module")
 def trained_head(utts) -> CNNSelfAttention:
