@@ -127,3 +127,14 @@ def test_trust_profile_plot_reads_the_runs(project):
     pngs = sorted(p.name for p in (out / "profile").glob("*.png"))
     assert "compare.png" in pngs and len(pngs) >= 2
     assert "apc" in (out / "profile" / "trust_profile.md").read_text().lower()
+
+
+def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_command(project):
+    config, _ = project
+    flags = _flags(config)
+    flags[flags.index("--hidden_size") + 1] = "64"          # a run that was never trained
+    proc = run_script("trustworthy/safety/adversarial_attack.py", *flags, "-snr", "45", check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line and "hid64" in line and "fold_1.pt not found" in line
+    assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
