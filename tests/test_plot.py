@@ -12,7 +12,7 @@ from utils.errors import TrustSerError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "trustworthy" / "plot_spider.py"
-RUN = "lr00005_ep30_cnn_conv2_hid128_mean"
+RUN = "lr00005_ep30_cnn_conv2_hid128_mean_frozen"
 
 # model -> (uar, uar std, speaker statistical parity, gender UAR, FGSM success, GFLOPs)
 MODELS = {"wavlm": (66.43, 1.2, 0.153, 91.7, 62.5, 41.6), "apc": (58.21, 2.1, 0.224, 96.2, 88.0, 8.3)}

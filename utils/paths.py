@@ -18,11 +18,10 @@ def cache_dir(project_dir: str | Path) -> Path:
 
 
 def run_name(args: Namespace) -> str:
-    """The original's run folder name, plus suffixes for settings it did not have."""
+    """The original's run folder name (its latest scripts end it with the finetune mode), plus suffixes
+    for settings it did not have."""
     name = (f"lr{str(args.learning_rate).replace('.', '')}_ep{args.num_epochs}_{args.downstream_model}"
-            f"_conv{args.conv_layers}_hid{args.hidden_size}_{args.pooling}")
-    if args.finetune != "frozen":
-        name += f"_{args.finetune}"
+            f"_conv{args.conv_layers}_hid{args.hidden_size}_{args.pooling}_{args.finetune}")
     if args.audio_duration != 6:
         name += f"_ad{args.audio_duration}"
     if args.random_init:
