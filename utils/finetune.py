@@ -1,12 +1,12 @@
 """Train the head (and unfrozen backbone layers) for one fold, resumable after every epoch."""
 import copy
+import csv
 import io
 import logging
-from dataclasses import dataclass
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -41,14 +41,11 @@ def predictions_path(run_dir: Path, fold: int) -> Path:
 
 def write_predictions(path: Path, result: EvalResult, class_names: list[str]) -> None:
     """One row per test utterance: key, speaker, gender, label, prediction and class probabilities."""
-    frame = pd.DataFrame({
-        "key": [u.key for u in result.utterances], "speaker": [u.speaker for u in result.utterances],
-        "gender": [u.gender for u in result.utterances], "label": [u.label for u in result.utterances],
-        "prediction": result.predictions,
-        **{f"prob_{name}": result.probabilities[:, c] for c, name in enumerate(class_names)},
-    })
     buf = io.StringIO()
-    frame.to_csv(buf, index=False, float_format="%.6f")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["key", "speaker", "gender", "label", "prediction", *(f"prob_{name}" for name in class_names)])
+    for u, pred, probs in zip(result.utterances, result.predictions, result.probabilities):
+        writer.writerow([u.key, u.speaker, u.gender, u.label, int(pred), *(f"{p:.6f}" for p in probs)])
     write_text(path, buf.getvalue())
 
 
