@@ -298,14 +298,24 @@ class Wav2Vec2StyleBackbone(Backbone):
         return self.model._get_feat_extract_output_lengths(num_samples).long()
 
     def _cnn_features(self, wav: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-        """The CNN's GroupNorm normalises over time, so only clips of equal length share a batch (never padding)."""
-        features: list = [None] * len(sizes)
-        for size in sorted(set(sizes)):
-            rows = [i for i, s in enumerate(sizes) if s == size]
-            out = self.model.feature_extractor(wav[rows, :size]).transpose(1, 2)
-            for row, feature in zip(rows, out):
-                features[row] = feature
-        return features
+        """The CNN on the padded batch, each clip cropped to its own frames.
+
+        Base models put a GroupNorm (per channel, over time) after the first conv: its statistics are taken over
+        each clip's valid frames only, so padding changes nothing. Every later conv output frame reads only
+        input frames of its own clip, hence the valid frames equal those of the clip encoded alone.
+        """
+        layers = self.model.feature_extractor.conv_layers
+        x = wav[:, None, : max(sizes)]
+        first = layers[0]
+        if isinstance(getattr(first, "layer_norm", None), nn.GroupNorm):
+            x = first.conv(x)
+            x = first.activation(_masked_group_norm(x, first.layer_norm, _conv_lengths(sizes, first.conv)))
+        else:
+            x = first(x)
+        for layer in layers[1:]:
+            x = layer(x)
+        frames = self.frame_lengths(torch.tensor(sizes)).tolist()
+        return [x[i, :, :n].transpose(0, 1) for i, n in enumerate(frames)]
 
     def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._cnn_features(wav, sizes)
@@ -648,6 +658,23 @@ def _hf_load(name: str, source: str, local: bool) -> nn.Module:
         raise TrustSerError(f"{source}: {len(missing) + len(mismatched)} {name} weights missing or of the wrong "
                             f"shape (e.g. {example})")
     return model.eval()
+
+
+def _conv_lengths(sizes: list[int], conv: nn.Conv1d) -> torch.Tensor:
+    return torch.tensor([(n - conv.kernel_size[0]) // conv.stride[0] + 1 for n in sizes])
+
+
+def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of x [B, C, T] with statistics over each clip's first `lengths` frames (biased variance, as GroupNorm)."""
+    batch, channels, frames = x.shape
+    groups = x.reshape(batch, norm.num_groups, channels // norm.num_groups, frames)
+    valid = (torch.arange(frames, device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)
+    valid = valid[:, None, None, :]
+    count = valid.sum(dim=(2, 3), keepdim=True) * groups.shape[2]
+    mean = (groups * valid).sum(dim=(2, 3), keepdim=True) / count
+    var = ((groups - mean) ** 2 * valid).sum(dim=(2, 3), keepdim=True) / count
+    normed = ((groups - mean) / torch.sqrt(var + norm.eps)).reshape(batch, channels, frames)
+    return normed * norm.weight[None, :, None] + norm.bias[None, :, None] if norm.affine else normed
 
 
 def _read_s3prl_checkpoint(path: Path, name: str) -> dict:
