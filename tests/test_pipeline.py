@@ -103,6 +103,9 @@ def test_privacy_trains_a_gender_head_on_fold_1(project):
     assert list(k for k in results if k.isdigit()) == ["1"]
     history = json.loads((out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1.json").read_text())
     assert len([k for k in history if k.isdigit()]) == 10                 # 10 epochs, as the original
+    losses = [history[str(epoch)]["train"]["loss"] for epoch in range(10)]
+    print(f"gender head train loss: {losses[0]:.4f} -> {losses[-1]:.4f}")
+    assert losses[-1] < losses[0]                                          # the gender head does train
     preds = pd.read_csv(out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
     assert set(preds.label) == {0, 1} and list(preds.columns[-2:]) == ["prob_female", "prob_male"]
     assert 0.0 <= results["average"]["uar"] <= 100.0
