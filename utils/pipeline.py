@@ -169,8 +169,7 @@ def run_flags(args: Namespace) -> dict:
     return {"flags": {k: getattr(args, k) for k in RUN_FLAGS}}
 
 
-def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, fold_file: str = "fold_{}.json",
-              pick=lambda d: d) -> dict:
+def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick=lambda d: d) -> dict:
     """results.json from whatever per-fold files exist: per fold values, average and std.
 
     Folds may finish in separate processes at the same time (--folds k): each writes its fold file first,
@@ -178,7 +177,7 @@ def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, fold
     with _exclusive(out_dir / ".results.lock"):
         per_fold = {}
         for fold in folds:
-            path = out_dir / fold_file.format(fold)
+            path = out_dir / f"fold_{fold}.json"
             result = pick(read_json(path)) if path.is_file() else None
             if result is not None:
                 per_fold[str(fold)] = result
@@ -204,7 +203,3 @@ def _exclusive(lock_path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def num_classes_of(dataset: str) -> int:
-    return get_corpus(dataset).num_classes
