@@ -15,7 +15,6 @@ leave-one-session-out folds with the last remaining session as dev, as IEMOCAP),
   python benchmarks/benchmark_finetune.py --preset iemocap --pretrain_model wavlm --json bench.json   # GPU
 """
 import argparse
-import json
 import os
 import platform
 import resource
@@ -42,6 +41,7 @@ from utils import finetune  # noqa: E402
 from utils.data import Utterance, class_weights, pad_waveforms  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
 from utils.features import AudioBank, CachedFeatures, LiveFeatures  # noqa: E402
+from utils.io import write_json  # noqa: E402
 from utils.pipeline import build_head, load_state  # noqa: E402
 from utils.training import evaluate, make_optimizer, set_seed, train_epoch  # noqa: E402
 
@@ -457,7 +457,7 @@ def main() -> None:
     print(markdown_report(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

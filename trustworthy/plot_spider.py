@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.io import read_json, write_text  # noqa: E402
+from utils.io import read_json, write_bytes, write_text  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -320,8 +320,7 @@ def draw_single(profile: RunProfile, ranges: dict, color, args: argparse.Namespa
     ax.set_title(profile.label, fontsize=18 if len(profile.label) <= 24 else 13, fontweight="bold", color=color,
                  pad=68)
     _footer(ax, args, y=-0.15)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def draw_overlay(profiles: list[RunProfile], ranges: dict, args: argparse.Namespace, path: Path) -> None:
@@ -332,8 +331,14 @@ def draw_overlay(profiles: list[RunProfile], ranges: dict, args: argparse.Namesp
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(3, len(profiles)), frameon=False,
               fontsize=10)
     _footer(ax, args, y=-0.155 - 0.05 * (1 + (len(profiles) - 1) // 3))
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
     plt.close(fig)
+    write_bytes(path, buffer.getvalue())
 
 
 def _footer(ax, args: argparse.Namespace, y: float) -> None:

@@ -33,6 +33,10 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode()))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 def save_torch(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
