@@ -667,14 +667,16 @@ def _conv_lengths(sizes: list[int], conv: nn.Conv1d) -> torch.Tensor:
 def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor) -> torch.Tensor:
     """GroupNorm of x [B, C, T] with statistics over each clip's first `lengths` frames (biased variance, as GroupNorm)."""
     batch, channels, frames = x.shape
-    groups = x.reshape(batch, norm.num_groups, channels // norm.num_groups, frames)
-    valid = (torch.arange(frames, device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)
+    groups = x.float().reshape(batch, norm.num_groups, channels // norm.num_groups, frames)  # fp32 under autocast too
+    valid = (torch.arange(frames, device=x.device)[None, :] < lengths.to(x.device)[:, None]).float()
     valid = valid[:, None, None, :]
     count = valid.sum(dim=(2, 3), keepdim=True) * groups.shape[2]
     mean = (groups * valid).sum(dim=(2, 3), keepdim=True) / count
     var = ((groups - mean) ** 2 * valid).sum(dim=(2, 3), keepdim=True) / count
     normed = ((groups - mean) / torch.sqrt(var + norm.eps)).reshape(batch, channels, frames)
-    return normed * norm.weight[None, :, None] + norm.bias[None, :, None] if norm.affine else normed
+    if norm.affine:
+        normed = normed * norm.weight[None, :, None].float() + norm.bias[None, :, None].float()
+    return normed.to(x.dtype)
 
 
 def _read_s3prl_checkpoint(path: Path, name: str) -> dict:
