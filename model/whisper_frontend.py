@@ -60,10 +60,11 @@ class WhisperLogMel(nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() != 1 or wav.shape[0] <= N_FFT // 2:
             raise ValueError(f"WhisperLogMel takes one clip longer than {N_FFT // 2} samples, got shape {tuple(wav.shape)}")
-        stft = torch.stft(wav, N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
-        power = stft[:, :-1].abs() ** 2
-        log_spec = torch.clamp(self.filters.T @ power, min=1e-10).log10()
+        with torch.autocast(wav.device.type, enabled=False):    # the front end stays fp32 under bf16 autocast
+            stft = torch.stft(wav.float(), N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect",
+                              return_complex=True)
+            power = stft[:, :-1].abs() ** 2
+            log_spec = torch.clamp(self.filters.T @ power, min=1e-10).log10()
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
         return (log_spec + 4.0) / 4.0
 
