@@ -12,17 +12,23 @@ data_dir:
   demo: $OUT/corpus
 project_dir: $OUT
 YML
-RUN="--config $OUT/config.yml --dataset demo --pretrain_model whisper_tiny --random_init --device cpu
-     --learning_rate 0.0005 --downstream_model cnn --num_epochs 30 --num_layers 3 --conv_layers 2
-     --pooling mean --hidden_size 128 --batch_size 16"
+MODELS="${MODELS:-whisper_tiny tera}"     # random-init backbones, compared in the trust profile
+run_flags() {
+    echo "--config $OUT/config.yml --dataset demo --pretrain_model $1 --random_init --device cpu
+          --learning_rate 0.0005 --downstream_model cnn --num_epochs 30 --num_layers 3 --conv_layers 2
+          --pooling mean --hidden_size 128 --batch_size 16"
+}
 step() { echo; echo "=== $1"; }
 step "synthetic corpus + splits";   "$PY" "$REPO/train_split_gen/demo.py" --config "$OUT/config.yml" --generate
 step "preprocess";                  "$PY" "$REPO/preprocess_audio/preprocess_audio.py" --dataset demo --config "$OUT/config.yml"
-step "finetune (5 folds)";          "$PY" "$REPO/experiment/finetune_single_thread.py" $RUN
-step "fairness";                    "$PY" "$REPO/trustworthy/fairness/fairness_evaluation.py" $RUN
-step "safety (FGSM, 45 dB)";        "$PY" "$REPO/trustworthy/safety/adversarial_attack.py" $RUN --attack_method fgsm -snr 45
-step "privacy (gender inference)";  "$PY" "$REPO/trustworthy/privacy/gender_inference.py" $RUN
-step "sustainability";              "$PY" "$REPO/trustworthy/sustainability/sustainability.py" $RUN
+for MODEL in $MODELS; do
+    RUN=$(run_flags "$MODEL")
+    step "$MODEL: finetune (5 folds)";          "$PY" "$REPO/experiment/finetune_single_thread.py" $RUN
+    step "$MODEL: fairness";                    "$PY" "$REPO/trustworthy/fairness/fairness_evaluation.py" $RUN
+    step "$MODEL: safety (FGSM, 45 dB)";        "$PY" "$REPO/trustworthy/safety/adversarial_attack.py" $RUN --attack_method fgsm -snr 45
+    step "$MODEL: privacy (gender inference)";  "$PY" "$REPO/trustworthy/privacy/gender_inference.py" $RUN
+    step "$MODEL: sustainability";              "$PY" "$REPO/trustworthy/sustainability/sustainability.py" $RUN
+done
 step "trust profile";               "$PY" "$REPO/trustworthy/plot_spider.py" --config "$OUT/config.yml" --dataset demo \
                                         --output_dir "$OUT/trust_profile"
 echo
