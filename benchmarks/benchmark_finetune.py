@@ -231,7 +231,7 @@ class OriginalLoopFeatures(LiveFeatures):
 def head_args(args: Namespace) -> Namespace:
     """The run flags train_fold and build_head read."""
     return Namespace(hidden_size=args.hidden_size, conv_layers=3, pooling="att", batch_size=args.batch_size,
-                     eval_batch_size=args.eval_batch_size)
+                     eval_batch_size=args.eval_batch_size, overwrite=False)
 
 
 def training_batches(split: dict, batch_size: int) -> int:

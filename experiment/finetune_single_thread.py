@@ -13,22 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.cli import base_parser  # noqa: E402
 from utils.data import load_fold  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.finetune import FitSpec, best_of_fold, fold_finished, train_fold  # noqa: E402
+from utils.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
 from utils.paths import finetune_dir  # noqa: E402
 from utils.pipeline import (aggregate, make_backbone, make_source, resolve_device, run_flags,  # noqa: E402
                             start_stage)
 
 log = logging.getLogger("trust-ser")
-RESULT_KEYS = ["uar", "acc", "macro_f1"]
-
-
-def folds_to_train(run_dir: Path, folds: list[int], overwrite: bool) -> list[int]:
-    """The folds without complete outputs (all of them with --overwrite); the others are logged as skipped."""
-    todo = [f for f in folds if overwrite or not fold_finished(run_dir, f)]
-    for f in sorted(set(folds) - set(todo)):
-        log.info(f"fold {f}: already finished in {run_dir}, skipping (--overwrite to redo)")
-    return todo
-
 
 def main() -> None:
     stage = start_stage(base_parser(__doc__.splitlines()[0]))
@@ -45,19 +35,16 @@ def main() -> None:
     initial = {k: v.clone() for k, v in backbone.state_dict().items()} if args.finetune != "frozen" else None
     source = make_source(args, backbone, device, config["project_dir"], grad_backbone=args.finetune != "frozen")
     run_dir.mkdir(parents=True, exist_ok=True)
+    spec = FitSpec(corpus.class_names, args.learning_rate, args.num_epochs, class_weighted=True)
     for fold in todo:
-        if args.overwrite:
-            (run_dir / f"fold_{fold}_last.pt").unlink(missing_ok=True)
         if initial is not None:
             backbone.load_state_dict(initial)   # every fold starts from the pretrained backbone
         data = {split: source.prepare(utts) for split, utts in splits[fold].items()}
         for split, utts in data.items():
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
-        spec = FitSpec(corpus.class_names, args.learning_rate, args.num_epochs, class_weighted=True)
         train_fold(args, fold, data, backbone, source, run_dir, device, spec)
-        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
-    results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
+        results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
     if hasattr(source, "disk_bytes"):
         log.info(f"feature cache: {source.stats}, {source.disk_bytes() / 2**20:.1f} MiB on disk under {source.cache_root}")
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "

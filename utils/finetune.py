@@ -30,6 +30,17 @@ def fold_finished(run_dir: Path, fold: int) -> bool:
         return False
 
 
+RESULT_KEYS = ["uar", "acc", "macro_f1"]    # averaged over folds in results.json
+
+
+def folds_to_train(run_dir: Path, folds: list[int], overwrite: bool) -> list[int]:
+    """The folds without complete outputs (all of them with --overwrite); the others are logged as skipped."""
+    todo = [f for f in folds if overwrite or not fold_finished(run_dir, f)]
+    for f in sorted(set(folds) - set(todo)):
+        log.info(f"fold {f}: already finished in {run_dir}, skipping (--overwrite to redo)")
+    return todo
+
+
 def best_of_fold(fold_json: dict) -> dict | None:
     """The per-fold result inside fold_k.json (the rest is the per-epoch history); None while unfinished."""
     return fold_json.get("best")
@@ -71,6 +82,8 @@ def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], bac
     generator = torch.Generator().manual_seed(8 * fold)
     state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
     last_path = run_dir / f"fold_{fold}_last.pt"
+    if args.overwrite:
+        last_path.unlink(missing_ok=True)
     for stale in run_dir.glob(f".fold_{fold}[._]*.tmp"):   # left by a process killed mid-write; this fold is ours
         stale.unlink(missing_ok=True)
     if last_path.is_file():

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.cli import base_parser  # noqa: E402
 from utils.data import Utterance, load_fold  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.finetune import FitSpec, best_of_fold, fold_finished, train_fold  # noqa: E402
+from utils.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
 from utils.paths import finetune_dir, privacy_dir  # noqa: E402
 from utils.pipeline import (aggregate, load_trained, make_source, resolve_device, run_flags,  # noqa: E402
                             start_stage)
@@ -42,14 +42,11 @@ def main() -> None:
     args, config, corpus, folds = stage.args, stage.config, stage.corpus, stage.folds
     out_dir = privacy_dir(config["project_dir"], args)
     if args.aggregate_only:
-        aggregate(out_dir, corpus.fold_ids(), ["uar", "acc", "macro_f1"], run_flags(args), pick=best_of_fold)
+        aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
         return
     device = resolve_device(args.device)
     spec = FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False)
-    for fold in folds:
-        if fold_finished(out_dir, fold) and not args.overwrite:
-            log.info(f"fold {fold}: already finished in {out_dir}, skipping (--overwrite to redo)")
-            continue
+    for fold in folds_to_train(out_dir, folds, args.overwrite):
         backbone, _ = load_trained(args, finetune_dir(config["project_dir"], args), fold, device, corpus.num_classes)
         backbone.set_finetune("frozen")     # the gender head probes the (fine-tuned) backbone; it is not trained
         source = make_source(args, backbone, device, config["project_dir"], grad_backbone=False)
@@ -57,10 +54,8 @@ def main() -> None:
         data = {s: relabel_by_gender(source.prepare(u), f"{split_file} {s}")
                 for s, u in load_fold(config["project_dir"], args.dataset, fold).items()}
         out_dir.mkdir(parents=True, exist_ok=True)
-        if args.overwrite:
-            (out_dir / f"fold_{fold}_last.pt").unlink(missing_ok=True)
         train_fold(args, fold, data, backbone, source, out_dir, device, spec)
-    results = aggregate(out_dir, corpus.fold_ids(), ["uar", "acc", "macro_f1"], run_flags(args), pick=best_of_fold)
+    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
     log.info(f"gender inference test UAR {results['average']['uar']:.2f}% (50% = nothing leaks); "
              f"results: {out_dir / 'results.json'}")
 
