@@ -323,7 +323,7 @@ class Wav2Vec2StyleBackbone(Backbone):
         x, _ = self.model.feature_projection(pad_sequence(features, batch_first=True))
         x = x.masked_fill(~_frame_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # as HF, before the conv position
         encoder = self.model.encoder
-        x = x + encoder.pos_conv_embed(x)
+        x = x + _outside_autocast(encoder.pos_conv_embed, x)
         return encoder.dropout(encoder.layer_norm(x)), frame_lengths
 
     def _layers(self) -> nn.ModuleList:
@@ -662,6 +662,18 @@ def _hf_load(name: str, source: str, local: bool) -> nn.Module:
 
 def _conv_lengths(sizes: list[int], conv: nn.Conv1d) -> torch.Tensor:
     return torch.tensor([(n - conv.kernel_size[0]) // conv.stride[0] + 1 for n in sizes])
+
+
+def _outside_autocast(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) in fp32 even under autocast (TF32 convolutions where cuDNN allows them, as outside autocast).
+
+    cuDNN has no fast bf16 kernel for the 128-tap grouped positional convolution of wav2vec 2.0 / WavLM: under bf16
+    it took about 30 ms of a 50 ms WavLM base+ forward (32 clips of 4 s, H100), against about 1 ms in fp32.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return module(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return module(x.float())
 
 
 def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor) -> torch.Tensor:

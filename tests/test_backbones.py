@@ -90,6 +90,25 @@ def test_ssl_models_match_hugging_face(name):
     assert max_rel_err(hidden, torch.stack(reference)) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["wavlm", "wav2vec2_0"])
+def test_positional_convolution_stays_fp32_under_bf16_autocast(name):
+    """cuDNN's bf16 kernels for the grouped 128-tap positional conv are slow; the wrapper runs it in fp32."""
+    backbone = tiny(name)
+    wav, lengths = padded_batch()
+    x = torch.randn(2, 30, backbone.hidden_dim)
+    pos_conv = backbone.model.encoder.pos_conv_embed
+    seen = []
+    handle = pos_conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            backbone(wav, lengths)
+            bf16_everywhere = pos_conv(x.bfloat16())
+    finally:
+        handle.remove()
+    assert seen == [torch.float32, torch.bfloat16]  # the wrapper's call, then autocast's own choice
+    assert bf16_everywhere.dtype == torch.bfloat16
+
+
 def test_whisper_matches_hugging_face_on_a_30_second_clip():
     from transformers import WhisperFeatureExtractor
     backbone = tiny("whisper_tiny")
