@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,3 +150,35 @@ def test_attack_success_rate_counts_only_correct_utterances():
     attacked = torch.tensor([1, 1, 0, 0, 0])   # two of the correct ones flipped
     assert attack_success_rate(y, clean, attacked) == pytest.approx(50.0)
     assert attack_success_rate(y, 1 - y, attacked) != attack_success_rate(y, 1 - y, attacked)  # NaN
+
+
+def test_attack_fold_attacks_only_what_its_own_clean_pass_gets_right(trained):
+    """Given clean predictions that call every utterance correct (as a stale cache could), the fold attacks only
+    those its own clean pass classifies correctly: the same outcome as letting it compute the clean pass."""
+    from argparse import Namespace
+
+    from trustworthy.safety.adversarial_attack import attack_fold
+    from utils.data import Utterance
+    from utils.features import AudioBank
+
+    model, wav, lengths, labels = trained
+    model = copy.deepcopy(model).float()
+    with torch.no_grad():
+        model.out.bias += torch.tensor([1.5, -1.5])   # push a few utterances to the wrong class
+    audio = AudioBank(max_seconds=1.0, skip_bad=False)
+    test = []
+    for i in range(len(wav)):
+        audio.wavs[f"u{i}.wav"] = wav[i, : lengths[i]].float()
+        test.append(Utterance(f"u{i}", "spk", "female", f"u{i}.wav", int(labels[i])))
+
+    def backbone(x, lens):
+        return x, None, lens
+
+    args = Namespace(attack_method="fgsm", snr=10.0, eval_batch_size=8, fp32=True)
+    device = torch.device("cpu")
+    live = attack_fold(backbone, model, test, audio, args, device, num_classes=2)
+    told = attack_fold(backbone, model, test, audio, args, device, num_classes=2, clean=labels.clone())
+    assert 0 < live["num_attacked"] < len(test)
+    assert live["num_flipped"] > 0
+    for key in ("num_attacked", "num_flipped", "success_rate", "clean_uar"):
+        assert told[key] == pytest.approx(live[key]), key

@@ -7,6 +7,7 @@ import pytest
 
 from synthetic_project import make_project, run_script
 from utils.fairness import fairness_report
+from utils.metrics import classification_scores
 
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
          "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
@@ -94,6 +95,24 @@ def test_fgsm_hits_the_snr_and_a_strong_attack_beats_a_weak_one(project):
         rates[snr] = results["average"]["success_rate"]
     print(f"FGSM success rate: {rates['5']:.1f}% at 5 dB vs {rates['60']:.1f}% at 60 dB")
     assert rates["5"] > rates["60"]
+
+
+def test_fgsm_attacks_what_the_finetuned_model_got_right_and_fp32_agrees_on_cpu(project):
+    """The clean predictions are the finetune stage's test predictions (read from the feature cache); --fp32
+    recomputes them live, which on CPU (fp32 either way) attacks the same utterances with the same outcome."""
+    config, out = project
+    attack = out / "attack" / "fgsm" / "30" / "demo" / "apc" / RUN
+    preds = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
+    runs = {}
+    for extra in ([], ["--fp32", "--overwrite"]):
+        run_script("trustworthy/safety/adversarial_attack.py", *_flags(config), "-snr", "30", "--folds", "1", *extra)
+        runs[" ".join(extra)] = json.loads((attack / "results.json").read_text())
+    cached, live = runs[""]["1"], runs["--fp32 --overwrite"]["1"]
+    assert cached["num_attacked"] == int((preds.label == preds.prediction).sum()) > 0
+    assert cached["clean_uar"] == pytest.approx(
+        classification_scores(preds.label.to_numpy(), preds.prediction.to_numpy(), 4)["uar"])
+    assert (live["num_attacked"], live["num_flipped"]) == (cached["num_attacked"], cached["num_flipped"])
+    assert runs["--fp32 --overwrite"]["meta"]["attack"]["precision"] == "fp32"
 
 
 def test_privacy_trains_a_gender_head_on_fold_1(project):
