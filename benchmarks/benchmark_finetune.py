@@ -38,7 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.backbones import BACKBONES, build_backbone  # noqa: E402
-from trustworthy.safety.adversarial_attack import attack_fold, cached_predictions  # noqa: E402
+from trustworthy.safety.adversarial_attack import attack_fold, attack_precision, cached_predictions  # noqa: E402
 from utils import finetune  # noqa: E402
 from utils.data import Utterance, class_weights, pad_waveforms  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
@@ -328,7 +328,7 @@ def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.
         with clock.stage("fgsm"):
             clean = None if fp32 else cached_predictions(head, backbone, cache, test, attack_args, NUM_CLASSES)
             result = attack_fold(backbone, head, test, corpus.audio, attack_args, device, NUM_CLASSES, clean)
-        out[name] = {"batch_size": batch_size, "precision": "fp32" if fp32 or device.type != "cuda" else "bf16",
+        out[name] = {"batch_size": batch_size, "precision": attack_precision(attack_args, device),
                      "clean_pass": "live" if fp32 else "feature cache", "seconds": clock.seconds["fgsm"],
                      "attacked": result["num_attacked"], "flipped": result["num_flipped"],
                      "success_rate": result["success_rate"], "memory": peak_memory(device)}

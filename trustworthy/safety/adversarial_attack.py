@@ -79,6 +79,11 @@ def attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, args, d
         return _attack_fold(backbone, head, test, audio, args, device, num_classes, clean)
 
 
+def attack_precision(args, device: torch.device) -> str:
+    """What attack_fold runs in: fp32 on CPU or with args.fp32, else bf16 autocast."""
+    return "fp32" if args.fp32 or device.type != "cuda" else "bf16 autocast"
+
+
 def _attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, args, device, num_classes: int,
                  clean: torch.Tensor | None) -> dict:
     wavs = [audio.get(u.path) for u in test]
@@ -141,9 +146,8 @@ def main() -> None:
         return result
 
     evaluate_folds(stage, out_dir, evaluate_fold)
-    precision = "fp32" if args.fp32 or device.type != "cuda" else "bf16 autocast"
     meta = {**run_flags(args), "attack": {"method": args.attack_method, "snr": args.snr, "pgd_steps": args.pgd_steps,
-                                          "precision": precision}}
+                                          "precision": attack_precision(args, device)}}
     results = aggregate(out_dir, stage.corpus.fold_ids(), RESULT_KEYS, meta)
     log.info(f"attack success rate {results['average']['success_rate']:.2f}%; results: {out_dir / 'results.json'}")
 
