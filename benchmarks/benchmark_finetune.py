@@ -38,13 +38,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.backbones import BACKBONES, build_backbone  # noqa: E402
-from trustworthy.safety.adversarial_attack import attack_fold, attack_precision, cached_predictions  # noqa: E402
 from utils import finetune  # noqa: E402
 from utils.data import Utterance, class_weights, pad_waveforms  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
 from utils.features import AudioBank, CachedFeatures, LiveFeatures  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.pipeline import build_head, load_state  # noqa: E402
+from utils.run import RunConfig  # noqa: E402
+from utils.safety import AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
 from utils.training import evaluate, make_optimizer, set_seed, train_epoch  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -230,10 +231,10 @@ class OriginalLoopFeatures(LiveFeatures):
         return hidden.float(), mask
 
 
-def head_args(args: Namespace) -> Namespace:
-    """The run flags train_fold and build_head read."""
-    return Namespace(hidden_size=args.hidden_size, conv_layers=3, pooling="att", batch_size=args.batch_size,
-                     eval_batch_size=args.eval_batch_size, overwrite=False)
+def head_run(args: Namespace) -> RunConfig:
+    """The run train_fold and build_head are given."""
+    return RunConfig(hidden_size=args.hidden_size, conv_layers=3, pooling="att", batch_size=args.batch_size,
+                     eval_batch_size=args.eval_batch_size)
 
 
 def training_batches(split: dict, batch_size: int) -> int:
@@ -247,7 +248,7 @@ def run_per_epoch(args: Namespace, corpus: SyntheticCorpus, backbone, device: to
     source = OriginalLoopFeatures(backbone, corpus.audio, device, bf16=args.per_epoch_bf16)
     data = corpus.fold(PER_EPOCH_FOLD)
     set_seed(8 * PER_EPOCH_FOLD)
-    head = build_head(head_args(args), backbone, NUM_CLASSES).to(device)
+    head = build_head(head_run(args), backbone, NUM_CLASSES).to(device)
     optimizer, scheduler = make_optimizer(head.parameters(), 2e-4)
     criterion = nn.NLLLoss(class_weights(data["train"], NUM_CLASSES).to(device))
     generator = torch.Generator().manual_seed(8 * PER_EPOCH_FOLD)
@@ -292,7 +293,7 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
         for k in range(1, corpus.folds + 1):
             with clock.stage("folds"):
                 data = {split: source.prepare(utts) for split, utts in corpus.fold(k).items()}
-                finetune.train_fold(head_args(args), k, data, backbone, source, run_dir, device, spec)
+                finetune.train_fold(head_run(args), k, data, backbone, source, run_dir, device, spec)
             batches += args.epochs * training_batches(data, args.batch_size)
             evaluated += args.epochs * (len(data["dev"]) + len(data["test"])) + len(data["test"])
     seconds = clock.seconds
@@ -314,7 +315,7 @@ def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.
     """attack_fold over fold 1's test set with fold 1's trained head: the original (batch 1, fp32, live clean pass)
     vs batched in fp32 with a live clean pass (same successes expected) vs the safety stage's default (batched,
     clean predictions from the feature cache, bf16 autocast on CUDA), which is what the ratio compares."""
-    head = build_head(head_args(args), backbone, NUM_CLASSES).to(device)
+    head = build_head(head_run(args), backbone, NUM_CLASSES).to(device)
     load_state(head, run_dir / f"fold_{PER_EPOCH_FOLD}.pt")
     head.eval()
     backbone.eval()
@@ -324,11 +325,11 @@ def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.
                                    ("batched", args.eval_batch_size, False)):
         clock = StageClock(device)
         reset_peak_memory(device)
-        attack_args = Namespace(attack_method="fgsm", snr=args.snr, eval_batch_size=batch_size, fp32=fp32)
+        attack = AttackSpec("fgsm", args.snr, batch_size=batch_size, fp32=fp32)
         with clock.stage("fgsm"):
-            clean = None if fp32 else cached_predictions(head, backbone, cache, test, attack_args, NUM_CLASSES)
-            result = attack_fold(backbone, head, test, corpus.audio, attack_args, device, NUM_CLASSES, clean)
-        out[name] = {"batch_size": batch_size, "precision": attack_precision(attack_args, device),
+            clean = None if fp32 else cached_predictions(head, backbone, cache, test, batch_size, NUM_CLASSES)
+            result = attack_fold(backbone, head, test, corpus.audio, attack, device, NUM_CLASSES, clean)
+        out[name] = {"batch_size": batch_size, "precision": attack_precision(attack, device),
                      "clean_pass": "live" if fp32 else "feature cache", "seconds": clock.seconds["fgsm"],
                      "attacked": result["num_attacked"], "flipped": result["num_flipped"],
                      "success_rate": result["success_rate"], "memory": peak_memory(device)}
@@ -345,7 +346,7 @@ def warm_up(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.de
     wav, lengths = pad_waveforms(wavs)
     with torch.no_grad():
         hidden, _, mask = backbone(wav.to(device), lengths.to(device))
-    head = build_head(head_args(args), backbone, NUM_CLASSES).to(device)
+    head = build_head(head_run(args), backbone, NUM_CLASSES).to(device)
     head(hidden, mask).sum().backward()
     StageClock(device).sync()
 

@@ -22,20 +22,20 @@ log = logging.getLogger("trust-ser")
 
 def main() -> None:
     stage = start_stage(base_parser(__doc__.splitlines()[0]))
-    args, config, corpus, folds = stage.args, stage.config, stage.corpus, stage.folds
-    run_dir = finetune_dir(config["project_dir"], args)
-    todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, args.overwrite)
+    args, run, config, corpus, folds = stage.args, stage.run, stage.config, stage.corpus, stage.folds
+    run_dir = finetune_dir(config["project_dir"], run)
+    todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, run.overwrite)
     if not todo:    # nothing to train: no backbone to load (no hub access needed)
-        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
+        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
         log.info(f"results: {run_dir / 'results.json'}")
         return
-    splits = {fold: load_fold(config["project_dir"], args.dataset, fold) for fold in todo}   # fail fast, before any download
-    device = resolve_device(args.device)
-    backbone = make_backbone(args, device)
-    initial = {k: v.clone() for k, v in backbone.state_dict().items()} if args.finetune != "frozen" else None
-    source = make_source(args, backbone, device, config["project_dir"], grad_backbone=args.finetune != "frozen")
+    splits = {fold: load_fold(config["project_dir"], run.dataset, fold) for fold in todo}   # fail fast, before any download
+    device = resolve_device(run.device)
+    backbone = make_backbone(run, device)
+    initial = {k: v.clone() for k, v in backbone.state_dict().items()} if run.finetune != "frozen" else None
+    source = make_source(run, backbone, device, config["project_dir"], grad_backbone=run.finetune != "frozen")
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = FitSpec(corpus.class_names, args.learning_rate, args.num_epochs, class_weighted=True)
+    spec = FitSpec(corpus.class_names, run.learning_rate, run.num_epochs, class_weighted=True)
     for fold in todo:
         if initial is not None:
             backbone.load_state_dict(initial)   # every fold starts from the pretrained backbone
@@ -43,8 +43,8 @@ def main() -> None:
         for split, utts in data.items():
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
-        train_fold(args, fold, data, backbone, source, run_dir, device, spec)
-        results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
+        train_fold(run, fold, data, backbone, source, run_dir, device, spec)
+        results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
     if hasattr(source, "disk_bytes"):
         log.info(f"feature cache: {source.stats}, {source.disk_bytes() / 2**20:.1f} MiB on disk under {source.cache_root}")
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "

@@ -155,11 +155,9 @@ def test_attack_success_rate_counts_only_correct_utterances():
 def test_attack_fold_attacks_only_what_its_own_clean_pass_gets_right(trained):
     """Given clean predictions that call every utterance correct (as a stale cache could), the fold attacks only
     those its own clean pass classifies correctly: the same outcome as letting it compute the clean pass."""
-    from argparse import Namespace
-
-    from trustworthy.safety.adversarial_attack import attack_fold
     from utils.data import Utterance
     from utils.features import AudioBank
+    from utils.safety import AttackSpec, attack_fold
 
     model, wav, lengths, labels = trained
     model = copy.deepcopy(model).float()
@@ -174,10 +172,10 @@ def test_attack_fold_attacks_only_what_its_own_clean_pass_gets_right(trained):
     def backbone(x, lens):
         return x, None, lens
 
-    args = Namespace(attack_method="fgsm", snr=10.0, eval_batch_size=8, fp32=True)
+    attack = AttackSpec("fgsm", snr=10.0, batch_size=8, fp32=True)
     device = torch.device("cpu")
-    live = attack_fold(backbone, model, test, audio, args, device, num_classes=2)
-    told = attack_fold(backbone, model, test, audio, args, device, num_classes=2, clean=labels.clone())
+    live = attack_fold(backbone, model, test, audio, attack, device, num_classes=2)
+    told = attack_fold(backbone, model, test, audio, attack, device, num_classes=2, clean=labels.clone())
     assert 0 < live["num_attacked"] < len(test)
     assert live["num_flipped"] > 0
     for key in ("num_attacked", "num_flipped", "success_rate", "clean_uar"):

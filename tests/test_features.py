@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 from unittest import mock
 
@@ -22,6 +21,7 @@ sys.path.insert(0, str(REPO))
 from model.backbones import build_backbone  # noqa: E402
 from model.heads import CNNSelfAttention  # noqa: E402
 from utils.audio import write_wav  # noqa: E402
+from utils.run import RunConfig  # noqa: E402
 from utils.data import Utterance  # noqa: E402
 from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
 from utils.pipeline import make_source  # noqa: E402
@@ -135,9 +135,9 @@ def test_one_epoch_of_last_layer_finetuning_matches_the_live_backbone(utts, tmp_
 
 def test_make_source_picks_the_source_for_each_mode(tmp_path):
     def source_for(finetune: str, no_cache: bool = False, grad: bool | None = None):
-        args = Namespace(audio_duration=2, skip_bad=False, finetune=finetune, no_cache=no_cache, eval_batch_size=4)
+        run = RunConfig(audio_duration=2, finetune=finetune, no_cache=no_cache, eval_batch_size=4)
         grad = finetune != "frozen" if grad is None else grad
-        return make_source(args, backbone("wavlm", finetune), CPU, str(tmp_path), grad_backbone=grad)
+        return make_source(run, backbone("wavlm", finetune), CPU, str(tmp_path), grad_backbone=grad)
 
     assert type(source_for("frozen")) is CachedFeatures
     assert type(source_for("unfrozen_last_layer")) is LastLayerFeatures

@@ -1,38 +1,39 @@
 """Flags shared by every stage script, so the original's command lines work verbatim everywhere."""
 import argparse
 
-import torch
-
 from model.backbones import BACKBONES
 from utils.datasets import CORPORA
+from utils.run import RunConfig
+
+_D = RunConfig()
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Flags naming a run (dataset, backbone, head, training) and where/how to run it."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
-    p.add_argument("--dataset", default="iemocap", help=f"one of: {', '.join(CORPORA)}")
-    p.add_argument("--pretrain_model", default="wav2vec2_0", help=f"one of: {', '.join(BACKBONES)}")
+    p.add_argument("--dataset", default=_D.dataset, help=f"one of: {', '.join(CORPORA)}")
+    p.add_argument("--pretrain_model", default=_D.pretrain_model, help=f"one of: {', '.join(BACKBONES)}")
     p.add_argument("--pretrain_path", default=None,
                    help="local weights: a Hugging Face model folder, or an s3prl APC/TERA checkpoint file")
     p.add_argument("--random_init", action="store_true",
                    help="true architecture with random weights (offline demo and tests; recorded in results)")
     p.add_argument("--tiny", action="store_true", help="a tiny version of the architecture (tests only)")
-    p.add_argument("--finetune", default="frozen", choices=["frozen", "unfrozen_last_layer", "unfrozen"])
-    p.add_argument("--downstream_model", default="cnn", choices=["cnn"])
-    p.add_argument("--learning_rate", default=0.0002, type=float)
-    p.add_argument("--num_epochs", default=50, type=int)
+    p.add_argument("--finetune", default=_D.finetune, choices=["frozen", "unfrozen_last_layer", "unfrozen"])
+    p.add_argument("--downstream_model", default=_D.downstream_model, choices=["cnn"])
+    p.add_argument("--learning_rate", default=_D.learning_rate, type=float)
+    p.add_argument("--num_epochs", default=_D.num_epochs, type=int)
     p.add_argument("--num_layers", default=1, type=int, help="accepted for the original's command lines; unused there too")
-    p.add_argument("--conv_layers", default=3, type=int, help="number of pointwise Conv1d layers in the head")
-    p.add_argument("--hidden_size", default=256, type=int, help="channels of the head's Conv1d layers")
-    p.add_argument("--pooling", default="att", choices=["mean", "att"], help="mean, or att (self-attention)")
+    p.add_argument("--conv_layers", default=_D.conv_layers, type=int, help="number of pointwise Conv1d layers in the head")
+    p.add_argument("--hidden_size", default=_D.hidden_size, type=int, help="channels of the head's Conv1d layers")
+    p.add_argument("--pooling", default=_D.pooling, choices=["mean", "att"], help="mean, or att (self-attention)")
     p.add_argument("--norm", default="nonorm", help="accepted for the original's command lines; unused there too")
     p.add_argument("--optimizer", default="adam", choices=["adam"])
-    p.add_argument("--audio_duration", default=6, type=int, help="seconds each utterance is cropped to")
-    p.add_argument("--batch_size", default=64, type=int, help="training batch size")
-    p.add_argument("--eval_batch_size", default=32, type=int, help="batch size for evaluation and feature passes")
+    p.add_argument("--audio_duration", default=_D.audio_duration, type=int, help="seconds each utterance is cropped to")
+    p.add_argument("--batch_size", default=_D.batch_size, type=int, help="training batch size")
+    p.add_argument("--eval_batch_size", default=_D.eval_batch_size, type=int, help="batch size for evaluation and feature passes")
     p.add_argument("--folds", default=None, help="folds to run, e.g. '3' or '1,2' (default: all)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=_D.device)
     p.add_argument("--no_cache", action="store_true", help="recompute the frozen backbone every epoch (no feature cache)")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable audio files (counted in results)")
     p.add_argument("--overwrite", action="store_true", help="redo folds whose outputs already exist")

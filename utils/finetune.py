@@ -3,7 +3,6 @@ import copy
 import csv
 import io
 import logging
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from utils.data import Utterance, class_weights
 from utils.errors import TrustSerError
 from utils.io import load_torch, read_json, save_torch, write_json, write_text
 from utils.pipeline import build_head, trainable_backbone_state
+from utils.run import RunConfig
 from utils.training import EvalResult, evaluate, make_optimizer, set_seed, train_epoch
 
 log = logging.getLogger("trust-ser")
@@ -69,12 +69,12 @@ class FitSpec:
     class_weighted: bool
 
 
-def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], backbone: nn.Module, source,
+def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], backbone: nn.Module, source,
                run_dir: Path, device: torch.device, spec: FitSpec) -> dict:
     """Best epoch by dev UAR; writes fold_k.pt (+ fold_k_backbone.pt), fold_k.json and test predictions."""
     class_names, num_classes = spec.class_names, len(spec.class_names)
     set_seed(8 * fold)
-    head = build_head(args, backbone, num_classes).to(device)
+    head = build_head(run, backbone, num_classes).to(device)
     params = list(head.parameters()) + [p for p in backbone.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, spec.learning_rate)
     weights = class_weights(data["train"], num_classes) if spec.class_weighted else None
@@ -82,7 +82,7 @@ def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], bac
     generator = torch.Generator().manual_seed(8 * fold)
     state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
     last_path = run_dir / f"fold_{fold}_last.pt"
-    if args.overwrite:
+    if run.overwrite:
         last_path.unlink(missing_ok=True)
     for stale in run_dir.glob(f".fold_{fold}[._]*.tmp"):   # left by a process killed mid-write; this fold is ours
         stale.unlink(missing_ok=True)
@@ -91,11 +91,11 @@ def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], bac
         log.info(f"fold {fold}: resuming after epoch {state['epoch']} from {last_path}")
 
     for epoch in range(state["epoch"], spec.num_epochs):
-        train_res = train_epoch(head, backbone, source, data["train"], criterion, optimizer, args.batch_size,
+        train_res = train_epoch(head, backbone, source, data["train"], criterion, optimizer, run.batch_size,
                                 generator, num_classes)
-        dev = evaluate(head, backbone, source, data["dev"], args.eval_batch_size, num_classes)
+        dev = evaluate(head, backbone, source, data["dev"], run.eval_batch_size, num_classes)
         scheduler.step(dev.loss)
-        test = evaluate(head, backbone, source, data["test"], args.eval_batch_size, num_classes)
+        test = evaluate(head, backbone, source, data["test"], run.eval_batch_size, num_classes)
         state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary(), "test": test.summary(),
                                         "lr": optimizer.param_groups[0]["lr"]}
         if state["best"] is None or dev.scores["uar"] > state["best"]["dev_uar"]:
@@ -112,7 +112,7 @@ def train_fold(args: Namespace, fold: int, data: dict[str, list[Utterance]], bac
         _save_resume(last_path, state, head, backbone, optimizer, scheduler, generator)
 
     return _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path,
-                        args.eval_batch_size)
+                        run.eval_batch_size)
 
 
 def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path, eval_batch_size) -> dict:

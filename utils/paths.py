@@ -1,8 +1,8 @@
 """The one place that names folders and files under <project_dir>."""
-from argparse import Namespace
 from pathlib import Path
 
 from utils.datasets import split_file_name
+from utils.run import RunConfig
 
 
 def split_path(project_dir: str | Path, dataset: str, fold: int) -> Path:
@@ -17,37 +17,37 @@ def cache_dir(project_dir: str | Path) -> Path:
     return Path(project_dir) / "cache"
 
 
-def run_name(args: Namespace) -> str:
+def run_name(run: RunConfig) -> str:
     """The original's run folder name (its latest scripts end it with the finetune mode), plus suffixes
     for settings it did not have."""
-    name = (f"lr{str(args.learning_rate).replace('.', '')}_ep{args.num_epochs}_{args.downstream_model}"
-            f"_conv{args.conv_layers}_hid{args.hidden_size}_{args.pooling}_{args.finetune}")
-    if args.audio_duration != 6:
-        name += f"_ad{args.audio_duration}"
-    if args.random_init:
+    name = (f"lr{str(run.learning_rate).replace('.', '')}_ep{run.num_epochs}_{run.downstream_model}"
+            f"_conv{run.conv_layers}_hid{run.hidden_size}_{run.pooling}_{run.finetune}")
+    if run.audio_duration != 6:
+        name += f"_ad{run.audio_duration}"
+    if run.random_init:
         name += "_randinit"
     return name
 
 
-def _run_dir(project_dir: str | Path, *parts: str, args: Namespace) -> Path:
-    return Path(project_dir).joinpath(*parts, args.dataset, args.pretrain_model, run_name(args))
+def _run_dir(project_dir: str | Path, *parts: str, run: RunConfig) -> Path:
+    return Path(project_dir).joinpath(*parts, run.dataset, run.pretrain_model, run_name(run))
 
 
-def finetune_dir(project_dir: str | Path, args: Namespace) -> Path:
-    return _run_dir(project_dir, "finetune", args=args)
+def finetune_dir(project_dir: str | Path, run: RunConfig) -> Path:
+    return _run_dir(project_dir, "finetune", run=run)
 
 
-def fairness_dir(project_dir: str | Path, args: Namespace) -> Path:
-    return _run_dir(project_dir, "fairness", args=args)
+def fairness_dir(project_dir: str | Path, run: RunConfig) -> Path:
+    return _run_dir(project_dir, "fairness", run=run)
 
 
-def attack_dir(project_dir: str | Path, args: Namespace) -> Path:
-    return _run_dir(project_dir, "attack", args.attack_method, str(args.snr), args=args)
+def attack_dir(project_dir: str | Path, run: RunConfig, method: str, snr: int) -> Path:
+    return _run_dir(project_dir, "attack", method, str(snr), run=run)
 
 
-def privacy_dir(project_dir: str | Path, args: Namespace) -> Path:
-    return _run_dir(project_dir, "privacy", args.privacy_attack, args=args)
+def privacy_dir(project_dir: str | Path, run: RunConfig, attack: str = "gender") -> Path:
+    return _run_dir(project_dir, "privacy", attack, run=run)
 
 
-def flops_dir(project_dir: str | Path, args: Namespace) -> Path:
-    return _run_dir(project_dir, "flops", args=args)
+def flops_dir(project_dir: str | Path, run: RunConfig) -> Path:
+    return _run_dir(project_dir, "flops", run=run)

@@ -22,6 +22,7 @@ from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFea
 from utils.io import load_torch, read_json, write_json
 from utils.metrics import mean_std
 from utils.paths import cache_dir
+from utils.run import RunConfig
 
 log = logging.getLogger("trust-ser")
 
@@ -39,8 +40,10 @@ def check_backbone_name(name: str) -> None:
 
 @dataclass
 class Stage:
-    """What every stage script starts from: its flags, the config, the corpus and the folds to run."""
+    """What every stage script starts from: its flags (all of them, and the run they describe), the config,
+    the corpus and the folds to run."""
     args: Namespace
+    run: RunConfig
     config: dict
     corpus: Corpus
     folds: list[int]
@@ -57,7 +60,8 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None) -> Sta
     config = load_config(args.config)
     corpus = get_corpus(args.dataset)
     check_backbone_name(args.pretrain_model)
-    return Stage(args, config, corpus, parse_folds(args.folds or default_folds, corpus.fold_ids()))
+    return Stage(args, RunConfig.from_args(args), config, corpus,
+                 parse_folds(args.folds or default_folds, corpus.fold_ids()))
 
 
 def evaluate_folds(stage: Stage, out_dir: Path, evaluate_fold: Callable[[int], dict]) -> None:
@@ -66,7 +70,7 @@ def evaluate_folds(stage: Stage, out_dir: Path, evaluate_fold: Callable[[int], d
         return
     for fold in stage.folds:
         path = out_dir / f"fold_{fold}.json"
-        if path.is_file() and not stage.args.overwrite:
+        if path.is_file() and not stage.run.overwrite:
             log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
             continue
         write_json(path, evaluate_fold(fold))
@@ -79,55 +83,55 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_head(args: Namespace, backbone, num_classes: int) -> CNNSelfAttention:
+def build_head(run: RunConfig, backbone, num_classes: int) -> CNNSelfAttention:
     return CNNSelfAttention(input_dim=backbone.hidden_dim, num_enc_layers=backbone.num_layers,
-                            output_class_num=num_classes, hidden_dim=args.hidden_size,
-                            conv_layers=args.conv_layers, pooling_method=args.pooling)
+                            output_class_num=num_classes, hidden_dim=run.hidden_size,
+                            conv_layers=run.conv_layers, pooling_method=run.pooling)
 
 
-def make_backbone(args: Namespace, device: torch.device):
-    return build_backbone(args.pretrain_model, pretrain_path=args.pretrain_path, random_init=args.random_init,
-                          tiny=args.tiny, finetune=args.finetune).to(device)
+def make_backbone(run: RunConfig, device: torch.device):
+    return build_backbone(run.pretrain_model, pretrain_path=run.pretrain_path, random_init=run.random_init,
+                          tiny=run.tiny, finetune=run.finetune).to(device)
 
 
-def make_source(args: Namespace, backbone, device: torch.device, project_dir: str, grad_backbone: bool):
+def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str, grad_backbone: bool):
     """Where the head's input comes from: cached hidden states of a frozen backbone; with --finetune
     unfrozen_last_layer, cached inputs of the last layer, which alone runs every batch; the live backbone
     with --finetune unfrozen, or with --no_cache (the original's per-epoch recomputation)."""
-    audio = AudioBank(args.audio_duration, args.skip_bad)
-    last_layer_only = (grad_backbone and args.finetune == "unfrozen_last_layer"
+    audio = AudioBank(run.audio_duration, run.skip_bad)
+    last_layer_only = (grad_backbone and run.finetune == "unfrozen_last_layer"
                        and backbone.supports_last_layer_split)
-    if args.no_cache or (grad_backbone and not last_layer_only):
+    if run.no_cache or (grad_backbone and not last_layer_only):
         return LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone)
     if device.type == "cuda":
         budget = int(0.6 * torch.cuda.mem_get_info(device)[0])
     else:
         budget = int(0.3 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     store = LastLayerFeatures if last_layer_only else CachedFeatures
-    return store(backbone, audio, device, args.eval_batch_size, cache_dir(project_dir), budget)
+    return store(backbone, audio, device, run.eval_batch_size, cache_dir(project_dir), budget)
 
 
-def finetune_command(args: Namespace) -> str:
+def finetune_command(run: RunConfig) -> str:
     """The finetune command that makes the checkpoints an evaluation needs."""
     flags = ["dataset", "pretrain_model", "learning_rate", "downstream_model", "num_epochs", "conv_layers",
              "pooling", "hidden_size", "finetune", "audio_duration"]
     cmd = [sys.executable, str(REPO_ROOT / "experiment" / "finetune_single_thread.py")]
-    cmd += [f"--{f} {getattr(args, f)}" for f in flags]
-    cmd += [f"--{f}" for f in ("random_init", "tiny") if getattr(args, f)]
-    if args.config:
-        cmd.append(f"--config {shlex.quote(str(args.config))}")
+    cmd += [f"--{f} {getattr(run, f)}" for f in flags]
+    cmd += [f"--{f}" for f in ("random_init", "tiny") if getattr(run, f)]
+    if run.config:
+        cmd.append(f"--config {shlex.quote(str(run.config))}")
     return " ".join(cmd)
 
 
-def load_trained(args: Namespace, run_dir: Path, fold: int, device: torch.device, num_classes: int):
+def load_trained(run: RunConfig, run_dir: Path, fold: int, device: torch.device, num_classes: int):
     """Backbone and head as finetune_single_thread.py saved them for this fold."""
     head_path = run_dir / f"fold_{fold}.pt"
     if not head_path.is_file():
-        raise TrustSerError(f"checkpoint {head_path} not found; train it first: {finetune_command(args)} --folds {fold}")
-    backbone = make_backbone(args, device)
-    head = build_head(args, backbone, num_classes).to(device)
+        raise TrustSerError(f"checkpoint {head_path} not found; train it first: {finetune_command(run)} --folds {fold}")
+    backbone = make_backbone(run, device)
+    head = build_head(run, backbone, num_classes).to(device)
     load_state(head, head_path)
-    if args.finetune != "frozen":
+    if run.finetune != "frozen":
         backbone_path = run_dir / f"fold_{fold}_backbone.pt"
         load_state(backbone, backbone_path, strict=False)
         st = backbone_path.stat()
@@ -160,13 +164,9 @@ def trainable_backbone_state(backbone: torch.nn.Module) -> dict:
     return {k: v for k, v in backbone.state_dict().items() if k in names}
 
 
-RUN_FLAGS = ["dataset", "pretrain_model", "pretrain_path", "random_init", "tiny", "finetune", "downstream_model",
-             "learning_rate", "num_epochs", "conv_layers", "hidden_size", "pooling", "audio_duration", "batch_size"]
-
-
-def run_flags(args: Namespace) -> dict:
-    """The flags that define a run (not where or how fast it ran)."""
-    return {"flags": {k: getattr(args, k) for k in RUN_FLAGS}}
+def run_flags(run: RunConfig) -> dict:
+    """The flags that define a run (not where or how fast it ran), as results.json's meta records them."""
+    return {"flags": run.defining_flags()}
 
 
 def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick=lambda d: d) -> dict:

@@ -16,6 +16,7 @@ from utils.fairness import METRICS, fairness_report  # noqa: E402
 from utils.paths import fairness_dir, finetune_dir  # noqa: E402
 from utils.pipeline import (aggregate, evaluate_folds, load_trained, make_source, resolve_device,  # noqa: E402
                             run_flags, start_stage)
+from utils.run import RunConfig  # noqa: E402
 from utils.training import evaluate  # noqa: E402
 
 log = logging.getLogger("trust-ser")
@@ -23,14 +24,14 @@ ATTRIBUTES = ("speaker", "gender")
 RESULT_KEYS = [f"{a}.{m}" for a in ATTRIBUTES for m in METRICS] + ["uar"]
 
 
-def fold_fairness(args, fold: int, project_dir: str, device, corpus) -> dict:
-    backbone, head = load_trained(args, finetune_dir(project_dir, args), fold, device, corpus.num_classes)
-    source = make_source(args, backbone, device, project_dir, grad_backbone=False)
-    test = source.prepare(load_fold(project_dir, args.dataset, fold)["test"])
-    result = evaluate(head, backbone, source, test, args.eval_batch_size, corpus.num_classes)
+def fold_fairness(run: RunConfig, n_bootstrap: int, fold: int, project_dir: str, device, corpus) -> dict:
+    backbone, head = load_trained(run, finetune_dir(project_dir, run), fold, device, corpus.num_classes)
+    source = make_source(run, backbone, device, project_dir, grad_backbone=False)
+    test = source.prepare(load_fold(project_dir, run.dataset, fold)["test"])
+    result = evaluate(head, backbone, source, test, run.eval_batch_size, corpus.num_classes)
     labels = [u.label for u in test]
     reports = {attr: fairness_report(labels, result.predictions, [getattr(u, attr) for u in test],
-                                     n_bootstrap=args.bootstrap, seed=fold)
+                                     n_bootstrap=n_bootstrap, seed=fold)
                for attr in ATTRIBUTES}
     return {**reports, "uar": result.scores["uar"], "num_test": len(test), "skipped_bad_audio": len(source.audio.bad)}
 
@@ -39,11 +40,11 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", default=1000, type=int, help="bootstrap resamples for the 95%% CIs (0: none)")
     stage = start_stage(parser)
-    args, out_dir = stage.args, fairness_dir(stage.project_dir, stage.args)
-    device = resolve_device(args.device)
+    args, run, out_dir = stage.args, stage.run, fairness_dir(stage.project_dir, stage.run)
+    device = resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
-        result = fold_fairness(args, fold, stage.project_dir, device, stage.corpus)
+        result = fold_fairness(run, args.bootstrap, fold, stage.project_dir, device, stage.corpus)
         for attr in ATTRIBUTES:
             r = result[attr]
             log.info(f"fold {fold} {attr}: " + (f"not available ({r['reason']})" if r["reason"] else
@@ -51,7 +52,7 @@ def main() -> None:
         return result
 
     evaluate_folds(stage, out_dir, evaluate_fold)
-    aggregate(out_dir, stage.corpus.fold_ids(), RESULT_KEYS, {**run_flags(args), "bootstrap": args.bootstrap})
+    aggregate(out_dir, stage.corpus.fold_ids(), RESULT_KEYS, {**run_flags(run), "bootstrap": args.bootstrap})
     log.info(f"results: {out_dir / 'results.json'}")
 
 

@@ -39,23 +39,23 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
     stage = start_stage(parser, default_folds="1")
-    args, config, corpus, folds = stage.args, stage.config, stage.corpus, stage.folds
-    out_dir = privacy_dir(config["project_dir"], args)
+    args, run, config, corpus, folds = stage.args, stage.run, stage.config, stage.corpus, stage.folds
+    out_dir = privacy_dir(config["project_dir"], run, args.privacy_attack)
     if args.aggregate_only:
-        aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
+        aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
         return
-    device = resolve_device(args.device)
+    device = resolve_device(run.device)
     spec = FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False)
-    for fold in folds_to_train(out_dir, folds, args.overwrite):
-        backbone, _ = load_trained(args, finetune_dir(config["project_dir"], args), fold, device, corpus.num_classes)
+    for fold in folds_to_train(out_dir, folds, run.overwrite):
+        backbone, _ = load_trained(run, finetune_dir(config["project_dir"], run), fold, device, corpus.num_classes)
         backbone.set_finetune("frozen")     # the gender head probes the (fine-tuned) backbone; it is not trained
-        source = make_source(args, backbone, device, config["project_dir"], grad_backbone=False)
-        split_file = f"{args.dataset} fold {fold}"
+        source = make_source(run, backbone, device, config["project_dir"], grad_backbone=False)
+        split_file = f"{run.dataset} fold {fold}"
         data = {s: relabel_by_gender(source.prepare(u), f"{split_file} {s}")
-                for s, u in load_fold(config["project_dir"], args.dataset, fold).items()}
+                for s, u in load_fold(config["project_dir"], run.dataset, fold).items()}
         out_dir.mkdir(parents=True, exist_ok=True)
-        train_fold(args, fold, data, backbone, source, out_dir, device, spec)
-    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(args), pick=best_of_fold)
+        train_fold(run, fold, data, backbone, source, out_dir, device, spec)
+    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
     log.info(f"gender inference test UAR {results['average']['uar']:.2f}% (50% = nothing leaks); "
              f"results: {out_dir / 'results.json'}")
 

@@ -56,15 +56,15 @@ def main() -> None:
     parser.add_argument("--throughput_batch", default=8, type=int)
     parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
     stage = start_stage(parser)
-    args, config, corpus, fold = stage.args, stage.config, stage.corpus, stage.folds[0]
-    out = flops_dir(config["project_dir"], args) / "gflops.json"
-    if out.is_file() and not args.overwrite:
+    args, run, config, corpus, fold = stage.args, stage.run, stage.config, stage.corpus, stage.folds[0]
+    out = flops_dir(config["project_dir"], run) / "gflops.json"
+    if out.is_file() and not run.overwrite:
         log.info(f"already measured: {out}, skipping (--overwrite to redo)")
         return
-    device = resolve_device(args.device)
-    backbone, head = load_trained(args, finetune_dir(config["project_dir"], args), fold, device, corpus.num_classes)
+    device = resolve_device(run.device)
+    backbone, head = load_trained(run, finetune_dir(config["project_dir"], run), fold, device, corpus.num_classes)
     result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats, device)
-    write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, **run_flags(args)})
+    write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, **run_flags(run)})
     log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M parameters "
              f"({result['params_trainable'] / 1e6:.2f} M trainable), latency {result['latency_ms_median']:.1f} ms on "
              f"{result['device_name']}; {out}")

@@ -1,0 +1,121 @@
+"""Attacking a trained model's test set: FGSM / PGD / Gaussian noise at a given SNR, in length-sorted batches.
+
+Only utterances the model classifies correctly are attacked; an attack succeeds when the prediction changes.
+The gradient flows from the loss to the waveform through the backbone's own front end.
+"""
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from utils.attacks import attack_success_rate, fgsm, gaussian_noise, measured_snr_db, pgd
+from utils.data import Utterance, length_sorted_batches, pad_waveforms
+from utils.features import AudioBank, autocast_for
+from utils.metrics import classification_scores
+from utils.training import evaluate
+
+log = logging.getLogger("trust-ser")
+ATTACK_METHODS = ("fgsm", "pgd", "gaussian_noise")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack: method, SNR (dB) of the perturbation, PGD steps, batch size, and fp32 (no bf16 autocast on CUDA)."""
+    method: str = "fgsm"
+    snr: float = 45
+    pgd_steps: int = 10
+    batch_size: int = 32
+    fp32: bool = False
+
+
+def attack_batch(backbone, head, wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, attack: AttackSpec,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Perturbation of one padded batch, the predictions on the clean audio and those on the perturbed audio."""
+    clean_logits = []
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        hidden, _, mask = backbone(x, lengths)
+        return head(hidden, mask)
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        out = logits(x)
+        if not clean_logits:  # FGSM and PGD take their first gradient at the clean audio
+            clean_logits.append(out.detach())
+        return F.cross_entropy(out, labels, reduction="none")
+
+    if attack.method == "fgsm":
+        delta = fgsm(wav, lengths, loss_fn, attack.snr)
+    elif attack.method == "pgd":
+        delta = pgd(wav, lengths, loss_fn, attack.snr, steps=attack.pgd_steps)
+    else:
+        delta = gaussian_noise(wav, lengths, attack.snr, generator)
+    with torch.no_grad():
+        clean = clean_logits[0] if clean_logits else logits(wav)
+        attacked = logits(wav + delta).argmax(1)
+    return delta, clean.argmax(1), attacked
+
+
+def predict(backbone, head, wavs: list[torch.Tensor], device, batch_size: int) -> torch.Tensor:
+    preds = torch.zeros(len(wavs), dtype=torch.long)
+    for idx in length_sorted_batches([len(w) for w in wavs], batch_size):
+        wav, lengths = pad_waveforms([wavs[i] for i in idx])
+        with torch.no_grad():
+            hidden, _, mask = backbone(wav.to(device), lengths.to(device))
+            preds[idx] = head(hidden, mask).argmax(1).cpu()
+    return preds
+
+
+def attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, attack: AttackSpec, device, num_classes: int,
+                clean: torch.Tensor | None = None) -> dict:
+    """Attack the correctly classified test utterances in length-sorted batches; success rate and measured SNR.
+
+    `clean`: the model's test predictions if already known (from the feature cache); else a live pass makes them.
+    Either way an utterance is attacked only if the attack's own pass on its clean audio classifies it correctly.
+    On CUDA the passes run under bf16 autocast, as every other evaluation, unless attack.fp32 (the input gradient is
+    taken with respect to the fp32 waveform either way); on CPU they are fp32.
+    """
+    with nullcontext() if attack.fp32 else autocast_for(device):
+        return _attack_fold(backbone, head, test, audio, attack, device, num_classes, clean)
+
+
+def attack_precision(attack: AttackSpec, device: torch.device) -> str:
+    """What attack_fold runs in: fp32 on CPU or with attack.fp32, else bf16 autocast."""
+    return "fp32" if attack.fp32 or device.type != "cuda" else "bf16 autocast"
+
+
+def _attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, attack: AttackSpec, device, num_classes: int,
+                 clean: torch.Tensor | None) -> dict:
+    wavs = [audio.get(u.path) for u in test]
+    labels = torch.tensor([u.label for u in test])
+    clean = predict(backbone, head, wavs, device, attack.batch_size) if clean is None else clean.clone()
+    attacked = clean.clone()
+    candidates = [i for i in range(len(test)) if clean[i] == labels[i]]
+    generator = torch.Generator(device=device).manual_seed(0)
+    snrs = []
+    for idx in length_sorted_batches([len(wavs[i]) for i in candidates], attack.batch_size):
+        chosen = [candidates[i] for i in idx]
+        wav, lengths = pad_waveforms([wavs[i] for i in chosen])
+        wav, lengths, y = wav.to(device), lengths.to(device), labels[chosen].to(device)
+        delta, live_clean, predictions = attack_batch(backbone, head, wav, lengths, y, attack, generator)
+        # a cached prediction can differ from this pass in the last bits: only what this pass gets right is attacked
+        clean[chosen] = live_clean.cpu()
+        attacked[chosen] = torch.where(live_clean == y, predictions, live_clean).cpu()
+        snrs += measured_snr_db(wav, delta, lengths).tolist()
+    snr_mean = float(torch.tensor(snrs).mean()) if snrs else None
+    if snr_mean is not None and abs(snr_mean - attack.snr) > 0.1:
+        log.warning(f"measured perturbation SNR {snr_mean:.2f} dB differs from --snr {attack.snr} by more than 0.1 dB")
+    success = attack_success_rate(labels, clean, attacked)
+    return {"success_rate": None if math.isnan(success) else success,
+            "num_attacked": int((clean == labels).sum()), "num_flipped": int((attacked != clean).sum()),
+            "num_test": len(test), "measured_snr_db": snr_mean, "measured_snr_db_min": min(snrs) if snrs else None,
+            "measured_snr_db_max": max(snrs) if snrs else None,
+            "clean_uar": classification_scores(labels.numpy(), clean.numpy(), num_classes)["uar"]}
+
+
+def cached_predictions(head, backbone, source, test: list[Utterance], batch_size: int,
+                       num_classes: int) -> torch.Tensor:
+    """The head's test predictions from the stored hidden states, as the finetune and fairness stages see them."""
+    return torch.from_numpy(evaluate(head, backbone, source, test, batch_size, num_classes).predictions)
