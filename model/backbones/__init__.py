@@ -1,0 +1,77 @@
+"""Pretrained speech backbones (`--pretrain_model`): one registry (BACKBONES), one module per family
+(wav2vec2.py, whisper.py, apc.py, tera.py; base.py holds the shared Backbone class, hf.py Hugging Face loading).
+
+Every backbone maps a zero-padded 16 kHz batch to the hidden states of all its layers, [L, B, F, D], in the
+original's layout: WavLM / wav2vec 2.0 / Whisper give their transformer layers' outputs (the embedding output is
+dropped; Whisper's last one is after the encoder's final layer norm, as Hugging Face reports it), APC / TERA give
+s3prl's `hidden_states` (TERA's start with its input embedding).
+
+Padding never changes a clip's hidden states: each clip's front end (log-mel, fbank, or the CNN encoder whose
+GroupNorm normalises over time) runs on the clip alone, and the layers mask padded frames as keys. Padded frames
+of the returned hidden states are zero.
+
+Heavy libraries (transformers, s3prl) are imported on first use so that `--help` stays fast.
+"""
+from pathlib import Path
+
+import torch
+
+from model.backbones.apc import APC_360HR, APCBackbone, APC_URL, TINY_APC
+from model.backbones.base import (FINETUNE_MODES, MIN_SAMPLES, RANDOM_SEED, SAMPLE_RATE, Backbone, BackboneSpec,
+                                  file_identity)
+from model.backbones.tera import TERABackbone, TERA_URL, tera_config
+from model.backbones.wav2vec2 import TINY_SSL, WAV2VEC2_BASE_960H, WAVLM_BASE_PLUS, Wav2Vec2StyleBackbone, WavLMBackbone
+from model.backbones.whisper import TINY_WHISPER, WhisperBackbone, whisper_config
+from utils.errors import TrustSerError
+
+__all__ = ["BACKBONES", "FINETUNE_MODES", "MIN_SAMPLES", "SAMPLE_RATE", "Backbone", "BackboneSpec", "build_backbone"]
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "apc": BackboneSpec("apc", APC_URL, 512, 3, APC_360HR, TINY_APC),
+    "tera": BackboneSpec("tera", TERA_URL, 768, 4, tera_config(768, 3, 12), tera_config(32, 2, 2)),
+    "wavlm": BackboneSpec("wavlm", "microsoft/wavlm-base-plus", 768, 12, WAVLM_BASE_PLUS,
+                          {**TINY_SSL, "num_buckets": 32, "max_bucket_distance": 64, "layerdrop": 0.05}),
+    "wav2vec2_0": BackboneSpec("wav2vec2", "facebook/wav2vec2-base-960h", 768, 12, WAV2VEC2_BASE_960H,
+                               {**TINY_SSL, "layerdrop": 0.1}),
+    "whisper_tiny": BackboneSpec("whisper", "openai/whisper-tiny", 384, 4, whisper_config(384, 4, 6), TINY_WHISPER),
+    "whisper_base": BackboneSpec("whisper", "openai/whisper-base", 512, 6, whisper_config(512, 6, 8), TINY_WHISPER),
+    "whisper_small": BackboneSpec("whisper", "openai/whisper-small", 768, 12, whisper_config(768, 12, 12), TINY_WHISPER),
+}
+
+
+_FAMILIES: dict[str, type] = {"wav2vec2": Wav2Vec2StyleBackbone, "wavlm": WavLMBackbone,
+                              "whisper": WhisperBackbone, "apc": APCBackbone, "tera": TERABackbone}
+
+
+def build_backbone(name: str, *, pretrain_path: str | None = None, random_init: bool = False,
+                   tiny: bool = False, finetune: str = "frozen") -> "Backbone":
+    """The backbone `name` with hub weights (default), a local copy (`pretrain_path`) or seeded random weights."""
+    if name not in BACKBONES:
+        raise TrustSerError(f"unknown --pretrain_model '{name}'; choose one of: {', '.join(BACKBONES)}")
+    if finetune not in FINETUNE_MODES:
+        raise TrustSerError(f"unknown --finetune '{finetune}'; choose one of: {', '.join(FINETUNE_MODES)}")
+    if random_init and pretrain_path:
+        raise TrustSerError("--random_init and --pretrain_path exclude each other: pick one source of weights")
+    if tiny and not (random_init or pretrain_path):
+        raise TrustSerError("--tiny needs --random_init (or a --pretrain_path holding a tiny model)")
+    spec = BACKBONES[name]
+    family = _FAMILIES[spec.family]
+    config = spec.tiny if tiny else spec.config
+    if random_init:
+        weights_id = f"random:{name}:{'tiny' if tiny else 'full'}:seed{RANDOM_SEED}"
+        with torch.random.fork_rng(devices=[]):  # every script rebuilds the same weights, caller's RNG untouched
+            torch.manual_seed(RANDOM_SEED)
+            return family.random(name, config, weights_id, finetune)
+    if pretrain_path:
+        path = Path(pretrain_path)
+        if not path.exists():
+            raise TrustSerError(f"--pretrain_path {path} does not exist")
+        backbone = family.from_local(name, path, file_identity(path), finetune)
+    else:
+        backbone = family.from_hub(name, spec.hub_id, f"hub:{spec.hub_id}", finetune)
+    expected = family.dims(config)
+    if (backbone.hidden_dim, backbone.num_layers) != expected:
+        source = pretrain_path or spec.hub_id
+        raise TrustSerError(f"{source} gives {backbone.num_layers} hidden states of size {backbone.hidden_dim}; "
+                            f"{name}{' (tiny)' if tiny else ''} gives {expected[1]} of size {expected[0]}")
+    return backbone

@@ -1,0 +1,43 @@
+"""Loading Hugging Face speech encoders: model classes, local folder checks, from_pretrained with clear errors."""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.backbones.base import hub_failure
+from utils.errors import TrustSerError
+from utils.io import read_json
+
+
+def hf_classes(family: str):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel, WhisperConfig, WhisperModel
+    return {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "wavlm": (WavLMConfig, WavLMModel),
+            "whisper": (WhisperConfig, WhisperModel)}[family]
+
+
+def check_hf_folder(path: Path, name: str, family: str) -> None:
+    if not (path / "config.json").is_file():
+        raise TrustSerError(f"--pretrain_path {path}: {name} needs a Hugging Face model folder (with config.json)")
+    model_type = read_json(path / "config.json").get("model_type")
+    if model_type != family:
+        raise TrustSerError(f"--pretrain_path {path} holds a '{model_type}' model; {name} needs a '{family}' one")
+
+
+def hf_load(name: str, family: str, source: str, local: bool) -> nn.Module:
+    """from_pretrained(source), refusing folders whose weights do not cover the encoder."""
+    _, model_class = hf_classes(family)
+    try:
+        model, info = model_class.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+    except Exception as err:  # hub/network errors and damaged folders come in many types
+        if not local:
+            raise TrustSerError(hub_failure(name, source, err)) from None
+        raise TrustSerError(f"--pretrain_path {source}: cannot load a {family} model "
+                            f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})") from None
+    needed = "encoder." if family == "whisper" else ""
+    missing = [k for k in info["missing_keys"] if k.startswith(needed) and "masked_spec_embed" not in k]
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        example = (missing or [str(m) for m in mismatched])[0]
+        raise TrustSerError(f"{source}: {len(missing) + len(mismatched)} {name} weights missing or of the wrong "
+                            f"shape (e.g. {example})")
+    return model.eval()

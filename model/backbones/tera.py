@@ -1,0 +1,124 @@
+"""s3prl's TERA: a transformer over decibel-normalised log-mels."""
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from model.backbones.base import SAMPLE_RATE, Backbone, load_weights, read_s3prl_checkpoint, s3prl_download
+from utils.errors import TrustSerError
+
+_TERA_FEATURE = {"feat_type": "mel", "log": True, "delta": 0, "cmvn": True}
+_TERA_AUDIO = {"target_level": -25, "win_ms": 25, "hop_ms": 10, "n_freq": 201, "n_mels": 80, "n_mfcc": 13,
+               "input": {**_TERA_FEATURE, "channel": 0}, "target": {**_TERA_FEATURE, "channel": 1}}
+
+
+def tera_config(hidden: int, layers: int, heads: int) -> dict:
+    transformer = {"input_dim": -1, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                   "intermediate_size": 4 * hidden, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+                   "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+                   "share_layer": False, "pre_layer_norm": False}
+    return {"transformer": transformer, "task": {"sequence_length": 1500}, "audio": _TERA_AUDIO}
+
+
+
+TERA_URL = ("https://huggingface.co/s3prl/tera/resolve/main/"
+             "tera_logMelBase_T_F_M_AdamW_b32_1m_960hr_drop1/states-1000000.ckpt")
+
+
+class TERABackbone(Backbone):
+    """s3prl's TERA: decibel-normalised log-mel + CMVN per clip, transformer layers with a padding mask."""
+
+    hidden_includes_input = True
+
+    def __init__(self, name: str, transformer: nn.Module, preprocessor: nn.Module, config: dict, weights_id: str,
+                 finetune: str):
+        super().__init__(name, weights_id, finetune)
+        self.transformer = transformer
+        self.preprocessor = preprocessor
+        self.target_level = config["audio"]["target_level"]
+        self.hop = round(config["audio"].get("hop_ms", 10) * SAMPLE_RATE / 1000)
+        self.max_frames = config["task"]["sequence_length"]
+        self.hidden_dim, self.num_layers = self.dims(config)
+        self._apply_finetune()
+
+    @staticmethod
+    def dims(config: dict) -> tuple[int, int]:
+        transformer = config["transformer"]
+        return transformer["hidden_size"], transformer["num_hidden_layers"] + 1
+
+    @classmethod
+    def random(cls, name: str, config: dict, weights_id: str, finetune: str) -> Backbone:
+        return cls._build(name, config, None, weights_id, finetune)
+
+    @classmethod
+    def from_local(cls, name: str, path: Path, weights_id: str, finetune: str) -> Backbone:
+        checkpoint = read_s3prl_checkpoint(path, name)
+        # s3prl's layouts: new runs keep the model config under 'Upstream_Config', legacy ones under 'Config'
+        config = next((checkpoint[k] for k in ("Upstream_Config", "Config")
+                       if isinstance(checkpoint.get(k), dict) and "transformer" in checkpoint[k]), None)
+        if config is None or "Transformer" not in checkpoint:
+            raise TrustSerError(f"{path} is not an s3prl TERA checkpoint ('Transformer' weights and a config "
+                                f"with 'transformer' expected)")
+        try:
+            return cls._build(name, config, checkpoint["Transformer"], weights_id, finetune, path)
+        except (KeyError, TypeError, ValueError) as err:
+            raise TrustSerError(f"{path}: unusable TERA config ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def from_hub(cls, name: str, hub_id: str, weights_id: str, finetune: str) -> Backbone:
+        return cls.from_local(name, s3prl_download(name, hub_id), weights_id, finetune)
+
+    @classmethod
+    def _build(cls, name, config, state, weights_id, finetune, path=None) -> Backbone:
+        from s3prl.upstream.baseline.preprocessor import get_preprocessor
+        from s3prl.upstream.mockingjay.model import TransformerConfig, TransformerModel
+        if config["transformer"].get("pre_layer_norm") or "kaldi" in config["audio"]:
+            raise TrustSerError(f"{path or name}: only TERA's post-layer-norm, on-the-fly log-mel variant is supported")
+        with warnings.catch_warnings():  # s3prl also builds an unused MFCC transform whose top mel bands are empty
+            warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
+            preprocessor, feat_dim, _ = get_preprocessor(copy.deepcopy(config["audio"]), process_input_only=True)
+        transformer = TransformerModel(TransformerConfig(config["transformer"]), feat_dim)
+        if state is not None:  # s3prl renames legacy TF-style LayerNorm names the same way
+            state = {k.replace("gamma", "weight").replace("beta", "bias"): v for k, v in state.items()}
+            load_weights(transformer, state, path, name)
+        return cls(name, transformer, preprocessor, config, weights_id, finetune)
+
+    def frame_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return torch.div(num_samples, self.hop, rounding_mode="floor") + 1  # centred STFT
+
+    def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        features = []
+        for i, n in enumerate(sizes):
+            clip = wav[i, :n]
+            clip = clip * (10 ** (self.target_level / 20)) / (clip.pow(2).mean().sqrt() + 1e-10)
+            features.append(self.preprocessor(clip.view(1, 1, -1), wavs_len=[n])[0][0])
+        x = pad_sequence(features, batch_first=True)
+        if self.max_frames > 0 and x.shape[1] > self.max_frames:
+            raise TrustSerError(f"{self.name}: clips longer than {self.max_frames} frames ({self.max_frames // 100} s) "
+                                f"would be split into chunks by s3prl; crop them (--audio_duration)")
+        positions = _sinusoid_table(x.shape[1], self.hidden_dim, x.device)
+        frame_lengths = torch.tensor([len(f) for f in features], device=wav.device)
+        return self.transformer.input_representations(x, positions), frame_lengths
+
+    def _layers(self) -> nn.ModuleList:
+        return self.transformer.encoder.layer
+
+    def _context(self, x: torch.Tensor, mask: torch.Tensor):
+        return (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0  # s3prl's additive key mask
+
+    def _layer(self, index: int, x: torch.Tensor, context) -> torch.Tensor:
+        return self.transformer.encoder.layer[index](x, context)
+
+
+
+def _sinusoid_table(frames: int, size: int, device: torch.device) -> torch.Tensor:
+    """s3prl's (Mockingjay / TERA) sinusoidal positions, vectorised: [frames, size]."""
+    position = torch.arange(frames, dtype=torch.float64)[:, None]
+    rate = torch.pow(10000.0, 2 * (torch.arange(size, dtype=torch.float64) // 2) / size)
+    angle = position / rate
+    angle[:, 0::2] = angle[:, 0::2].sin()
+    angle[:, 1::2] = angle[:, 1::2].cos()
+    return angle.to(device=device, dtype=torch.float32)

@@ -1,0 +1,152 @@
+"""wav2vec 2.0 / WavLM style encoders (Hugging Face): CNN feature encoder, convolutional positions, transformer."""
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from model.backbones.base import Backbone, frame_mask
+from model.backbones.hf import check_hf_folder, hf_classes, hf_load
+
+_CNN_ENCODER = dict(conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                    conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False,
+                    num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
+_BASE_TRANSFORMER = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                         layer_norm_eps=1e-5, hidden_dropout=0.1, attention_dropout=0.1, feat_proj_dropout=0.1,
+                         mask_time_prob=0.05)
+TINY_SSL = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                 conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False, num_conv_pos_embeddings=16,
+                 num_conv_pos_embedding_groups=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64)
+
+WAV2VEC2_BASE_960H = {**_CNN_ENCODER, **_BASE_TRANSFORMER, "activation_dropout": 0.1, "layerdrop": 0.1, "vocab_size": 32}
+WAVLM_BASE_PLUS = {**_CNN_ENCODER, **_BASE_TRANSFORMER, "activation_dropout": 0.0, "layerdrop": 0.05,
+                   "num_buckets": 320, "max_bucket_distance": 800}
+
+
+
+class Wav2Vec2StyleBackbone(Backbone):
+    """wav2vec 2.0 and WavLM (Hugging Face): CNN encoder per clip, then the transformer layers with a padding mask."""
+
+    model_type = "wav2vec2"  # Hugging Face's name of the architecture (config.json's model_type)
+
+    def __init__(self, name: str, model: nn.Module, weights_id: str, finetune: str):
+        super().__init__(name, weights_id, finetune)
+        self.model = model
+        self.is_wavlm = model.config.model_type == "wavlm"
+        self.hidden_dim = model.config.hidden_size
+        self.num_layers = model.config.num_hidden_layers
+        self._apply_finetune()
+
+    @staticmethod
+    def dims(config: dict) -> tuple[int, int]:
+        return config["hidden_size"], config["num_hidden_layers"]
+
+    @classmethod
+    def random(cls, name: str, config: dict, weights_id: str, finetune: str) -> Backbone:
+        config_class, model_class = hf_classes(cls.model_type)
+        return cls(name, model_class(config_class(**config)), weights_id, finetune)
+
+    @classmethod
+    def from_local(cls, name: str, path: Path, weights_id: str, finetune: str) -> Backbone:
+        check_hf_folder(path, name, cls.model_type)
+        return cls(name, hf_load(name, cls.model_type, str(path), local=True), weights_id, finetune)
+
+    @classmethod
+    def from_hub(cls, name: str, hub_id: str, weights_id: str, finetune: str) -> Backbone:
+        return cls(name, hf_load(name, cls.model_type, hub_id, local=False), weights_id, finetune)
+
+    def frame_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(num_samples).long()
+
+    def _cnn_features(self, wav: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+        """The CNN on the padded batch, each clip cropped to its own frames.
+
+        Base models put a GroupNorm (per channel, over time) after the first conv: its statistics are taken over
+        each clip's valid frames only, so padding changes nothing. Every later conv output frame reads only
+        input frames of its own clip, hence the valid frames equal those of the clip encoded alone.
+        """
+        layers = self.model.feature_extractor.conv_layers
+        x = wav[:, None, : max(sizes)]
+        first = layers[0]
+        if isinstance(getattr(first, "layer_norm", None), nn.GroupNorm):
+            x = first.conv(x)
+            x = first.activation(_masked_group_norm(x, first.layer_norm, _conv_lengths(sizes, first.conv)))
+        else:
+            x = first(x)
+        for layer in layers[1:]:
+            x = layer(x)
+        frames = self.frame_lengths(torch.tensor(sizes)).tolist()
+        return [x[i, :, :n].transpose(0, 1) for i, n in enumerate(frames)]
+
+    def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self._cnn_features(wav, sizes)
+        frame_lengths = torch.tensor([len(f) for f in features], device=wav.device)
+        x, _ = self.model.feature_projection(pad_sequence(features, batch_first=True))
+        x = x.masked_fill(~frame_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # as HF, before the conv position
+        encoder = self.model.encoder
+        x = x + _outside_autocast(encoder.pos_conv_embed, x)
+        return encoder.dropout(encoder.layer_norm(x)), frame_lengths
+
+    def _layers(self) -> nn.ModuleList:
+        return self.model.encoder.layers
+
+    def _context(self, x: torch.Tensor, mask: torch.Tensor):
+        if self.is_wavlm:  # relative position bias: made by layer 0, shared by all layers (depends on F only)
+            batch, frames = mask.shape
+            bias = self.model.encoder.layers[0].attention.compute_bias(frames, frames)
+            return mask.long(), bias.unsqueeze(0).expand(batch, -1, -1, -1).reshape(-1, frames, frames)
+        from transformers.masking_utils import create_bidirectional_mask
+        return create_bidirectional_mask(config=self.model.config, inputs_embeds=x, attention_mask=mask)
+
+    def _layer(self, index: int, x: torch.Tensor, context) -> torch.Tensor:
+        layer = self.model.encoder.layers[index]
+        if self.is_wavlm:
+            mask, bias = context
+            return layer(x, attention_mask=mask, position_bias=bias, index=index)[0]
+        return layer(x, attention_mask=context)
+
+    def _layer_drop(self, index: int) -> float:
+        return 0.0 if self.is_wavlm and index == 0 else self.model.config.layerdrop
+
+    def _never_trained(self) -> list:
+        """The CNN encoder stays frozen, as HF's freeze_feature_encoder(); SpecAugment's mask vector is unused."""
+        parts = [self.model.feature_extractor]
+        if getattr(self.model, "masked_spec_embed", None) is not None:
+            parts.append(self.model.masked_spec_embed)
+        return parts
+
+
+def _conv_lengths(sizes: list[int], conv: nn.Conv1d) -> torch.Tensor:
+    return torch.tensor([(n - conv.kernel_size[0]) // conv.stride[0] + 1 for n in sizes])
+
+
+def _outside_autocast(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) in fp32 even under autocast (TF32 convolutions where cuDNN allows them, as outside autocast).
+
+    cuDNN has no fast bf16 kernel for the 128-tap grouped positional convolution of wav2vec 2.0 / WavLM: under bf16
+    it took about 30 ms of a 50 ms WavLM base+ forward (32 clips of 4 s, H100), against about 1 ms in fp32.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return module(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return module(x.float())
+
+
+def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of x [B, C, T] with statistics over each clip's first `lengths` frames (biased variance, as GroupNorm)."""
+    batch, channels, frames = x.shape
+    groups = x.float().reshape(batch, norm.num_groups, channels // norm.num_groups, frames)  # fp32 under autocast too
+    valid = (torch.arange(frames, device=x.device)[None, :] < lengths.to(x.device)[:, None]).float()
+    valid = valid[:, None, None, :]
+    count = valid.sum(dim=(2, 3), keepdim=True) * groups.shape[2]
+    mean = (groups * valid).sum(dim=(2, 3), keepdim=True) / count
+    var = ((groups - mean) ** 2 * valid).sum(dim=(2, 3), keepdim=True) / count
+    normed = ((groups - mean) / torch.sqrt(var + norm.eps)).reshape(batch, channels, frames)
+    if norm.affine:
+        normed = normed * norm.weight[None, :, None].float() + norm.bias[None, :, None].float()
+    return normed.to(x.dtype)
+
+
+class WavLMBackbone(Wav2Vec2StyleBackbone):
+    model_type = "wavlm"
