@@ -13,7 +13,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
     p.add_argument("--dataset", default=_D.dataset, help=f"one of: {', '.join(CORPORA)}")
-    p.add_argument("--pretrain_model", default=_D.pretrain_model, help=f"one of: {', '.join(BACKBONES)}")
+    p.add_argument("--pretrain_model", default=_D.pretrain_model, help=f"one of: {', '.join(BACKBONES)}; or a Hugging Face hub id / model folder "
+                   f"of the wav2vec2, HuBERT, WavLM, data2vec-audio or Whisper families")
     p.add_argument("--pretrain_path", default=None,
                    help="local weights: a Hugging Face model folder, or an s3prl APC/TERA checkpoint file")
     p.add_argument("--random_init", action="store_true",

@@ -29,8 +29,16 @@ def run_name(run: RunConfig) -> str:
     return name
 
 
+def backbone_dir_name(pretrain_model: str) -> str:
+    """--pretrain_model as one folder name: built-in names as they are, a hub id owner/name as owner--name
+    (Hugging Face's own cache convention), a local model folder by its name."""
+    if Path(pretrain_model).is_dir():
+        return Path(pretrain_model).resolve().name
+    return pretrain_model.replace("/", "--")
+
+
 def _run_dir(project_dir: str | Path, *parts: str, run: RunConfig) -> Path:
-    return Path(project_dir).joinpath(*parts, run.dataset, run.pretrain_model, run_name(run))
+    return Path(project_dir).joinpath(*parts, run.dataset, backbone_dir_name(run.pretrain_model), run_name(run))
 
 
 def finetune_dir(project_dir: str | Path, run: RunConfig) -> Path:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from model.backbones import BACKBONES, build_backbone
+from model.backbones import backbone_spec, build_backbone
 from model.heads import CNNSelfAttention
 from utils.cli import parse_folds
 from utils.config import REPO_ROOT, load_config
@@ -32,10 +32,10 @@ def setup_logging() -> None:
                         datefmt="%Y-%m-%d %H:%M:%S")
 
 
-def check_backbone_name(name: str) -> None:
-    """Unknown --pretrain_model fails before any file is read or written (aggregating included)."""
-    if name not in BACKBONES:
-        raise TrustSerError(f"unknown --pretrain_model '{name}'; choose one of: {', '.join(BACKBONES)}")
+def check_backbone_name(name: str, pretrain_path: str | None = None) -> None:
+    """Unknown --pretrain_model (or an unsupported model folder / hub id) fails before any file is read or
+    written (aggregating included)."""
+    backbone_spec(name, pretrain_path)
 
 
 @dataclass
@@ -59,7 +59,7 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None) -> Sta
     setup_logging()
     config = load_config(args.config)
     corpus = get_corpus(args.dataset)
-    check_backbone_name(args.pretrain_model)
+    check_backbone_name(args.pretrain_model, args.pretrain_path)
     return Stage(args, RunConfig.from_args(args), config, corpus,
                  parse_folds(args.folds or default_folds, corpus.fold_ids()))
 

@@ -20,11 +20,14 @@ from model.backbones.apc import APC_360HR, APCBackbone, APC_URL, TINY_APC
 from model.backbones.base import (FINETUNE_MODES, MIN_SAMPLES, RANDOM_SEED, SAMPLE_RATE, Backbone, BackboneSpec,
                                   file_identity)
 from model.backbones.tera import TERABackbone, TERA_URL, tera_config
-from model.backbones.wav2vec2 import TINY_SSL, WAV2VEC2_BASE_960H, WAVLM_BASE_PLUS, Wav2Vec2StyleBackbone, WavLMBackbone
+from model.backbones.hf import HUB_ID, hf_config
+from model.backbones.wav2vec2 import (TINY_SSL, WAV2VEC2_BASE_960H, WAVLM_BASE_PLUS, Data2VecAudioBackbone,
+                                      HubertBackbone, Wav2Vec2StyleBackbone, WavLMBackbone)
 from model.backbones.whisper import TINY_WHISPER, WhisperBackbone, whisper_config
 from utils.errors import TrustSerError
 
-__all__ = ["BACKBONES", "FINETUNE_MODES", "MIN_SAMPLES", "SAMPLE_RATE", "Backbone", "BackboneSpec", "build_backbone"]
+__all__ = ["BACKBONES", "FINETUNE_MODES", "MIN_SAMPLES", "SAMPLE_RATE", "Backbone", "BackboneSpec", "backbone_spec",
+           "build_backbone"]
 
 BACKBONES: dict[str, BackboneSpec] = {
     "apc": BackboneSpec("apc", APC_URL, 512, 3, APC_360HR, TINY_APC),
@@ -39,22 +42,46 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-_FAMILIES: dict[str, type] = {"wav2vec2": Wav2Vec2StyleBackbone, "wavlm": WavLMBackbone,
-                              "whisper": WhisperBackbone, "apc": APCBackbone, "tera": TERABackbone}
+# Hugging Face model_type -> wrapper: what `--pretrain_model <hub id or model folder>` accepts
+HF_FAMILIES: dict[str, type] = {"wav2vec2": Wav2Vec2StyleBackbone, "wavlm": WavLMBackbone, "hubert": HubertBackbone,
+                                "data2vec-audio": Data2VecAudioBackbone, "whisper": WhisperBackbone}
+_FAMILIES: dict[str, type] = {**HF_FAMILIES, "apc": APCBackbone, "tera": TERABackbone}
+
+
+def backbone_spec(name: str, pretrain_path: str | None = None) -> BackboneSpec:
+    """A built-in name's registry entry, or one made from the config.json of a hub id / model folder (or of its
+    local copy, `pretrain_path`)."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    if not (Path(name).is_dir() or HUB_ID.match(name)):
+        raise TrustSerError(f"unknown --pretrain_model '{name}'; choose one of: {', '.join(BACKBONES)}, "
+                            f"or a Hugging Face hub id (owner/name) or model folder")
+    config = hf_config(pretrain_path or name)
+    model_type = config.get("model_type")
+    if model_type not in HF_FAMILIES:
+        raise TrustSerError(f"--pretrain_model {name} is a '{model_type}' model; supported Hugging Face families: "
+                            f"{', '.join(HF_FAMILIES)} (or a built-in name: {', '.join(BACKBONES)})")
+    try:
+        hidden_dim, num_layers = HF_FAMILIES[model_type].dims(config)
+    except KeyError as err:
+        raise TrustSerError(f"--pretrain_model {name}: its config.json lacks {err}") from None
+    return BackboneSpec(model_type, name, hidden_dim, num_layers, config, config)
 
 
 def build_backbone(name: str, *, pretrain_path: str | None = None, random_init: bool = False,
                    tiny: bool = False, finetune: str = "frozen") -> "Backbone":
     """The backbone `name` with hub weights (default), a local copy (`pretrain_path`) or seeded random weights."""
-    if name not in BACKBONES:
-        raise TrustSerError(f"unknown --pretrain_model '{name}'; choose one of: {', '.join(BACKBONES)}")
     if finetune not in FINETUNE_MODES:
         raise TrustSerError(f"unknown --finetune '{finetune}'; choose one of: {', '.join(FINETUNE_MODES)}")
     if random_init and pretrain_path:
         raise TrustSerError("--random_init and --pretrain_path exclude each other: pick one source of weights")
     if tiny and not (random_init or pretrain_path):
         raise TrustSerError("--tiny needs --random_init (or a --pretrain_path holding a tiny model)")
-    spec = BACKBONES[name]
+    if tiny and name not in BACKBONES:
+        raise TrustSerError(f"--tiny applies to the built-in names only; {name} is built at its own size")
+    spec = backbone_spec(name, pretrain_path)
+    if not pretrain_path and name not in BACKBONES and Path(name).is_dir():
+        pretrain_path = name  # a local model folder: its own weights
     family = _FAMILIES[spec.family]
     config = spec.tiny if tiny else spec.config
     if random_init:

@@ -1,7 +1,6 @@
 """What every backbone shares: the Backbone base class (encoding, finetune modes, the split at the last layer),
 its registry entry (BackboneSpec) and helpers for masks, weight identities and s3prl checkpoints."""
 import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,11 +177,30 @@ def file_identity(path: Path) -> str:
     return f"file:{path.resolve()}:{sum(s.st_size for s in stats)}:{newest}"
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE=1, or the hub does not answer one quick request (checked once per process): then only cached
+    files are used, so an unreachable hub gives one clear error instead of half a minute of retries."""
+    global _HUB_OFFLINE
+    if _HUB_OFFLINE is None:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+        _HUB_OFFLINE = constants.HF_HUB_OFFLINE
+        if not _HUB_OFFLINE:
+            try:
+                get_session().head(constants.ENDPOINT, timeout=5)
+            except Exception:  # DNS, connection, proxy or timeout errors of the HTTP client
+                _HUB_OFFLINE = True
+    return _HUB_OFFLINE
+
+
+_HUB_OFFLINE: bool | None = None
+
+
 def hub_failure(name: str, source: str, err: Exception) -> str:
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return (f"cannot fetch the {name} weights from {source} ({type(err).__name__}: {reason}); real weights need "
+    offline = " (the hub is unreachable or HF_HUB_OFFLINE=1, and no cached copy)" if hub_offline() else ""
+    return (f"cannot fetch the {name} weights from {source}{offline} ({type(err).__name__}: {reason}); real weights need "
             f"network access to the hub, or --pretrain_path to a local copy, or --random_init for random weights")
-
 
 
 def read_s3prl_checkpoint(path: Path, name: str) -> dict:
@@ -205,13 +223,13 @@ def load_weights(module: nn.Module, state: dict, path: Path | None, name: str) -
 
 
 def s3prl_download(name: str, url: str) -> Path:
-    """s3prl's cached copy of the checkpoint, downloading it unless HF_HUB_OFFLINE=1 (then: cached copy or error)."""
+    """s3prl's cached copy of the checkpoint, downloading it when the hub is reachable (else: cached copy or error)."""
     from s3prl.util.download import _urls_to_filepaths
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    offline = hub_offline()
     try:
         path = Path(_urls_to_filepaths(url, download=not offline))
         if not path.is_file():
-            raise FileNotFoundError(f"HF_HUB_OFFLINE=1 and no cached copy at {path}")
+            raise FileNotFoundError(f"no cached copy at {path}")
         return path
     except Exception as err:  # requests / urllib / filesystem errors
         raise TrustSerError(hub_failure(name, url, err)) from None

@@ -1,18 +1,40 @@
-"""Loading Hugging Face speech encoders: model classes, local folder checks, from_pretrained with clear errors."""
+"""Loading Hugging Face speech encoders: model classes, a model's config.json (folder or hub), from_pretrained with
+clear errors."""
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from model.backbones.base import hub_failure
+from model.backbones.base import hub_failure, hub_offline
 from utils.errors import TrustSerError
 from utils.io import read_json
 
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
 
 def hf_classes(family: str):
-    from transformers import Wav2Vec2Config, Wav2Vec2Model, WavLMConfig, WavLMModel, WhisperConfig, WhisperModel
-    return {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "wavlm": (WavLMConfig, WavLMModel),
-            "whisper": (WhisperConfig, WhisperModel)}[family]
+    import transformers as t
+    return {"wav2vec2": (t.Wav2Vec2Config, t.Wav2Vec2Model), "wavlm": (t.WavLMConfig, t.WavLMModel),
+            "hubert": (t.HubertConfig, t.HubertModel),
+            "data2vec-audio": (t.Data2VecAudioConfig, t.Data2VecAudioModel),
+            "whisper": (t.WhisperConfig, t.WhisperModel)}[family]
+
+
+def hf_config(source: str) -> dict:
+    """config.json of a model folder or of a hub repository (cached copy when the hub is unreachable)."""
+    folder = Path(source)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise TrustSerError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        return read_json(folder / "config.json")
+    if folder.exists():
+        raise TrustSerError(f"{folder} is a file; a Hugging Face model is a folder with config.json")
+    from huggingface_hub import hf_hub_download
+    try:
+        return read_json(Path(hf_hub_download(source, "config.json", local_files_only=hub_offline())))
+    except Exception as err:  # hub/network errors come in many types
+        raise TrustSerError(hub_failure(source, source, err)) from None
 
 
 def check_hf_folder(path: Path, name: str, family: str) -> None:
@@ -27,7 +49,8 @@ def hf_load(name: str, family: str, source: str, local: bool) -> nn.Module:
     """from_pretrained(source), refusing folders whose weights do not cover the encoder."""
     _, model_class = hf_classes(family)
     try:
-        model, info = model_class.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+        model, info = model_class.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
+                                                  local_files_only=local or hub_offline())
     except Exception as err:  # hub/network errors and damaged folders come in many types
         if not local:
             raise TrustSerError(hub_failure(name, source, err)) from None

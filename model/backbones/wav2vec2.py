@@ -1,4 +1,8 @@
-"""wav2vec 2.0 / WavLM style encoders (Hugging Face): CNN feature encoder, convolutional positions, transformer."""
+"""wav2vec 2.0 style encoders (Hugging Face): wav2vec 2.0, WavLM, HuBERT, data2vec-audio.
+
+All four share the layout CNN feature encoder -> projection -> convolutional positions -> transformer layers, in
+two orders: post-layer-norm ("base" models: layer norm before the first layer) and stable-layer-norm
+(`do_stable_layer_norm`, most "large" models: pre-norm layers, layer norm after the last one)."""
 from pathlib import Path
 
 import torch
@@ -24,9 +28,8 @@ WAVLM_BASE_PLUS = {**_CNN_ENCODER, **_BASE_TRANSFORMER, "activation_dropout": 0.
                    "num_buckets": 320, "max_bucket_distance": 800}
 
 
-
 class Wav2Vec2StyleBackbone(Backbone):
-    """wav2vec 2.0 and WavLM (Hugging Face): CNN encoder per clip, then the transformer layers with a padding mask."""
+    """CNN encoder per clip, then the transformer layers with a padding mask."""
 
     model_type = "wav2vec2"  # Hugging Face's name of the architecture (config.json's model_type)
 
@@ -34,6 +37,7 @@ class Wav2Vec2StyleBackbone(Backbone):
         super().__init__(name, weights_id, finetune)
         self.model = model
         self.is_wavlm = model.config.model_type == "wavlm"
+        self.stable_layer_norm = getattr(model.config, "do_stable_layer_norm", False)
         self.hidden_dim = model.config.hidden_size
         self.num_layers = model.config.num_hidden_layers
         self._apply_finetune()
@@ -45,7 +49,7 @@ class Wav2Vec2StyleBackbone(Backbone):
     @classmethod
     def random(cls, name: str, config: dict, weights_id: str, finetune: str) -> Backbone:
         config_class, model_class = hf_classes(cls.model_type)
-        return cls(name, model_class(config_class(**config)), weights_id, finetune)
+        return cls(name, model_class(config_class.from_dict(config)), weights_id, finetune)
 
     @classmethod
     def from_local(cls, name: str, path: Path, weights_id: str, finetune: str) -> Backbone:
@@ -63,8 +67,9 @@ class Wav2Vec2StyleBackbone(Backbone):
         """The CNN on the padded batch, each clip cropped to its own frames.
 
         Base models put a GroupNorm (per channel, over time) after the first conv: its statistics are taken over
-        each clip's valid frames only, so padding changes nothing. Every later conv output frame reads only
-        input frames of its own clip, hence the valid frames equal those of the clip encoded alone.
+        each clip's valid frames only, so padding changes nothing ("layer" front ends normalise each frame alone).
+        Every later conv output frame reads only input frames of its own clip, hence the valid frames equal those
+        of the clip encoded alone.
         """
         layers = self.model.feature_extractor.conv_layers
         x = wav[:, None, : max(sizes)]
@@ -82,11 +87,26 @@ class Wav2Vec2StyleBackbone(Backbone):
     def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._cnn_features(wav, sizes)
         frame_lengths = torch.tensor([len(f) for f in features], device=wav.device)
-        x, _ = self.model.feature_projection(pad_sequence(features, batch_first=True))
-        x = x.masked_fill(~frame_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # as HF, before the conv position
+        x = self.model.feature_projection(pad_sequence(features, batch_first=True))
+        x = x[0] if isinstance(x, tuple) else x  # wav2vec 2.0 / data2vec also return the unprojected features
+        valid = frame_mask(frame_lengths, x.shape[1])[..., None]
+        x = x.masked_fill(~valid, 0.0)  # as HF, before the conv position
         encoder = self.model.encoder
-        x = x + _outside_autocast(encoder.pos_conv_embed, x)
-        return encoder.dropout(encoder.layer_norm(x)), frame_lengths
+        x = x + self._positions(x, valid)
+        if not self.stable_layer_norm:
+            x = encoder.layer_norm(x)
+        return encoder.dropout(x), frame_lengths
+
+    def _positions(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The convolutional positions. data2vec-audio stacks several convolutions: padded frames are zeroed
+        between them, as each would see zeros past a clip encoded alone."""
+        positions = self.model.encoder.pos_conv_embed
+        if not hasattr(positions, "layers"):
+            return _outside_autocast(positions, x)
+        h = x
+        for layer in positions.layers:
+            h = _outside_autocast(layer, h.transpose(1, 2)).transpose(1, 2).masked_fill(~valid, 0.0)
+        return h
 
     def _layers(self) -> nn.ModuleList:
         return self.model.encoder.layers
@@ -105,6 +125,13 @@ class Wav2Vec2StyleBackbone(Backbone):
             mask, bias = context
             return layer(x, attention_mask=mask, position_bias=bias, index=index)[0]
         return layer(x, attention_mask=context)
+
+    def _after_last_layer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encoder.layer_norm(x) if self.stable_layer_norm else x
+
+    def _last_layer_parts(self) -> list[nn.Module]:
+        encoder = self.model.encoder
+        return [encoder.layers[-1], encoder.layer_norm] if self.stable_layer_norm else [encoder.layers[-1]]
 
     def _layer_drop(self, index: int) -> float:
         return 0.0 if self.is_wavlm and index == 0 else self.model.config.layerdrop
@@ -150,3 +177,11 @@ def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tenso
 
 class WavLMBackbone(Wav2Vec2StyleBackbone):
     model_type = "wavlm"
+
+
+class HubertBackbone(Wav2Vec2StyleBackbone):
+    model_type = "hubert"
+
+
+class Data2VecAudioBackbone(Wav2Vec2StyleBackbone):
+    model_type = "data2vec-audio"

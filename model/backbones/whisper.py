@@ -37,7 +37,7 @@ class WhisperBackbone(Backbone):
     def random(cls, name: str, config: dict, weights_id: str, finetune: str) -> Backbone:
         from transformers import WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
-        return cls(name, WhisperEncoder(WhisperConfig(**config)), weights_id, finetune)
+        return cls(name, WhisperEncoder(WhisperConfig.from_dict(config)), weights_id, finetune)
 
     @classmethod
     def from_local(cls, name: str, path: Path, weights_id: str, finetune: str) -> Backbone:
