@@ -322,3 +322,27 @@ def test_bad_arguments():
     backbone = tiny("wav2vec2_0")
     with pytest.raises(TrustSerError, match="clip lengths must lie in"):
         backbone(torch.zeros(1, 1000), torch.tensor([300]))
+
+
+def test_tera_chunks_long_clips_as_s3prl(tmp_path):
+    """Clips over TERA's sequence_length (1500 frames, 15 s; 100 here) are encoded in equal chunks as s3prl's
+    PretrainedTransformer does, per clip, so a short clip beside them changes nothing."""
+    import yaml
+    from model.backbones import TERABackbone
+    from s3prl.upstream.mockingjay.builder import PretrainedTransformer
+    config = {**BACKBONES["tera"].tiny, "task": {"sequence_length": 100}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = TERABackbone.random("tera", config, "random:test", "frozen")
+    (tmp_path / "tera.yaml").write_text(yaml.safe_dump(config))
+    options = {"load_pretrain": "False", "no_grad": "True", "dropout": "default", "spec_aug": "False",
+               "spec_aug_prev": "True", "output_hidden_states": "True", "select_layer": -1,
+               "permute_input": "False", "ckpt_file": ""}
+    reference_model = PretrainedTransformer(options, inp_dim=-1, config=str(tmp_path / "tera.yaml"))
+    reference_model.model.load_state_dict(backbone.transformer.state_dict())
+    wav, lengths = padded_batch([41600, 8000, 17000])  # 261 frames: 3 chunks of 87; 51; 107: 2 chunks of 54
+    hidden, frame_lengths, _ = backbone(wav, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        _, reference = reference_model([wav[i, :n]])
+        assert reference.shape[2] == frame_lengths[i]
+        assert max_rel_err(hidden[:, i, :frame_lengths[i]], reference[:, 0]) < 1e-4

@@ -1,5 +1,7 @@
-"""s3prl's TERA: a transformer over decibel-normalised log-mels."""
+"""s3prl's TERA: a transformer over decibel-normalised log-mels. Clips longer than the pretraining
+sequence_length (1500 frames, 15 s) are encoded in equal chunks, as s3prl's PretrainedTransformer does."""
 import copy
+import math
 import warnings
 from pathlib import Path
 
@@ -96,18 +98,35 @@ class TERABackbone(Backbone):
             clip = clip * (10 ** (self.target_level / 20)) / (clip.pow(2).mean().sqrt() + 1e-10)
             features.append(self.preprocessor(clip.view(1, 1, -1), wavs_len=[n])[0][0])
         x = pad_sequence(features, batch_first=True)
-        if self.max_frames > 0 and x.shape[1] > self.max_frames:
-            raise TrustSerError(f"{self.name}: clips longer than {self.max_frames} frames ({self.max_frames // 100} s) "
-                                f"would be split into chunks by s3prl; crop them (--audio_duration)")
-        positions = _sinusoid_table(x.shape[1], self.hidden_dim, x.device)
         frame_lengths = torch.tensor([len(f) for f in features], device=wav.device)
-        return self.transformer.input_representations(x, positions), frame_lengths
+        table = _sinusoid_table(min(x.shape[1], self.max_frames or x.shape[1]), self.hidden_dim, x.device)
+        _, positions = self._chunk_index(frame_lengths, x.shape[1])
+        return self.transformer.input_representations(x, table[positions]), frame_lengths
+
+    def _chunk_size(self, frames: int) -> int:
+        """s3prl's chunking of clips over sequence_length frames: torch.chunk into ceil(frames / max) equal parts."""
+        if self.max_frames <= 0 or frames <= self.max_frames:
+            return frames
+        return math.ceil(frames / math.ceil(frames / self.max_frames))
+
+    def _chunk_index(self, frame_lengths: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's chunk and position in it [B, width], chunked by its own clip's length (as s3prl chunks
+        a clip encoded alone), so padding changes nothing."""
+        sizes = torch.tensor([self._chunk_size(int(n)) for n in frame_lengths], device=frame_lengths.device)
+        frames = torch.arange(width, device=frame_lengths.device)[None, :]
+        return torch.div(frames, sizes[:, None], rounding_mode="floor"), frames % sizes[:, None]
 
     def _layers(self) -> nn.ModuleList:
         return self.transformer.encoder.layer
 
     def _context(self, x: torch.Tensor, mask: torch.Tensor):
-        return (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0  # s3prl's additive key mask
+        """s3prl's additive key mask; clips chunked for length attend within their chunk only."""
+        lengths = mask.sum(dim=1)
+        if self.max_frames <= 0 or int(lengths.max()) <= self.max_frames:
+            return (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0
+        chunk, _ = self._chunk_index(lengths, mask.shape[1])
+        visible = mask[:, None, :] & (chunk[:, :, None] == chunk[:, None, :])
+        return (1.0 - visible[:, None].to(x.dtype)) * -10000.0
 
     def _layer(self, index: int, x: torch.Tensor, context) -> torch.Tensor:
         return self.transformer.encoder.layer[index](x, context)
