@@ -89,14 +89,15 @@ def preprocess(plan: dict[str, str], out_dir: Path) -> tuple[int, int, list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(CORPORA)}")
+    parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(CORPORA)}, or a manifest corpus "
+                        f"(train_split_gen/manifest.py)")
     parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
     parser.add_argument("--skip_bad", action="store_true",
                         help="warn about unreadable input files and exit 0 instead of failing")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     config = load_config(args.config)
-    corpus = get_corpus(args.dataset)
+    corpus = get_corpus(args.dataset, config["project_dir"])
     split_files = [split_path(config["project_dir"], corpus.name, fold) for fold in corpus.fold_ids()]
     plan = plan_outputs(corpus.name, split_files)
     out_dir = audio_dir(config["project_dir"], corpus.name)

@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
             raise TrustSerError(f"no results at all for {profile.model}/{profile.run} under {project_dir}")
         for note in profile.notes:
             print(f"{profile.label}: n/a: {note}", file=sys.stderr)
-    ranges = axis_ranges(profiles, given_ranges, 100.0 / get_corpus(args.dataset).num_classes)
+    ranges = axis_ranges(profiles, given_ranges, 100.0 / get_corpus(args.dataset, project_dir).num_classes)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for i, profile in enumerate(profiles):

@@ -12,7 +12,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     """Flags naming a run (dataset, backbone, head, training) and where/how to run it."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
-    p.add_argument("--dataset", default=_D.dataset, help=f"one of: {', '.join(CORPORA)}")
+    p.add_argument("--dataset", default=_D.dataset, help=f"one of: {', '.join(CORPORA)}, or a corpus "
+                   f"written by train_split_gen/manifest.py")
     p.add_argument("--pretrain_model", default=_D.pretrain_model, help=f"one of: {', '.join(BACKBONES)}; or a Hugging Face hub id / model folder "
                    f"of the wav2vec2, HuBERT, WavLM, data2vec-audio or Whisper families")
     p.add_argument("--pretrain_path", default=None,

@@ -21,9 +21,9 @@ def load_config(path: str | Path | None = None) -> dict:
         raise TrustSerError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(config, dict):
         raise TrustSerError(f"config file {path} must be a mapping with data_dir and project_dir")
-    for key in ("data_dir", "project_dir"):
-        if not config.get(key):
-            raise TrustSerError(f"config file {path} has no '{key}' key")
+    if not config.get("project_dir"):
+        raise TrustSerError(f"config file {path} has no 'project_dir' key")
+    config["data_dir"] = config.get("data_dir") or {}  # not needed by manifest corpora, whose paths are in the manifest
     if not isinstance(config["data_dir"], dict):
         raise TrustSerError(f"config file {path}: 'data_dir' must map corpus names to folders")
     base = path.resolve().parent

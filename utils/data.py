@@ -26,7 +26,7 @@ class Utterance:
 
 def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, list[Utterance]]:
     """Read one fold's split file; keep the corpus' emotions, map them to class ids, log what was dropped."""
-    corpus = get_corpus(dataset)
+    corpus = get_corpus(dataset, project_dir)
     path = split_path(project_dir, dataset, fold)
     if not path.is_file():
         raise TrustSerError(f"split file {path} not found; run train_split_gen/ for {dataset} first")

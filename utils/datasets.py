@@ -1,6 +1,6 @@
 """What each corpus is: its label map, its folds, how its preprocessed files are named."""
-from dataclasses import dataclass
-from pathlib import PurePath
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePath
 
 from utils.errors import TrustSerError
 
@@ -12,6 +12,7 @@ class Corpus:
     class_names: list
     num_folds: int           # 0: one official split in <name>.json
     speaker_in_audio_name: bool = False   # RAVDESS reuses file names across actors
+    keyed_audio_names: bool = False       # manifest corpora: preprocessed files named by the entry's unique key
 
     @property
     def num_classes(self) -> int:
@@ -36,10 +37,25 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
 ]}
 
 
-def get_corpus(name: str) -> Corpus:
-    if name not in CORPORA:
-        raise TrustSerError(f"unknown --dataset '{name}'; valid names: {', '.join(CORPORA)}")
-    return CORPORA[name]
+_MANIFEST_CORPORA: dict[str, Corpus] = {}  # read once per process; later lookups by name need no project_dir
+
+
+def get_corpus(name: str, project_dir: str | Path | None = None) -> Corpus:
+    """A built-in corpus, or one that train_split_gen/manifest.py described under project_dir."""
+    if name in CORPORA:
+        return CORPORA[name]
+    if name not in _MANIFEST_CORPORA and project_dir is not None:
+        from utils.io import read_json
+        from utils.paths import corpus_path
+        path = corpus_path(project_dir, name)
+        if path.is_file():
+            description = read_json(path)
+            _MANIFEST_CORPORA[name] = Corpus(**{f.name: description[f.name] for f in fields(Corpus)
+                                                if f.name in description})
+    if name not in _MANIFEST_CORPORA:
+        raise TrustSerError(f"unknown --dataset '{name}'; valid names: {', '.join(CORPORA)}, or a corpus written "
+                            f"by train_split_gen/manifest.py into this config's project_dir")
+    return _MANIFEST_CORPORA[name]
 
 
 def split_file_name(dataset: str, fold: int) -> str:
@@ -54,6 +70,8 @@ def preprocessed_name(dataset: str, entry: list, split: str) -> str:
     train/dev/test, which the original silently overwrote.
     """
     base = PurePath(str(entry[3]).replace("\\", "/")).name
+    if get_corpus(dataset).keyed_audio_names:
+        return f"{entry[0]}.wav"
     if get_corpus(dataset).speaker_in_audio_name:
         return f"{entry[1]}_{base}"
     if dataset == "meld":

@@ -9,6 +9,11 @@ def split_path(project_dir: str | Path, dataset: str, fold: int) -> Path:
     return Path(project_dir) / "train_split" / split_file_name(dataset, fold)
 
 
+def corpus_path(project_dir: str | Path, dataset: str) -> Path:
+    """A manifest corpus' description (train_split_gen/manifest.py)."""
+    return Path(project_dir) / "train_split" / f"{dataset}.corpus.json"
+
+
 def audio_dir(project_dir: str | Path, dataset: str) -> Path:
     return Path(project_dir) / "audio" / dataset
 

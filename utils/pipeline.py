@@ -58,7 +58,7 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None) -> Sta
     args = parser.parse_args()
     setup_logging()
     config = load_config(args.config)
-    corpus = get_corpus(args.dataset)
+    corpus = get_corpus(args.dataset, config["project_dir"])
     check_backbone_name(args.pretrain_model, args.pretrain_path)
     return Stage(args, RunConfig.from_args(args), config, corpus,
                  parse_folds(args.folds or default_folds, corpus.fold_ids()))
