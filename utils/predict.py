@@ -1,0 +1,131 @@
+"""Emotion predictions on new audio from a trained run: every fold's model, probabilities averaged.
+
+SpeechBrain-style use from Python:
+
+    recognizer = EmotionRecognizer.from_run(RunConfig(dataset="iemocap", pretrain_model="wavlm", ...), project_dir)
+    probabilities = recognizer.classify_files(["a.wav", "b.flac"])      # [N, classes], rows sum to 1
+
+Audio of any sample rate, channel count and format soundfile reads is mixed down and resampled to 16 kHz as
+preprocess_audio.py does, then cropped to --audio_duration as in training. The hidden states are rounded as
+the run's test predictions saw them (fp16 where the feature cache stored them), so a file of the corpus gets the
+probabilities of fold_k_test_predictions.csv.
+"""
+import csv
+import io
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.backbones import MIN_SAMPLES
+from utils.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
+from utils.data import length_sorted_batches, pad_waveforms
+from utils.datasets import get_corpus
+from utils.errors import TrustSerError
+from utils.io import write_text
+from utils.paths import finetune_dir
+from utils.pipeline import load_trained, resolve_device
+from utils.run import RunConfig
+
+log = logging.getLogger("trust-ser")
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus", ".w64", ".caf"}
+
+
+def find_audio(inputs: list[str]) -> list[Path]:
+    """Files as given; folders searched recursively for audio files (sorted)."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                            and not p.name.startswith("."))
+        elif item.exists():
+            found.append(item)
+        else:
+            raise TrustSerError(f"--audio {item} does not exist")
+    if not found:
+        raise TrustSerError(f"no audio files in {', '.join(inputs)} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})")
+    return found
+
+
+def load_clip(path: Path, max_seconds: float) -> torch.Tensor:
+    """16 kHz mono, cropped to the first max_seconds, as training saw the preprocessed file."""
+    audio, sr = read_audio(path)
+    clip = torch.from_numpy(to_16k_mono(audio, sr)[: int(max_seconds * TARGET_SR)].copy())
+    if len(clip) < MIN_SAMPLES:
+        raise BadAudioError(f"{path}: shorter than {MIN_SAMPLES / TARGET_SR * 1000:.0f} ms")
+    return clip
+
+
+@dataclass
+class EmotionRecognizer:
+    run: RunConfig
+    class_names: list[str]
+    models: list  # (backbone, head) per fold; frozen runs share one backbone
+    device: torch.device
+
+    @classmethod
+    def from_run(cls, run: RunConfig, project_dir: str, folds: list[int] | None = None) -> "EmotionRecognizer":
+        """The run's fold checkpoints (all folds of the corpus by default)."""
+        corpus = get_corpus(run.dataset, project_dir)
+        device = resolve_device(run.device)
+        run_dir = finetune_dir(project_dir, run)
+        models = []
+        for fold in folds or corpus.fold_ids():
+            backbone, head = load_trained(run, run_dir, fold, device, corpus.num_classes)
+            if run.finetune == "frozen" and models:
+                backbone = models[0][0]  # the same pretrained weights in every fold
+            models.append((backbone, head))
+        return cls(run, corpus.class_names, models, device)
+
+    @torch.no_grad()
+    def probabilities(self, clips: list[torch.Tensor]) -> torch.Tensor:
+        """[N, classes]: the folds' softmax outputs, averaged."""
+        probs = torch.zeros(len(clips), len(self.class_names))
+        for idx in length_sorted_batches([len(c) for c in clips], self.run.eval_batch_size):
+            wav, lengths = pad_waveforms([clips[i] for i in idx])
+            wav, lengths = wav.to(self.device), lengths.to(self.device)
+            shared = None
+            for backbone, head in self.models:
+                if shared is None or backbone is not self.models[0][0]:
+                    shared = self._hidden(backbone, wav, lengths)
+                probs[idx] += torch.softmax(head(*shared).float(), dim=1).cpu()
+        return probs / len(self.models)
+
+    def _hidden(self, backbone, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's input as the run's test evaluation computed it: stored (fp16) hidden states of a frozen
+        backbone; fp16 lower states plus the live last layer with unfrozen_last_layer; live with unfrozen."""
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext())
+        with autocast:
+            if self.run.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
+                lower, last_input, _, mask = backbone.forward_until_last(wav, lengths)
+                last = backbone.run_last_layer(last_input.half().float(), mask)
+                return torch.cat([lower.half().float(), last.float().unsqueeze(0)]), mask
+            hidden, _, mask = backbone(wav, lengths)
+        if self.run.finetune == "frozen":
+            hidden = hidden.half()
+        return hidden.float(), mask
+
+    def classify_files(self, paths: list[Path], skip: list[str] | None = None) -> tuple[list[Path], torch.Tensor]:
+        """Probabilities of the readable files; unreadable ones are named in `skip` (and logged)."""
+        clips, kept = [], []
+        for path in paths:
+            try:
+                clips.append(load_clip(path, self.run.audio_duration))
+                kept.append(path)
+            except BadAudioError as err:
+                log.warning(f"skipping: {err}")
+                if skip is not None:
+                    skip.append(str(err))
+        return kept, self.probabilities(clips) if clips else torch.zeros(0, len(self.class_names))
+
+
+def write_predictions_csv(path: Path, files: list[Path], probs: torch.Tensor, class_names: list[str]) -> None:
+    """One row per file: path, predicted emotion, one probability column per class."""
+    lines = [["path", "prediction", *(f"prob_{name}" for name in class_names)]]
+    for file, row in zip(files, probs.tolist()):
+        lines.append([str(file), class_names[max(range(len(row)), key=row.__getitem__)], *(f"{p:.6f}" for p in row)])
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(lines)
+    write_text(path, out.getvalue())
