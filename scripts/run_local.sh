@@ -15,7 +15,7 @@ set -euo pipefail
 ARRAY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/slurm_array.sh"
 export TRUST_SER_REPO="${TRUST_SER_REPO:-$(cd "$(dirname "$ARRAY")/.." && pwd)}"
 JOBS="${JOBS:-1}"
-NUM_TASKS=$(bash "$ARRAY" --num_tasks)
+NUM_TASKS=$(bash "$ARRAY" --num_tasks "$@")
 
 status=0
 seq 0 $(( NUM_TASKS - 1 )) | xargs -P "$JOBS" -I{} env SLURM_ARRAY_TASK_ID={} bash "$ARRAY" "$@" || status=1

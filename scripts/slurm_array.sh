@@ -19,7 +19,8 @@
 #   JOB=$(sbatch --parsable scripts/slurm_array.sh ARGS)
 #   sbatch --dependency=afterany:$JOB --array=0 scripts/slurm_array.sh --aggregate_only ARGS
 #
-# Environment: BACKBONES, FOLDS, PRIVACY_FOLDS, ATTACKS override the lists below (space-separated);
+# Environment: BACKBONES, FOLDS, PRIVACY_FOLDS, ATTACKS override the lists below (space-separated; FOLDS defaults
+# to the corpus' folds, scripts/corpus_folds.py: 5 for iemocap, 6 for msp-improv, a manifest corpus' own);
 # PYTHON (default: the repo's .venv); DRY_RUN=1 prints the commands instead of running them.
 #SBATCH --job-name=trust-ser
 #SBATCH --array=0-34%8
@@ -32,7 +33,6 @@
 set -euo pipefail
 
 BACKBONES=(${BACKBONES:-apc tera wavlm wav2vec2_0 whisper_tiny whisper_base whisper_small})
-FOLDS=(${FOLDS:-1 2 3 4 5})
 PRIVACY_FOLDS=(${PRIVACY_FOLDS:-1})          # the original probes gender leakage on fold 1 only
 ATTACKS=(${ATTACKS:-fgsm:45})                # method:snr pairs, e.g. "fgsm:45 pgd:45 gaussian_noise:30"
 
@@ -44,6 +44,10 @@ if [[ ! -f "$REPO/experiment/finetune_single_thread.py" ]]; then
 fi
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 [[ -x "$PY" ]] || PY=python3
+if [[ -z "${FOLDS:-}" ]]; then               # the corpus' own folds (--dataset, --config among the flags)
+    FOLDS=$("$PY" "$REPO/scripts/corpus_folds.py" "$@") || exit 2
+fi
+FOLDS=($FOLDS)
 FINETUNE="$REPO/experiment/finetune_single_thread.py"
 FAIRNESS="$REPO/trustworthy/fairness/fairness_evaluation.py"
 SAFETY="$REPO/trustworthy/safety/adversarial_attack.py"
@@ -91,7 +95,7 @@ aggregate_all() {   # results.json of every stage and backbone from the per-fold
 }
 
 case "${1:-}" in
-    --num_tasks) echo "$NUM_TASKS"; exit 0 ;;
+    --num_tasks) echo "$NUM_TASKS"; exit 0 ;;     # run_local.sh passes its flags: the corpus decides FOLDS
     --aggregate_only) shift; aggregate_all "$@"; exit $? ;;
 esac
 

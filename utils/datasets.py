@@ -1,4 +1,5 @@
 """What each corpus is: its label map, its folds, how its preprocessed files are named."""
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 
@@ -45,11 +46,14 @@ def get_corpus(name: str, project_dir: str | Path | None = None) -> Corpus:
     if name in CORPORA:
         return CORPORA[name]
     if name not in _MANIFEST_CORPORA and project_dir is not None:
-        from utils.io import read_json
         from utils.paths import corpus_path
         path = corpus_path(project_dir, name)
         if path.is_file():
-            description = read_json(path)
+            try:  # plain json, not utils.io: scripts/corpus_folds.py stays free of torch
+                description = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise TrustSerError(f"corpus description {path} is unreadable ({err}); rerun "
+                                    f"train_split_gen/manifest.py") from None
             _MANIFEST_CORPORA[name] = Corpus(**{f.name: description[f.name] for f in fields(Corpus)
                                                 if f.name in description})
     if name not in _MANIFEST_CORPORA:

@@ -4,13 +4,32 @@ FLOPs come from torch.utils.flop_counter (matrix products, convolutions, attenti
 multiply-add counts as 2 FLOPs; elementwise ops are not counted). The original used thop,
 which reports multiply-accumulates (MACs), so its "GFLOPs" are about half of these numbers.
 """
+import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from utils.pipeline import build_head, load_trained, make_backbone
+from utils.run import RunConfig
+
+log = logging.getLogger("trust-ser")
+
+
+def model_to_profile(run: RunConfig, run_dir: Path, fold: int, device: torch.device, num_classes: int
+                     ) -> tuple[nn.Module, nn.Module, bool]:
+    """(backbone, head, trained): the fold's trained model, or, without its checkpoint, the backbone and an
+    untrained head of the same shape (FLOPs, parameter counts and latency do not depend on trained weights)."""
+    if (run_dir / f"fold_{fold}.pt").is_file():
+        return *load_trained(run, run_dir, fold, device, num_classes), True
+    log.info(f"no trained checkpoint {run_dir / f'fold_{fold}.pt'}: profiling the backbone with an untrained head "
+             f"of the same shape (FLOPs, parameters and latency do not depend on trained weights)")
+    backbone = make_backbone(run, device).eval()
+    return backbone, build_head(run, backbone, num_classes).to(device).eval(), False
 
 
 def count_flops(module: nn.Module, example_inputs: tuple) -> int:

@@ -1,5 +1,6 @@
 """Sustainability: FLOPs of backbone + head for one input (torch.utils.flop_counter, exact), parameter
-counts, and measured inference latency and throughput on the chosen device."""
+counts, and measured inference latency and throughput on the chosen device. Without a trained checkpoint it
+profiles the backbone and an untrained head of the same shape, and says so ("trained_checkpoint": false)."""
 import logging
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ from utils.cli import base_parser  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.paths import finetune_dir, flops_dir  # noqa: E402
-from utils.pipeline import load_trained, resolve_device, run_flags, start_stage  # noqa: E402
-from utils.sustainability import count_flops, count_parameters, measure_latency  # noqa: E402
+from utils.pipeline import resolve_device, run_flags, start_stage  # noqa: E402
+from utils.sustainability import count_flops, count_parameters, measure_latency, model_to_profile  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 
@@ -62,9 +63,11 @@ def main() -> None:
         log.info(f"already measured: {out}, skipping (--overwrite to redo)")
         return
     device = resolve_device(run.device)
-    backbone, head = load_trained(run, finetune_dir(config["project_dir"], run), fold, device, corpus.num_classes)
+    backbone, head, trained = model_to_profile(run, finetune_dir(config["project_dir"], run), fold, device,
+                                               corpus.num_classes)
     result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats, device)
-    write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, **run_flags(run)})
+    write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, "trained_checkpoint": trained,
+                     **run_flags(run)})
     log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M parameters "
              f"({result['params_trainable'] / 1e6:.2f} M trainable), latency {result['latency_ms_median']:.1f} ms on "
              f"{result['device_name']}; {out}")
