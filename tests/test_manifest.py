@@ -1,0 +1,193 @@
+"""Any corpus through a manifest, any Hugging Face encoder folder, predictions on new audio, sustainability
+without a checkpoint: the synthetic corpus written as a manifest (a third of it 44.1 kHz stereo FLAC), real
+scripts as subprocesses, numbers checked."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hf_models import save_tiny_model
+from manifest_corpus import write_manifest_corpus
+from synthetic_project import ENV, REPO, run_script
+from utils.audio import audio_info
+from utils.errors import TrustSerError
+from utils.manifest import manifest_corpus
+
+APC = ["--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "1",
+       "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8", "--learning_rate",
+       "0.005"]
+RUN = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_randinit"
+
+
+def _config(root):
+    config = root / "config.yml"
+    config.write_text(f"project_dir: {root / 'project'}\n")  # no data_dir: the manifest holds the paths
+    return config
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory):
+    """6 speakers, 3 speaker folds, 48 files; preprocessed and trained (tiny APC, 1 epoch)."""
+    root = tmp_path_factory.mktemp("manifest")
+    manifest, config = write_manifest_corpus(root), _config(root)
+    run_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine", "--num_folds", "3",
+               "--config", str(config))
+    run_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
+    flags = ["--dataset", "mine", *APC, "--config", str(config)]
+    run_script("experiment/finetune_single_thread.py", *flags)
+    return root, config, flags
+
+
+def test_speaker_folds_follow_the_original_protocol(folds):
+    root, _, _ = folds
+    split_dir = root / "project" / "train_split"
+    corpus = json.loads((split_dir / "mine.corpus.json").read_text())
+    assert corpus["class_names"] == ["ang", "hap", "neu", "sad"] and corpus["num_folds"] == 3
+    speakers = [f"spk{i:02d}" for i in range(1, 7)]
+    for fold in range(1, 4):
+        split = json.loads((split_dir / f"mine_fold{fold}.json").read_text())
+        by_split = {name: sorted({e[1] for e in entries}) for name, entries in split.items()}
+        test = speakers[2 * (fold - 1): 2 * fold]                 # KFold over the sorted speakers
+        train = [s for s in speakers if s not in test]
+        assert by_split == {"test": test, "dev": train[-math.ceil(len(train) / 5):], "train": train[:-1]}
+        assert sum(len(v) for v in split.values()) == 48
+        assert {e[2] for e in split["test"]} <= {"F", "M"}
+
+
+def test_preprocessed_audio_is_16k_mono_from_stereo_flac(folds):
+    root, _, _ = folds
+    out = root / "project" / "audio" / "mine"
+    flac = sorted(out.glob("*.flac.wav"))
+    assert len(list(out.glob("*.wav"))) == 48 and len(flac) == 16
+    assert audio_info(flac[0])[:2] == (16000, 1)
+
+
+def test_finetune_and_fairness_on_the_manifest_corpus(folds):
+    root, config, flags = folds
+    run_dir = root / "project" / "finetune" / "mine" / "apc" / RUN
+    results = json.loads((run_dir / "results.json").read_text())
+    assert sorted(k for k in results if k.isdigit()) == ["1", "2", "3"]
+    run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
+    fairness = json.loads((root / "project" / "fairness" / "mine" / "apc" / RUN / "results.json").read_text())
+    assert fairness["1"]["gender"]["reason"] is None and fairness["1"]["gender"]["n_groups"] == 2
+
+
+def test_predict_equals_the_fold_models_test_predictions(folds):
+    """predict.py reads the original 22.05 kHz mono / 44.1 kHz stereo FLAC files, not the preprocessed ones."""
+    root, _, flags = folds
+    (root / "corpus" / "broken.wav").write_bytes(b"not audio")
+    run_dir = root / "project" / "finetune" / "mine" / "apc" / RUN
+    for fold in (2,):
+        out = root / f"preds{fold}.csv"
+        proc = run_script("experiment/predict.py", *flags, "--audio", str(root / "corpus"), "--folds", str(fold),
+                          "--output", str(out))
+        assert "broken.wav" in proc.stderr and "1 unreadable file(s) skipped" in proc.stderr
+        preds = pd.read_csv(out)
+        assert len(preds) == 48 and list(preds.columns) == ["path", "prediction", "prob_ang", "prob_hap",
+                                                            "prob_neu", "prob_sad"]
+        preds["key"] = preds.path.map(lambda p: "__".join(p.split("/")[-3:]))
+        test = pd.read_csv(run_dir / f"fold_{fold}_test_predictions.csv").merge(preds, on="key")
+        assert len(test) == 16
+        for name in ("ang", "hap", "neu", "sad"):
+            np.testing.assert_allclose(test[f"prob_{name}_x"], test[f"prob_{name}_y"], atol=2e-6)
+    run_script("experiment/predict.py", *flags, "--audio", str(root / "corpus" / "spk01_F"),
+               "--output", str(root / "all.csv"))
+    every = pd.read_csv(root / "all.csv").set_index("path").filter(like="prob_")
+    fold2 = pd.read_csv(root / "preds2.csv").set_index("path").filter(like="prob_").loc[every.index]
+    assert len(every) == 8
+    np.testing.assert_allclose(every.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(every.values - fold2.values).max() > 1e-4    # the average of 3 folds, not fold 2 alone
+
+
+def test_missing_checkpoints_name_the_finetune_command(folds):
+    root, _, flags = folds
+    flags = [*flags]
+    flags[flags.index("--hidden_size") + 1] = "64"
+    proc = run_script("experiment/predict.py", *flags, "--audio", str(root / "corpus"), check=False)
+    assert proc.returncode == 2
+    assert "fold_1.pt not found; train it first:" in proc.stderr and "--hidden_size 64" in proc.stderr
+
+
+def test_sustainability_without_a_checkpoint(folds):
+    root, _, flags = folds
+    flags = [*flags]
+    flags[flags.index("--hidden_size") + 1] = "64"          # never trained
+    proc = run_script("trustworthy/sustainability/sustainability.py", *flags, "--repeats", "1",
+                      "--throughput_batch", "1", "--input_seconds", "1")
+    assert "no trained checkpoint" in proc.stderr
+    report = json.loads(next((root / "project" / "flops" / "mine" / "apc").glob("*hid64*/gflops.json")).read_text())
+    assert report["trained_checkpoint"] is False and report["gflops"] > report["backbone_gflops"] > 0
+    assert report["params_trainable"] == report["params_head"] > 0
+
+
+def test_scale_out_scripts_take_the_corpus_folds(folds):
+    _, config, _ = folds
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_array.sh"), "--num_tasks", "--dataset", "mine",
+                           "--config", str(config)], env={**ENV, "BACKBONES": "apc tera", "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.strip() == "6", proc.stderr                # 2 backbones x 3 folds
+
+
+def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path):
+    """One fold from the split column, --labels in their order, no gender (gender metrics n/a), a tiny HuBERT
+    folder as --pretrain_model with unfrozen_last_layer (feature cache of the lower layers); predict agrees."""
+    manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, split=True, gender=False)
+    config = _config(tmp_path)
+    hubert = save_tiny_model("hubert", tmp_path / "my-hubert")
+    run_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine",
+               "--labels", "sad,ang,hap", "--config", str(config))
+    split = json.loads((tmp_path / "project" / "train_split" / "mine.json").read_text())
+    assert {k: len(v) for k, v in split.items()} == {"train": 6, "dev": 3, "test": 3}
+    assert json.loads((tmp_path / "project" / "train_split" / "mine.corpus.json").read_text())["class_names"] == \
+        ["sad", "ang", "hap"]
+    run_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
+    flags = ["--dataset", "mine", "--pretrain_model", str(hubert), "--finetune", "unfrozen_last_layer",
+             "--device", "cpu", "--num_epochs", "1", "--conv_layers", "1", "--hidden_size", "16", "--pooling",
+             "mean", "--batch_size", "4", "--config", str(config)]
+    run_script("experiment/finetune_single_thread.py", *flags)
+    run_dir = tmp_path / "project" / "finetune" / "mine" / "my-hubert" / "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer"
+    assert (run_dir / "fold_1_backbone.pt").is_file()
+    run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
+    fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "my-hubert" / run_dir.name /
+                           "results.json").read_text())
+    assert fairness["1"]["gender"]["reason"] == "no group labels" and fairness["1"]["speaker"]["reason"]
+    run_script("experiment/predict.py", *flags, "--audio", str(tmp_path / "corpus" / "spk04_M"),
+               "--output", str(tmp_path / "p.csv"))
+    preds = pd.read_csv(tmp_path / "p.csv")
+    preds["key"] = preds.path.map(lambda p: "__".join(p.split("/")[-3:]))
+    test = pd.read_csv(run_dir / "fold_1_test_predictions.csv").merge(preds, on="key")
+    assert len(test) == 3 and len(preds) == 4    # spk04's neutral file is not among the --labels
+    for name in ("sad", "ang", "hap"):
+        np.testing.assert_allclose(test[f"prob_{name}_x"], test[f"prob_{name}_y"], atol=2e-6)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.drop(columns="speaker"), r"has no column\(s\) speaker \(needed: path,label,speaker"),
+    (lambda t: t.assign(path=["nowhere/a.wav", "nowhere/b.wav"] + list(t.path[2:])),
+     "2 of 48 audio files do not exist (.*nowhere/a.wav, .*nowhere/b.wav)"),
+    (lambda t: pd.concat([t, t.iloc[:1].assign(label="fear")]), r"fewer examples than the 3 folds: fear \(1\)"),
+    (lambda t: t.assign(speaker="spk01"), "a single speaker"),
+])
+def test_bad_manifests_fail_in_one_line(tmp_path_factory, edit, message):
+    root = tmp_path_factory.getbasetemp() / "bad_manifest"
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        write_manifest_corpus(root)
+    bad = root / "bad.csv"
+    edit(pd.read_csv(manifest)).to_csv(bad, index=False)
+    with pytest.raises(TrustSerError, match=message):
+        manifest_corpus(bad, "mine", 3, None)
+
+
+def test_a_built_in_name_is_refused_by_the_script(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\na.wav,x,s\n")
+    proc = run_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "iemocap",
+                      "--config", str(_config(tmp_path)), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --dataset iemocap is a built-in corpus; give the manifest corpus " \
+                                  "another name"
