@@ -148,6 +148,7 @@ class Backbone(nn.Module):
     weights_id: str
     supports_last_layer_split = True
     hidden_includes_input = False  # TERA: s3prl's hidden states start with the layers' input
+    frozen_parts_train = False     # set by utils/protocol.py for --protocol original
 
     def __init__(self, name: str, weights_id: str, finetune: str):
         super().__init__()
@@ -208,7 +209,10 @@ class Backbone(nn.Module):
         self.train(False)
 
     def train(self, mode: bool = True) -> "Backbone":
-        """Only the trainable parts follow `mode`; frozen parts stay in eval mode (no dropout, no LayerDrop)."""
+        """Only the trainable parts follow `mode`; frozen parts stay in eval mode (no dropout, no LayerDrop),
+        unless `frozen_parts_train` (--protocol original: its backbone_model.train() reached every part)."""
+        if self.frozen_parts_train:
+            return super().train(mode)
         super().train(mode and self.finetune == "unfrozen")
         if mode and self.finetune == "unfrozen":
             for part in self._never_trained():
