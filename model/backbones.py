@@ -149,6 +149,7 @@ class Backbone(nn.Module):
     supports_last_layer_split = True
     hidden_includes_input = False  # TERA: s3prl's hidden states start with the layers' input
     frozen_parts_train = False     # set by utils/protocol.py for --protocol original
+    front_end_is_deterministic = False   # front_end() has no dropout: its output may be stored in train mode too
 
     def __init__(self, name: str, weights_id: str, finetune: str):
         super().__init__()
@@ -242,8 +243,17 @@ class Backbone(nn.Module):
         x = self._run(index, last_input, self._context(last_input, mask))
         return _zero_padding(self._after_last_layer(x), mask)
 
+    def forward_from_front_end(self, front: torch.Tensor, frame_lengths: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward() from the front end's padded output [B, F, C] (front_end_is_deterministic backbones only)."""
+        hidden, _, frame_lengths, mask = self._encode_embedded(*self._embed_front_end(front, frame_lengths),
+                                                               include_last=True)
+        return _stack_masked(hidden, mask), frame_lengths, mask
+
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor, include_last: bool):
-        x, frame_lengths = self._embed(wav, self._sizes(wav, lengths))
+        return self._encode_embedded(*self._embed(wav, self._sizes(wav, lengths)), include_last)
+
+    def _encode_embedded(self, x: torch.Tensor, frame_lengths: torch.Tensor, include_last: bool):
         mask = _frame_mask(frame_lengths, x.shape[1])
         context = self._context(x, mask)
         hidden = [x] if self.hidden_includes_input else []
@@ -271,6 +281,8 @@ class Backbone(nn.Module):
 
 class Wav2Vec2StyleBackbone(Backbone):
     """wav2vec 2.0 and WavLM (Hugging Face): CNN encoder per clip, then the transformer layers with a padding mask."""
+
+    front_end_is_deterministic = True    # the CNN encoder: no dropout, GroupNorm over each clip
 
     def __init__(self, name: str, model: nn.Module, weights_id: str, finetune: str):
         super().__init__(name, weights_id, finetune)
@@ -321,10 +333,18 @@ class Wav2Vec2StyleBackbone(Backbone):
         frames = self.frame_lengths(torch.tensor(sizes)).tolist()
         return [x[i, :, :n].transpose(0, 1) for i, n in enumerate(frames)]
 
+    def front_end(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CNN encoder's output [B, F, 512], zero-padded, and the frame lengths [B]."""
+        features = self._cnn_features(wav, self._sizes(wav, lengths))
+        return pad_sequence(features, batch_first=True), torch.tensor([len(f) for f in features], device=wav.device)
+
     def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._cnn_features(wav, sizes)
         frame_lengths = torch.tensor([len(f) for f in features], device=wav.device)
-        x, _ = self.model.feature_projection(pad_sequence(features, batch_first=True))
+        return self._embed_front_end(pad_sequence(features, batch_first=True), frame_lengths)
+
+    def _embed_front_end(self, front: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, _ = self.model.feature_projection(front)
         x = x.masked_fill(~_frame_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # as HF, before the conv position
         encoder = self.model.encoder
         x = x + _outside_autocast(encoder.pos_conv_embed, x)

@@ -132,3 +132,15 @@ def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(tmp_p
     assert results["meta"]["flags"]["protocol"] == "original"
     head = torch.load(run_dir / "fold_1.pt", weights_only=True)
     assert head["model_seq.0.weight"].shape[0] == 256                 # the original's head ignored --hidden_size
+
+
+@pytest.mark.parametrize("model", ["wav2vec2_0", "wavlm"])
+def test_backbone_from_its_stored_front_end_equals_the_backbone(model):
+    backbone = make_backbone(_run(pretrain_model=model), CPU)
+    wav, lengths = 0.1 * torch.randn(2, 6000), torch.tensor([6000, 4000])
+    with torch.no_grad():
+        front, frame_lengths = backbone.front_end(wav, lengths)
+        direct, _, mask = backbone(wav, lengths)
+        from_front, _, mask_from_front = backbone.forward_from_front_end(front, frame_lengths)
+    torch.testing.assert_close(from_front, direct)
+    assert torch.equal(mask, mask_from_front)

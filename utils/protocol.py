@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from utils.data import Utterance, pad_waveforms
-from utils.features import LiveFeatures, autocast_for
+from utils.features import LiveFeatures, _StoredFeatures, autocast_for
 from utils.run import RunConfig
 from utils.sustainability import count_flops
 
@@ -98,6 +98,14 @@ class TrainModeFeatures:
         self.backbone, self.eval_source, self.device = backbone, eval_source, device
         self.live_eval_fp32 = live_eval_fp32 and isinstance(eval_source, LiveFeatures)
         self.audio = eval_source.audio
+        self.front_ends = None
+        if backbone.front_end_is_deterministic and isinstance(eval_source, _StoredFeatures):
+            self.front_ends = FrontEndFeatures(backbone, self.audio, device, eval_source.batch_size,
+                                               eval_source.cache_root, eval_source.memory_budget)
+
+    def prepare(self, utts: list[Utterance]) -> list[Utterance]:
+        kept = self.eval_source.prepare(utts)
+        return self.front_ends.prepare(kept) if self.front_ends else kept
 
     def __getattr__(self, name):     # prepare, length, stats, disk_bytes...: the eval source's
         if name == "eval_source":
@@ -107,11 +115,31 @@ class TrainModeFeatures:
     def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.backbone.training and not self.live_eval_fp32:
             return self.eval_source.batch(utts, grad)
-        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
         fp32 = grad or not self.backbone.training
         with torch.set_grad_enabled(grad), (nullcontext() if fp32 else autocast_for(self.device)):
-            hidden, _, mask = self.backbone(wav.to(self.device), lengths.to(self.device))
+            if self.front_ends and self.backbone.training:
+                front, mask = self.front_ends.batch(utts)
+                hidden, _, mask = self.backbone.forward_from_front_end(front, mask.sum(1))
+            else:
+                wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
+                hidden, _, mask = self.backbone(wav.to(self.device), lengths.to(self.device))
         return hidden.float(), mask
+
+
+class FrontEndFeatures(_StoredFeatures):
+    """The output of a backbone's deterministic front end (wav2vec 2.0 / WavLM: the CNN encoder, which has no
+    dropout and never trains), stored as the hidden states are: the same in train and eval mode, so training
+    batches need only run the rest of the backbone."""
+
+    kind = "front_end"
+
+    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        front, n_frames = self.backbone.front_end(wav, lengths)
+        return front.unsqueeze(0), n_frames
+
+    def batch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        stored, mask = self._padded(utts)
+        return stored[0].float(), mask
 
 
 @contextmanager
