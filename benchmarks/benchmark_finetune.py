@@ -13,6 +13,10 @@ leave-one-session-out folds with the last remaining session as dev, as IEMOCAP),
              vs batched fp32 (same successes) vs the stage's default (batched, clean predictions from the
              feature cache, bf16 autocast on CUDA).
 
+  --protocol original: both modes train the head on train-mode backbone features (dropout, LayerDrop); ours
+             then runs the backbone live on every training batch (utils/protocol.py) and keeps only evaluation
+             cached. The head keeps the preset's shape; FGSM is timed as under the default protocol.
+
   python benchmarks/benchmark_finetune.py                         # tiny preset, CPU, well under a minute
   python benchmarks/benchmark_finetune.py --preset iemocap --pretrain_model wavlm --json bench.json   # GPU
 """
@@ -44,6 +48,7 @@ from utils.errors import TrustSerError, run_main  # noqa: E402
 from utils.features import AudioBank, CachedFeatures, LiveFeatures  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.pipeline import build_head, load_state  # noqa: E402
+from utils.protocol import apply_to_backbone, protocol_source  # noqa: E402
 from utils.run import RunConfig  # noqa: E402
 from utils.safety import AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
 from utils.training import evaluate, make_optimizer, set_seed, train_epoch  # noqa: E402
@@ -84,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--batch_size", type=int, default=64, help="training batch size")
     p.add_argument("--eval_batch_size", type=int, default=32, help="batch size of the feature pass, evaluation, FGSM")
     p.add_argument("--hidden_size", type=int, help="head channels (preset default)")
+    p.add_argument("--protocol", default="fixed", choices=["fixed", "original"],
+                   help="original: training features in train mode, live every batch (README: the two protocols)")
     p.add_argument("--snr", type=float, default=45.0, help="FGSM perturbation SNR in dB")
     p.add_argument("--no_fgsm", action="store_true", help="skip the FGSM timing")
     p.add_argument("--threads", type=int, help="torch intra-op threads (tiny preset: 1; otherwise torch's default)")
@@ -237,6 +244,12 @@ def head_run(args: Namespace) -> RunConfig:
                      eval_batch_size=args.eval_batch_size)
 
 
+def protocol_run(args: Namespace) -> RunConfig:
+    """The run the feature path follows. The head keeps head_run's shape under --protocol original too: the
+    original's 256 channels on the tiny backbone would cost as much as the backbone, on both sides."""
+    return head_run(args).but(protocol=args.protocol)
+
+
 def training_batches(split: dict, batch_size: int) -> int:
     return max(len(split["train"]) // batch_size, 1)   # train_epoch drops the last incomplete batch
 
@@ -282,8 +295,9 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
     clock = StageClock(device)
     reset_peak_memory(device)
     # cache_root=None: memory only, every feature stays on the device (the budget only matters with a disk cache)
-    source = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, cache_root=None,
-                            memory_budget_bytes=0)
+    cache = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, cache_root=None,
+                           memory_budget_bytes=0)
+    source = protocol_source(protocol_run(args), backbone, cache, device)
     with clock.stage("feature pass"):
         source.prepare(corpus.utterances)
     spec = finetune.FitSpec([f"class{c}" for c in range(NUM_CLASSES)], 2e-4, args.epochs, class_weighted=True)
@@ -304,10 +318,10 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
     numbers = {"stages": stages, "seconds_per_training_batch": seconds["head training"] / batches,
             "seconds_per_evaluated_utterance": seconds["evaluation"] / evaluated, "training_batches": batches,
             "evaluated_utterances": evaluated, "precision": source.precision,
-            "cache": {"bytes": source.memory_bytes, "utterances": len(source.memory), "where": str(device),
-                      "dtype": "float16", **source.stats},
+            "cache": {"bytes": cache.memory_bytes, "utterances": len(cache.memory), "where": str(device),
+                      "dtype": "float16", **cache.stats},
             "memory": peak_memory(device)}
-    return numbers, source
+    return numbers, cache
 
 
 def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path,
@@ -377,7 +391,8 @@ def markdown_report(results: dict) -> str:
     where = machine.get("gpu", f"CPU, {machine['cpus_usable']} cores, {machine['torch_threads']} torch thread(s)")
     lines = [f"### Frozen {cfg['pretrain_model']} ({'tiny' if cfg['tiny'] else 'full size'}, random init), "
              f"{cfg['num_utterances']} utterances (mean {cfg['mean_seconds_cropped']:.2f} s after cropping at "
-             f"{cfg['max_seconds']:g} s), {cfg['folds']} folds x {cfg['epochs']} epochs, on {where}",
+             f"{cfg['max_seconds']:g} s), {cfg['folds']} folds x {cfg['epochs']} epochs, "
+             f"--protocol {cfg['protocol']}, on {where}",
              "",
              f"per_epoch totals are extrapolated from {orig['extrapolated_from_epochs']} epoch(s) of fold "
              f"{orig['extrapolated_from_fold']} (per training batch and per evaluated utterance).",
@@ -451,7 +466,8 @@ def main() -> None:
         progress(f"corpus: {len(corpus.utterances)} utterances, {corpus.seconds.sum() / 3600:.2f} h of audio, mean "
                  f"{corpus.seconds.mean():.2f} s after cropping at {args.max_seconds:g} s ({corpus_seconds:.1f} s)")
         start = time.perf_counter()
-        backbone = build_backbone(args.pretrain_model, random_init=True, tiny=args.tiny).to(device)
+        backbone = build_backbone(args.pretrain_model, random_init=True, tiny=args.tiny)
+        backbone = apply_to_backbone(protocol_run(args), backbone).to(device)
         backbone_seconds = time.perf_counter() - start
         warm_up(args, corpus, backbone, device)
 

@@ -32,8 +32,9 @@ def main() -> None:
     splits = {fold: load_fold(config["project_dir"], run.dataset, fold) for fold in todo}   # fail fast, before any download
     device = resolve_device(run.device)
     backbone = make_backbone(run, device)
-    initial = {k: v.clone() for k, v in backbone.state_dict().items()} if run.finetune != "frozen" else None
-    source = make_source(run, backbone, device, config["project_dir"], grad_backbone=run.finetune != "frozen")
+    trains_backbone = backbone.finetune != "frozen"     # --protocol original: not every backbone fine-tunes
+    initial = {k: v.clone() for k, v in backbone.state_dict().items()} if trains_backbone else None
+    source = make_source(run, backbone, device, config["project_dir"], grad_backbone=trains_backbone)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = FitSpec(corpus.class_names, run.learning_rate, run.num_epochs, class_weighted=True)
     for fold in todo:

@@ -100,10 +100,12 @@ def crema_d_ratings(speakers: Sequence[int] = CREMA_D_SPEAKERS) -> dict[str, str
     return votes
 
 
-def make_crema_d(root: Path, speakers: Sequence[int] = CREMA_D_SPEAKERS, clutter: bool = False) -> Path:
-    """CREMA-D/{AudioWAV/*.wav, VideoDemographics.csv, processedResults/summaryTable.csv}."""
+def make_crema_d(root: Path, speakers: Sequence[int] = CREMA_D_SPEAKERS, clutter: bool = False,
+                 extra_votes: dict[str, str] | None = None) -> Path:
+    """CREMA-D/{AudioWAV/*.wav, VideoDemographics.csv, processedResults/summaryTable.csv}; extra_votes: more
+    rated files (name -> MultiModalVote)."""
     corpus = root / "CREMA-D"
-    votes = crema_d_ratings(speakers)
+    votes = {**crema_d_ratings(speakers), **(extra_votes or {})}
     for name in [*votes, CREMA_D_UNRATED]:
         write_wav(corpus / "AudioWAV" / f"{name}.wav")
     write_csv(corpus / "VideoDemographics.csv", ["ActorID", "Age", "Sex", "Race", "Ethnicity"],

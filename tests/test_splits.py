@@ -291,3 +291,29 @@ def test_dev_is_taken_from_the_end_of_the_training_groups():
     assert [len(f.dev) for f in speakers] == [15] * 5      # ceil(72/5) and ceil(73/5), as the original
     assert speakers[0].split_of(1077) == "dev" and speakers[0].split_of(1076) == "train"
     assert speakers[0].split_of(2000) == "train"            # unknown groups train, as the original
+
+
+def test_iemocap_impro_is_iemocaps_improvised_sessions(tmp_path):
+    """The original's iemocap_impro: iemocap_fold<k>.json, keys containing "impro", IEMOCAP's four classes."""
+    from utils.data import load_fold
+    out, _ = run_split("iemocap.py", "iemocap", make_iemocap(tmp_path / "data"), tmp_path)
+    for k in range(1, 6):
+        full, impro = load_fold(out.parent, "iemocap", k), load_fold(out.parent, "iemocap_impro", k)
+        for name in SPLITS:
+            assert impro[name] == [u for u in full[name] if "impro" in u.key] != []
+    test = load_fold(out.parent, "iemocap_impro", 1)["test"]
+    assert [(u.key, u.label) for u in test] == [("Ses01F_impro01_F000", 0), ("Ses01F_impro01_M000", 2)]
+    assert Path(test[0].path) == out.parent / "audio" / "iemocap" / "Ses01F_impro01_F000.wav"
+
+
+def test_crema_d_complete_keeps_fear_and_disgust(tmp_path):
+    """The original's crema_d_complete: crema_d_fold<k>.json with six classes N A S H F D."""
+    from utils.data import load_fold
+    from utils.datasets import get_corpus
+    extra = {"1001_DFA_FEA_XX": "F", "1001_DFA_DIS_XX": "D", "1002_DFA_FEA_XX": "F"}
+    out, _ = run_split("crema-d.py", "crema_d", make_crema_d(tmp_path / "data", extra_votes=extra), tmp_path)
+    four, six = load_fold(out.parent, "crema_d", 1)["test"], load_fold(out.parent, "crema_d_complete", 1)["test"]
+    assert get_corpus("crema_d_complete").class_names == ["N", "A", "S", "H", "F", "D"]
+    assert {u.key: u.label for u in six} == {**{u.key: u.label for u in four}, "1001_DFA_FEA_XX": 4,
+                                              "1001_DFA_DIS_XX": 5, "1002_DFA_FEA_XX": 4}
+    assert all(Path(u.path).parent == out.parent / "audio" / "crema_d" for u in six)

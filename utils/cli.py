@@ -34,6 +34,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--audio_duration", default=_D.audio_duration, type=int, help="seconds each utterance is cropped to")
     p.add_argument("--batch_size", default=_D.batch_size, type=int, help="training batch size")
     p.add_argument("--eval_batch_size", default=_D.eval_batch_size, type=int, help="batch size for evaluation and feature passes")
+    p.add_argument("--protocol", default=_D.protocol, choices=["fixed", "original"],
+                   help="original: the original's procedure, number for number (README: the two protocols)")
     p.add_argument("--folds", default=None, help="folds to run, e.g. '3' or '1,2' (default: all)")
     p.add_argument("--device", default=_D.device)
     p.add_argument("--no_cache", action="store_true", help="recompute the frozen backbone every epoch (no feature cache)")

@@ -42,6 +42,8 @@ def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, lis
             if not isinstance(entry, list) or len(entry) != 5:
                 raise TrustSerError(f"split file {path}: {split} entry {entry!r} is not [key, speaker, gender, path, label]")
             label = entry[4]
+            if corpus.key_contains not in str(entry[0]):
+                continue
             if label not in corpus.label_map:
                 dropped[str(label)] += 1
                 continue

@@ -14,6 +14,8 @@ class Corpus:
     num_folds: int           # 0: one official split in <name>.json
     speaker_in_audio_name: bool = False   # RAVDESS reuses file names across actors
     keyed_audio_names: bool = False       # manifest corpora: preprocessed files named by the entry's unique key
+    files_of: str | None = None   # a subset of another corpus: its split files and preprocessed audio
+    key_contains: str = ""        # only entries whose key contains this (IEMOCAP's improvised sessions: "impro")
 
     @property
     def num_classes(self) -> int:
@@ -33,6 +35,10 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
     # RAVDESS emotion codes 01..08; calm (02) merged into neutral (01)
     Corpus("ravdess", {1: 0, 2: 0, 3: 1, 4: 2, 5: 3, 6: 4, 7: 5, 8: 6},
            ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"], 5, speaker_in_audio_name=True),
+    # as the original's dataloader defined them: IEMOCAP's improvised sessions, CREMA-D's six emotions
+    Corpus("iemocap_impro", {"neu": 0, "sad": 1, "ang": 2, "exc": 3, "hap": 3}, ["neu", "sad", "ang", "hap"], 5,
+           files_of="iemocap", key_contains="impro"),
+    Corpus("crema_d_complete", {**_NASH, "F": 4, "D": 5}, ["N", "A", "S", "H", "F", "D"], 5, files_of="crema_d"),
     # the built-in synthetic corpus (utils/synthetic.py)
     Corpus("demo", {"neu": 0, "sad": 1, "ang": 2, "hap": 3}, ["neu", "sad", "ang", "hap"], 5),
 ]}
@@ -62,9 +68,15 @@ def get_corpus(name: str, project_dir: str | Path | None = None) -> Corpus:
     return _MANIFEST_CORPORA[name]
 
 
+def files_name(dataset: str) -> str:
+    """The name the corpus' split files and preprocessed audio folder carry (a subset reads its parent's)."""
+    return get_corpus(dataset).files_of or dataset
+
+
 def split_file_name(dataset: str, fold: int) -> str:
     """train_split/<name>_fold<k>.json, or <name>.json for corpora with one official split."""
-    return f"{dataset}_fold{fold}.json" if get_corpus(dataset).num_folds else f"{dataset}.json"
+    name = files_name(dataset)
+    return f"{name}_fold{fold}.json" if get_corpus(dataset).num_folds else f"{name}.json"
 
 
 def preprocessed_name(dataset: str, entry: list, split: str) -> str:

@@ -13,6 +13,7 @@ from utils.data import Utterance, class_weights
 from utils.errors import TrustSerError
 from utils.io import load_torch, read_json, save_torch, write_json, write_text
 from utils.pipeline import build_head, trainable_backbone_state
+from utils.protocol import protocol_of
 from utils.run import RunConfig
 from utils.training import EvalResult, evaluate, make_optimizer, set_seed, train_epoch
 
@@ -80,6 +81,7 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
     weights = class_weights(data["train"], num_classes) if spec.class_weighted else None
     criterion = nn.NLLLoss(weights.to(device) if weights is not None else None)
     generator = torch.Generator().manual_seed(8 * fold)
+    uar_classes = protocol_of(run).uar_classes
     state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
     last_path = run_dir / f"fold_{fold}_last.pt"
     if run.overwrite:
@@ -92,10 +94,10 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
 
     for epoch in range(state["epoch"], spec.num_epochs):
         train_res = train_epoch(head, backbone, source, data["train"], criterion, optimizer, run.batch_size,
-                                generator, num_classes)
-        dev = evaluate(head, backbone, source, data["dev"], run.eval_batch_size, num_classes)
+                                generator, num_classes, uar_classes)
+        dev = evaluate(head, backbone, source, data["dev"], run.eval_batch_size, num_classes, uar_classes)
         scheduler.step(dev.loss)
-        test = evaluate(head, backbone, source, data["test"], run.eval_batch_size, num_classes)
+        test = evaluate(head, backbone, source, data["test"], run.eval_batch_size, num_classes, uar_classes)
         state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary(), "test": test.summary(),
                                         "lr": optimizer.param_groups[0]["lr"]}
         if state["best"] is None or dev.scores["uar"] > state["best"]["dev_uar"]:
@@ -112,15 +114,16 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
         _save_resume(last_path, state, head, backbone, optimizer, scheduler, generator)
 
     return _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path,
-                        run.eval_batch_size)
+                        run.eval_batch_size, uar_classes)
 
 
-def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path, eval_batch_size) -> dict:
+def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path, eval_batch_size,
+                 uar_classes) -> dict:
     head.load_state_dict(state["best_head"])
     if state["best_backbone"]:
         backbone.load_state_dict(state["best_backbone"], strict=False)
         save_torch(run_dir / f"fold_{fold}_backbone.pt", state["best_backbone"])
-    test = evaluate(head, backbone, source, data["test"], eval_batch_size, len(class_names))
+    test = evaluate(head, backbone, source, data["test"], eval_batch_size, len(class_names), uar_classes)
     write_predictions(predictions_path(run_dir, fold), test, class_names)
     result = {"uar": test.scores["uar"], "acc": test.scores["acc"], "macro_f1": test.scores["macro_f1"],
               "dev_uar": state["best"]["dev_uar"], "dev_acc": state["best"]["dev_acc"],

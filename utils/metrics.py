@@ -2,15 +2,20 @@
 import numpy as np
 
 
-def classification_scores(y_true, y_pred, num_classes: int) -> dict:
-    """Macro averages over the classes present in y_true (sklearn's recall/F1 with labels=those, zero_division=0)."""
+def classification_scores(y_true, y_pred, num_classes: int, uar_classes: str = "labels") -> dict:
+    """Macro averages over the classes present in y_true (sklearn's recall/F1 with labels=those, zero_division=0);
+    uar_classes="labels_or_predictions": over those in y_true or y_pred, as sklearn's recall_score(average="macro")
+    and the original (--protocol original): a predicted class absent from the labels counts with recall 0."""
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     if len(y_true) == 0:
         return {"uar": float("nan"), "acc": float("nan"), "macro_f1": float("nan")}
     confusion = np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
     present = confusion.sum(axis=1) > 0
+    if uar_classes == "labels_or_predictions":
+        present |= confusion.sum(axis=0) > 0
     hits = np.diag(confusion)[present]
-    recall = hits / confusion.sum(axis=1)[present]
+    true_counts = confusion.sum(axis=1)[present]
+    recall = np.divide(hits, true_counts, out=np.zeros(len(hits)), where=true_counts > 0)
     predicted = confusion.sum(axis=0)[present]
     precision = np.divide(hits, predicted, out=np.zeros(len(hits)), where=predicted > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(hits)), where=precision + recall > 0)

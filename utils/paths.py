@@ -1,7 +1,7 @@
 """The one place that names folders and files under <project_dir>."""
 from pathlib import Path
 
-from utils.datasets import split_file_name
+from utils.datasets import files_name, split_file_name
 from utils.run import RunConfig
 
 
@@ -15,7 +15,7 @@ def corpus_path(project_dir: str | Path, dataset: str) -> Path:
 
 
 def audio_dir(project_dir: str | Path, dataset: str) -> Path:
-    return Path(project_dir) / "audio" / dataset
+    return Path(project_dir) / "audio" / files_name(dataset)
 
 
 def cache_dir(project_dir: str | Path) -> Path:
@@ -31,6 +31,8 @@ def run_name(run: RunConfig) -> str:
         name += f"_ad{run.audio_duration}"
     if run.random_init:
         name += "_randinit"
+    if run.protocol != "fixed":
+        name += "_origproto"
     return name
 
 

@@ -22,6 +22,7 @@ from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFea
 from utils.io import load_torch, read_json, write_json
 from utils.metrics import mean_std
 from utils.paths import cache_dir
+from utils.protocol import apply_to_backbone, backbone_finetune, head_shape, protocol_source
 from utils.run import RunConfig
 
 log = logging.getLogger("trust-ser")
@@ -84,14 +85,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_head(run: RunConfig, backbone, num_classes: int) -> CNNSelfAttention:
+    conv_layers, channels = head_shape(run)
     return CNNSelfAttention(input_dim=backbone.hidden_dim, num_enc_layers=backbone.num_layers,
-                            output_class_num=num_classes, hidden_dim=run.hidden_size,
-                            conv_layers=run.conv_layers, pooling_method=run.pooling)
+                            output_class_num=num_classes, hidden_dim=channels,
+                            conv_layers=conv_layers, pooling_method=run.pooling)
 
 
 def make_backbone(run: RunConfig, device: torch.device):
-    return build_backbone(run.pretrain_model, pretrain_path=run.pretrain_path, random_init=run.random_init,
-                          tiny=run.tiny, finetune=run.finetune).to(device)
+    """The backbone in the finetune mode the protocol gives it (backbone.finetune; may differ from --finetune)."""
+    backbone = build_backbone(run.pretrain_model, pretrain_path=run.pretrain_path, random_init=run.random_init,
+                              tiny=run.tiny, finetune=backbone_finetune(run))
+    return apply_to_backbone(run, backbone).to(device)
 
 
 def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str, grad_backbone: bool):
@@ -102,13 +106,15 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
     last_layer_only = (grad_backbone and run.finetune == "unfrozen_last_layer"
                        and backbone.supports_last_layer_split)
     if run.no_cache or (grad_backbone and not last_layer_only):
-        return LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone)
+        return protocol_source(run, backbone, LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone),
+                               device)
     if device.type == "cuda":
         budget = int(0.6 * torch.cuda.mem_get_info(device)[0])
     else:
         budget = int(0.3 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     store = LastLayerFeatures if last_layer_only else CachedFeatures
-    return store(backbone, audio, device, run.eval_batch_size, cache_dir(project_dir), budget)
+    return protocol_source(run, backbone, store(backbone, audio, device, run.eval_batch_size, cache_dir(project_dir),
+                                                budget), device)
 
 
 def finetune_command(run: RunConfig) -> str:
@@ -131,7 +137,7 @@ def load_trained(run: RunConfig, run_dir: Path, fold: int, device: torch.device,
     backbone = make_backbone(run, device)
     head = build_head(run, backbone, num_classes).to(device)
     load_state(head, head_path)
-    if run.finetune != "frozen":
+    if backbone.finetune != "frozen":
         backbone_path = run_dir / f"fold_{fold}_backbone.pt"
         load_state(backbone, backbone_path, strict=False)
         st = backbone_path.stat()

@@ -23,6 +23,7 @@ class RunConfig:
     pooling: str = "att"
     audio_duration: int = 6
     batch_size: int = 64
+    protocol: str = "fixed"      # utils/protocol.py: "original" reproduces the original's procedure
     # how it is executed (does not change its folder)
     config: str | None = None
     eval_batch_size: int = 32
@@ -45,4 +46,4 @@ class RunConfig:
 
 
 DEFINING = ["dataset", "pretrain_model", "pretrain_path", "random_init", "tiny", "finetune", "downstream_model",
-            "learning_rate", "num_epochs", "conv_layers", "hidden_size", "pooling", "audio_duration", "batch_size"]
+            "learning_rate", "num_epochs", "conv_layers", "hidden_size", "pooling", "audio_duration", "batch_size", "protocol"]

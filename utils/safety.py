@@ -15,6 +15,7 @@ from utils.attacks import attack_success_rate, fgsm, gaussian_noise, measured_sn
 from utils.data import Utterance, length_sorted_batches, pad_waveforms
 from utils.features import AudioBank, autocast_for
 from utils.metrics import classification_scores
+from utils.protocol import train_mode
 from utils.training import evaluate
 
 log = logging.getLogger("trust-ser")
@@ -23,12 +24,15 @@ ATTACK_METHODS = ("fgsm", "pgd", "gaussian_noise")
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack: method, SNR (dB) of the perturbation, PGD steps, batch size, and fp32 (no bf16 autocast on CUDA)."""
+    """One attack: method, SNR (dB) of the perturbation, PGD steps, batch size, fp32 (no bf16 autocast on CUDA),
+    the input gradient taken in train mode (--protocol original) and how UAR averages (utils/metrics.py)."""
     method: str = "fgsm"
     snr: float = 45
     pgd_steps: int = 10
     batch_size: int = 32
     fp32: bool = False
+    gradient_in_train_mode: bool = False
+    uar_classes: str = "labels"
 
 
 def attack_batch(backbone, head, wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, attack: AttackSpec,
@@ -41,8 +45,9 @@ def attack_batch(backbone, head, wav: torch.Tensor, lengths: torch.Tensor, label
         return head(hidden, mask)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        out = logits(x)
-        if not clean_logits:  # FGSM and PGD take their first gradient at the clean audio
+        with train_mode(head, backbone) if attack.gradient_in_train_mode else nullcontext():
+            out = logits(x)
+        if not clean_logits and not attack.gradient_in_train_mode:  # first gradient at the clean audio, eval mode
             clean_logits.append(out.detach())
         return F.cross_entropy(out, labels, reduction="none")
 
@@ -112,7 +117,7 @@ def _attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, attack
             "num_attacked": int((clean == labels).sum()), "num_flipped": int((attacked != clean).sum()),
             "num_test": len(test), "measured_snr_db": snr_mean, "measured_snr_db_min": min(snrs) if snrs else None,
             "measured_snr_db_max": max(snrs) if snrs else None,
-            "clean_uar": classification_scores(labels.numpy(), clean.numpy(), num_classes)["uar"]}
+            "clean_uar": classification_scores(labels.numpy(), clean.numpy(), num_classes, attack.uar_classes)["uar"]}
 
 
 def cached_predictions(head, backbone, source, test: list[Utterance], batch_size: int,

@@ -68,3 +68,18 @@ def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
         times.append(time.perf_counter() - start)
     return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90)),
             "mean_s": float(np.mean(times)), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+ORIGINAL_HEAD_FLOPS_FRAMES = 50
+
+
+def thop_style_gflops(backbone, head, example: tuple) -> float:
+    """The original's sustainability number: multiply-adds (thop) of the backbone on the input plus the head on
+    50 frames, divided by 1e9 and called GFLOPs."""
+    with torch.no_grad():
+        backbone_flops = count_flops(backbone, example)
+        frames = torch.randn(backbone.num_layers, 1, ORIGINAL_HEAD_FLOPS_FRAMES, backbone.hidden_dim,
+                             device=example[0].device)
+        mask = torch.ones(1, ORIGINAL_HEAD_FLOPS_FRAMES, dtype=torch.bool, device=example[0].device)
+        head_flops = count_flops(head, (frames, mask))
+    return (backbone_flops + head_flops) / 2e9

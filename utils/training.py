@@ -40,10 +40,10 @@ def make_optimizer(params, lr: float) -> tuple[torch.optim.Optimizer, ReduceLROn
 
 def train_epoch(head: nn.Module, backbone: nn.Module, source, train: list[Utterance], criterion: nn.Module,
                 optimizer: torch.optim.Optimizer, batch_size: int, generator: torch.Generator,
-                num_classes: int) -> dict:
+                num_classes: int, uar_classes: str = "labels") -> dict:
     """One pass over shuffled training batches (the last incomplete batch dropped, as the original)."""
     head.train()
-    backbone.train()          # frozen parts stay in eval mode (Backbone.train)
+    backbone.train()          # frozen parts stay in eval mode (Backbone.train), except under --protocol original
     trains_backbone = any(p.requires_grad for p in backbone.parameters())
     order = torch.randperm(len(train), generator=generator).tolist()
     n_batches = max(len(order) // batch_size, 1)
@@ -61,12 +61,12 @@ def train_epoch(head: nn.Module, backbone: nn.Module, source, train: list[Uttera
         losses.append(loss.item())
         y_true += labels.tolist()
         y_pred += log_probs.argmax(1).tolist()
-    return {"loss": float(np.mean(losses)), **classification_scores(y_true, y_pred, num_classes)}
+    return {"loss": float(np.mean(losses)), **classification_scores(y_true, y_pred, num_classes, uar_classes)}
 
 
 @torch.no_grad()
 def evaluate(head: nn.Module, backbone: nn.Module, source, utts: list[Utterance], batch_size: int,
-             num_classes: int) -> EvalResult:
+             num_classes: int, uar_classes: str = "labels") -> EvalResult:
     """Length-sorted padded batches with masks; the loss is the mean NLL over utterances."""
     head.eval()
     backbone.eval()
@@ -78,6 +78,6 @@ def evaluate(head: nn.Module, backbone: nn.Module, source, utts: list[Utterance]
     # The original evaluated one utterance per batch, where the class-weighted NLL reduces to plain NLL.
     loss = nn.functional.nll_loss(log_probs, labels).item()
     preds = log_probs.argmax(1).numpy()
-    return EvalResult(loss, classification_scores(labels.numpy(), preds, num_classes), preds,
+    return EvalResult(loss, classification_scores(labels.numpy(), preds, num_classes, uar_classes), preds,
                       log_probs.exp().numpy(), list(utts))
 

@@ -39,6 +39,8 @@ class Backbone(nn.Module):
     weights_id: str
     supports_last_layer_split = True
     hidden_includes_input = False  # TERA: s3prl's hidden states start with the layers' input
+    frozen_parts_train = False     # set by utils/protocol.py for --protocol original
+    front_end_is_deterministic = False   # front_end() has no dropout: its output may be stored in train mode too
 
     def __init__(self, name: str, weights_id: str, finetune: str):
         super().__init__()
@@ -99,7 +101,10 @@ class Backbone(nn.Module):
         self.train(False)
 
     def train(self, mode: bool = True) -> "Backbone":
-        """Only the trainable parts follow `mode`; frozen parts stay in eval mode (no dropout, no LayerDrop)."""
+        """Only the trainable parts follow `mode`; frozen parts stay in eval mode (no dropout, no LayerDrop),
+        unless `frozen_parts_train` (--protocol original: its backbone_model.train() reached every part)."""
+        if self.frozen_parts_train:
+            return super().train(mode)
         super().train(mode and self.finetune == "unfrozen")
         if mode and self.finetune == "unfrozen":
             for part in self._never_trained():
@@ -129,8 +134,17 @@ class Backbone(nn.Module):
         x = self._run(index, last_input, self._context(last_input, mask))
         return zero_padding(self._after_last_layer(x), mask)
 
+    def forward_from_front_end(self, front: torch.Tensor, frame_lengths: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward() from the front end's padded output [B, F, C] (front_end_is_deterministic backbones only)."""
+        hidden, _, frame_lengths, mask = self._encode_embedded(*self._embed_front_end(front, frame_lengths),
+                                                               include_last=True)
+        return stack_masked(hidden, mask), frame_lengths, mask
+
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor, include_last: bool):
-        x, frame_lengths = self._embed(wav, self._sizes(wav, lengths))
+        return self._encode_embedded(*self._embed(wav, self._sizes(wav, lengths)), include_last)
+
+    def _encode_embedded(self, x: torch.Tensor, frame_lengths: torch.Tensor, include_last: bool):
         mask = frame_mask(frame_lengths, x.shape[1])
         context = self._context(x, mask)
         hidden = [x] if self.hidden_includes_input else []

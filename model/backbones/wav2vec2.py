@@ -32,6 +32,7 @@ class Wav2Vec2StyleBackbone(Backbone):
     """CNN encoder per clip, then the transformer layers with a padding mask."""
 
     model_type = "wav2vec2"  # Hugging Face's name of the architecture (config.json's model_type)
+    front_end_is_deterministic = True    # the CNN encoder: no dropout, GroupNorm over each clip
 
     def __init__(self, name: str, model: nn.Module, weights_id: str, finetune: str):
         super().__init__(name, weights_id, finetune)
@@ -84,10 +85,18 @@ class Wav2Vec2StyleBackbone(Backbone):
         frames = self.frame_lengths(torch.tensor(sizes)).tolist()
         return [x[i, :, :n].transpose(0, 1) for i, n in enumerate(frames)]
 
+    def front_end(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CNN encoder's output [B, F, 512], zero-padded, and the frame lengths [B]."""
+        features = self._cnn_features(wav, self._sizes(wav, lengths))
+        return pad_sequence(features, batch_first=True), torch.tensor([len(f) for f in features], device=wav.device)
+
     def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         features = self._cnn_features(wav, sizes)
         frame_lengths = torch.tensor([len(f) for f in features], device=wav.device)
-        x = self.model.feature_projection(pad_sequence(features, batch_first=True))
+        return self._embed_front_end(pad_sequence(features, batch_first=True), frame_lengths)
+
+    def _embed_front_end(self, front: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.model.feature_projection(front)
         x = x[0] if isinstance(x, tuple) else x  # wav2vec 2.0 / data2vec also return the unprojected features
         valid = frame_mask(frame_lengths, x.shape[1])[..., None]
         x = x.masked_fill(~valid, 0.0)  # as HF, before the conv position

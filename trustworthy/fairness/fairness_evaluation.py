@@ -17,6 +17,7 @@ from utils.paths import fairness_dir, finetune_dir  # noqa: E402
 from utils.pipeline import (aggregate, evaluate_folds, load_trained, make_source, resolve_device,  # noqa: E402
                             run_flags, start_stage)
 from utils.run import RunConfig  # noqa: E402
+from utils.protocol import protocol_of  # noqa: E402
 from utils.training import evaluate  # noqa: E402
 
 log = logging.getLogger("trust-ser")
@@ -28,7 +29,8 @@ def fold_fairness(run: RunConfig, n_bootstrap: int, fold: int, project_dir: str,
     backbone, head = load_trained(run, finetune_dir(project_dir, run), fold, device, corpus.num_classes)
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
     test = source.prepare(load_fold(project_dir, run.dataset, fold)["test"])
-    result = evaluate(head, backbone, source, test, run.eval_batch_size, corpus.num_classes)
+    result = evaluate(head, backbone, source, test, run.eval_batch_size, corpus.num_classes,
+                      protocol_of(run).uar_classes)
     labels = [u.label for u in test]
     reports = {attr: fairness_report(labels, result.predictions, [getattr(u, attr) for u in test],
                                      n_bootstrap=n_bootstrap, seed=fold)

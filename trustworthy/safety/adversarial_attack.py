@@ -16,6 +16,7 @@ from utils.features import AudioBank  # noqa: E402
 from utils.paths import attack_dir, finetune_dir  # noqa: E402
 from utils.pipeline import (aggregate, evaluate_folds, load_trained, make_source, resolve_device,  # noqa: E402
                             run_flags, start_stage)
+from utils.protocol import protocol_of  # noqa: E402
 from utils.safety import ATTACK_METHODS, AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
 
 log = logging.getLogger("trust-ser")
@@ -31,7 +32,9 @@ def main() -> None:
                         help="attack in fp32 on CUDA too, as the original (no bf16 autocast; slower)")
     stage = start_stage(parser)
     args, run, num_classes = stage.args, stage.run, stage.corpus.num_classes
-    attack = AttackSpec(args.attack_method, args.snr, args.pgd_steps, run.eval_batch_size, args.fp32)
+    protocol = protocol_of(run)
+    attack = AttackSpec(args.attack_method, args.snr, args.pgd_steps, run.eval_batch_size, args.fp32,
+                        protocol.attack_gradient_in_train_mode, protocol.uar_classes)
     out_dir = attack_dir(stage.project_dir, run, attack.method, attack.snr)
     device = resolve_device(run.device)
 

@@ -15,7 +15,9 @@ from utils.errors import run_main  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.paths import finetune_dir, flops_dir  # noqa: E402
 from utils.pipeline import resolve_device, run_flags, start_stage  # noqa: E402
-from utils.sustainability import count_flops, count_parameters, measure_latency, model_to_profile  # noqa: E402
+from utils.protocol import protocol_of  # noqa: E402
+from utils.sustainability import (count_flops, count_parameters, measure_latency, model_to_profile,  # noqa: E402
+                                  thop_style_gflops)
 
 log = logging.getLogger("trust-ser")
 
@@ -66,6 +68,10 @@ def main() -> None:
     backbone, head, trained = model_to_profile(run, finetune_dir(config["project_dir"], run), fold, device,
                                                corpus.num_classes)
     result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats, device)
+    if protocol_of(run).thop_style_gflops:
+        samples = int(args.input_seconds * 16000)
+        example = (torch.randn(1, samples, device=device), torch.tensor([samples], device=device))
+        result["gflops_original_style"] = thop_style_gflops(backbone, head, example)
     write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, "trained_checkpoint": trained,
                      **run_flags(run)})
     log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M parameters "

@@ -1,0 +1,146 @@
+"""--protocol original reproduces the original's procedure; the default protocol is unchanged."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from sklearn.metrics import recall_score
+
+from synthetic_project import make_project, run_script
+from utils.data import Utterance
+from utils.metrics import classification_scores
+from utils.pipeline import build_head, make_backbone, make_source
+from utils.protocol import protocol_of
+from utils.run import RunConfig
+from utils.safety import AttackSpec, attack_batch
+
+CPU = torch.device("cpu")
+
+
+def _run(**changes) -> RunConfig:
+    return RunConfig(dataset="demo", random_init=True, tiny=True, device="cpu", **changes)
+
+
+def _utterances(folder, n: int = 3) -> list[Utterance]:
+    rng = np.random.default_rng(0)
+    utts = []
+    for i in range(n):
+        path = folder / f"u{i}.wav"
+        sf.write(path, 0.1 * rng.standard_normal(4000 + 1600 * i).astype(np.float32), 16000)
+        utts.append(Utterance(f"u{i}", "s", "female", str(path), i % 2))
+    return utts
+
+
+@pytest.mark.parametrize("model", ["tera", "wavlm"])
+def test_original_trains_on_new_features_every_epoch_and_evaluates_on_cached_ones(tmp_path, model):
+    utts = _utterances(tmp_path)
+    features = {}
+    for protocol in ("fixed", "original"):
+        run = _run(pretrain_model=model, protocol=protocol)
+        backbone = make_backbone(run, CPU)
+        assert not any(p.requires_grad for p in backbone.parameters())
+        source = make_source(run, backbone, CPU, str(tmp_path / "project"), grad_backbone=False)
+        utts = source.prepare(utts)
+        backbone.train()          # as train_epoch: two epochs' training batches
+        epochs = [source.batch(utts)[0] for _ in range(2)]
+        backbone.eval()           # as evaluate: two epochs' dev batches
+        dev = [source.batch(utts)[0] for _ in range(2)]
+        features[protocol] = epochs, dev
+    (fixed_1, fixed_2), (fixed_dev, _) = features["fixed"]
+    (orig_1, orig_2), (orig_dev_1, orig_dev_2) = features["original"]
+    torch.testing.assert_close(fixed_1, fixed_2)                 # fixed: eval mode, cached
+    assert (orig_1 - orig_2).abs().max() > 1e-3                  # original: dropout / LayerDrop in every epoch
+    assert (orig_1 - fixed_1).abs().max() > 1e-3
+    torch.testing.assert_close(orig_dev_1, orig_dev_2)           # dev: eval mode, the same in both epochs...
+    torch.testing.assert_close(orig_dev_1, fixed_dev)            # ...and the same (cached) features as fixed
+
+
+@pytest.mark.parametrize("conv_layers, hidden_size, protocol, expected", [
+    (2, 128, "original", (2, 256)), (3, 128, "original", (3, 256)), (4, 64, "original", (2, 256)),
+    (2, 128, "fixed", (2, 128)), (4, 64, "fixed", (4, 64))])
+def test_head_shape(conv_layers, hidden_size, protocol, expected):
+    run = _run(pretrain_model="apc", conv_layers=conv_layers, hidden_size=hidden_size, protocol=protocol)
+    head = build_head(run, make_backbone(run, CPU), 4)
+    convs = [m for m in head.model_seq if isinstance(m, torch.nn.Conv1d)]
+    assert (len(convs), convs[0].out_channels) == expected
+    assert all(c.out_channels == expected[1] for c in convs)
+
+
+def _trainable(backbone) -> set[str]:
+    return {n for n, p in backbone.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("model", ["wav2vec2_0", "tera", "apc", "whisper_base"])
+def test_original_finetune_reaches_only_wavlm_and_whisper_tiny(model):
+    run = _run(pretrain_model=model, finetune="unfrozen")
+    assert _trainable(make_backbone(run, CPU))                                     # fixed: fine-tuned
+    backbone = make_backbone(run.but(protocol="original"), CPU)
+    assert backbone.finetune == "frozen" and not _trainable(backbone)
+
+
+def test_original_wavlm_unfrozen_keeps_feature_projection_frozen():
+    run = _run(pretrain_model="wavlm", finetune="unfrozen")
+    fixed, original = _trainable(make_backbone(run, CPU)), _trainable(make_backbone(run.but(protocol="original"), CPU))
+    projection = {n for n in fixed if "feature_projection" in n}
+    assert projection and original == fixed - projection
+    assert any("encoder.layers" in n for n in original)
+    whisper = make_backbone(_run(pretrain_model="whisper_tiny", finetune="unfrozen", protocol="original"), CPU)
+    assert any("layers" in n for n in _trainable(whisper))
+
+
+def test_original_uar_is_sklearn_macro_recall_with_a_predicted_class_absent_from_the_labels():
+    y_true = [0, 0, 1, 1, 1, 2]
+    y_pred = [0, 3, 1, 1, 0, 2]                      # class 3 is predicted but never a label
+    original = classification_scores(y_true, y_pred, 4, protocol_of(_run(protocol="original")).uar_classes)
+    fixed = classification_scores(y_true, y_pred, 4, protocol_of(_run()).uar_classes)
+    assert original["uar"] == pytest.approx(100 * recall_score(y_true, y_pred, average="macro", zero_division=0))
+    assert original["uar"] == pytest.approx(100 * (0.5 + 2 / 3 + 1 + 0) / 4)
+    assert fixed["uar"] == pytest.approx(100 * (0.5 + 2 / 3 + 1) / 3)
+
+
+@pytest.mark.parametrize("in_train_mode", [False, True])
+def test_fgsm_gradient_mode(in_train_mode):
+    run = _run(pretrain_model="tera", protocol="original" if in_train_mode else "fixed")
+    backbone = make_backbone(run, CPU)
+    head = build_head(run, backbone, 2).eval()
+    backbone.eval()
+    seen = []   # (grad enabled, backbone in train mode, head in train mode) of every forward pass
+    backbone.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), m.training, head.training)))
+    wav = 0.1 * torch.randn(2, 6000)
+    lengths, labels = torch.tensor([6000, 4000]), torch.tensor([0, 1])
+    attack = AttackSpec("fgsm", 30, gradient_in_train_mode=protocol_of(run).attack_gradient_in_train_mode)
+    attack_batch(backbone, head, wav, lengths, labels, attack, torch.Generator().manual_seed(0))
+    gradient = [mode for mode in seen if mode[0]]
+    predictions = [mode for mode in seen if not mode[0]]
+    assert gradient == [(True, in_train_mode, in_train_mode)]
+    assert predictions and all(mode == (False, False, False) for mode in predictions)
+    assert not backbone.training and not head.training
+
+
+def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(tmp_path):
+    config = make_project(tmp_path, n_speakers=10, utts_per_emotion=2)
+    flags = ["--dataset", "demo", "--pretrain_model", "wav2vec2_0", "--random_init", "--tiny", "--device", "cpu",
+             "--num_epochs", "1", "--conv_layers", "2", "--hidden_size", "32", "--batch_size", "8",
+             "--finetune", "unfrozen", "--folds", "1", "--config", str(config)]
+    run_script("experiment/finetune_single_thread.py", *flags, "--protocol", "original")
+    runs = tmp_path / "project" / "finetune" / "demo" / "wav2vec2_0"
+    run_dir = runs / "lr00002_ep1_cnn_conv2_hid32_att_unfrozen_randinit_origproto"
+    assert [p.name for p in runs.iterdir()] == [run_dir.name]
+    assert not (run_dir / "fold_1_backbone.pt").exists()      # the original never fine-tuned wav2vec2
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["meta"]["flags"]["protocol"] == "original"
+    head = torch.load(run_dir / "fold_1.pt", weights_only=True)
+    assert head["model_seq.0.weight"].shape[0] == 256                 # the original's head ignored --hidden_size
+
+
+@pytest.mark.parametrize("model", ["wav2vec2_0", "wavlm"])
+def test_backbone_from_its_stored_front_end_equals_the_backbone(model):
+    backbone = make_backbone(_run(pretrain_model=model), CPU)
+    wav, lengths = 0.1 * torch.randn(2, 6000), torch.tensor([6000, 4000])
+    with torch.no_grad():
+        front, frame_lengths = backbone.front_end(wav, lengths)
+        direct, _, mask = backbone(wav, lengths)
+        from_front, _, mask_from_front = backbone.forward_from_front_end(front, frame_lengths)
+    torch.testing.assert_close(from_front, direct)
+    assert torch.equal(mask, mask_from_front)

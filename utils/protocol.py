@@ -1,0 +1,153 @@
+"""`--protocol`: "fixed" (the default, this project's procedure) or "original" (the original code's procedure,
+number for number). Every difference between the two is one named field of `Protocol`; README "The two
+protocols" explains each one."""
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from utils.data import Utterance, pad_waveforms
+from utils.features import LiveFeatures, _StoredFeatures, autocast_for
+from utils.run import RunConfig
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    # frozen parts of the backbone follow train(): dropout and LayerDrop while the head trains, so training
+    # features are recomputed live every batch (evaluation stays eval-mode, cached)
+    train_mode_features: bool
+    # the head: 3 conv layers only for --conv_layers 3 (else 2), always 256 channels; else both flags honoured
+    head_as_original: bool
+    # the backbones --finetune reaches (None: all); the others stay frozen whatever --finetune says
+    finetunable: frozenset | None
+    # FGSM/PGD take the input gradient with head and backbone in train mode
+    attack_gradient_in_train_mode: bool
+    # UAR averages recall over the classes in the labels, or (sklearn's macro recall) the labels or predictions
+    uar_classes: str
+    # live trainable backbones are evaluated in fp32 on CUDA (else bf16 autocast, as every other pass)
+    fp32_live_evaluation: bool
+    # sustainability also records the original's number: thop MACs of backbone + head on 50 frames, as "GFLOPs"
+    thop_style_gflops: bool
+
+
+PROTOCOLS = {p.name: p for p in [
+    Protocol("fixed", train_mode_features=False, head_as_original=False, finetunable=None,
+             attack_gradient_in_train_mode=False, uar_classes="labels", fp32_live_evaluation=False,
+             thop_style_gflops=False),
+    Protocol("original", train_mode_features=True, head_as_original=True,
+             finetunable=frozenset({"wavlm", "whisper_tiny"}), attack_gradient_in_train_mode=True,
+             uar_classes="labels_or_predictions", fp32_live_evaluation=True, thop_style_gflops=True),
+]}
+ORIGINAL_HEAD_CHANNELS = 256
+
+
+def protocol_of(run: RunConfig) -> Protocol:
+    return PROTOCOLS[run.protocol]
+
+
+def head_shape(run: RunConfig) -> tuple[int, int]:
+    """(conv layers, channels) of the head. The original never passed hidden_dim and built 3 layers only for 3."""
+    if protocol_of(run).head_as_original:
+        return (3 if run.conv_layers == 3 else 2), ORIGINAL_HEAD_CHANNELS
+    return run.conv_layers, run.hidden_size
+
+
+def backbone_finetune(run: RunConfig) -> str:
+    """The finetune mode the backbone is built with: --finetune, unless the protocol's backbone ignores it."""
+    reach = protocol_of(run).finetunable
+    return run.finetune if reach is None or run.pretrain_model in reach else "frozen"
+
+
+def apply_to_backbone(run: RunConfig, backbone):
+    """Train-mode frozen parts, and the parts the original kept frozen in a mode that trains others."""
+    if not protocol_of(run).train_mode_features:
+        return backbone
+    backbone.frozen_parts_train = True
+    for part in _frozen_in_original(backbone):
+        part.requires_grad_(False)
+    return backbone
+
+
+def _frozen_in_original(backbone) -> list:
+    """WavLM `unfrozen` ran its feature projection under no_grad; Whisper tiny `unfrozen_last_layer` trained
+    "layers.3" only, not the encoder's final layer norm."""
+    if backbone.name == "wavlm" and backbone.finetune == "unfrozen":
+        return [backbone.model.feature_projection]
+    if backbone.name == "whisper_tiny" and backbone.finetune == "unfrozen_last_layer":
+        return [backbone.encoder.layer_norm]
+    return []
+
+
+def protocol_source(run: RunConfig, backbone, source, device: torch.device):
+    """The feature source the protocol trains and evaluates with (`source`: the fixed protocol's)."""
+    if not protocol_of(run).train_mode_features:
+        return source
+    return TrainModeFeatures(backbone, source, device, live_eval_fp32=protocol_of(run).fp32_live_evaluation)
+
+
+class TrainModeFeatures:
+    """--protocol original: while the backbone is in train mode (train_epoch), every batch runs it live with
+    dropout and LayerDrop, new features every epoch, as the original's loop (no_grad and bf16 autocast on CUDA
+    for a frozen backbone); in eval mode, batches come from `eval_source` (the cache: the original evaluated in
+    eval mode too, so those features are the same), or, for a live trainable backbone, a live fp32 pass."""
+
+    def __init__(self, backbone, eval_source, device: torch.device, live_eval_fp32: bool):
+        self.backbone, self.eval_source, self.device = backbone, eval_source, device
+        self.live_eval_fp32 = live_eval_fp32 and isinstance(eval_source, LiveFeatures)
+        self.audio = eval_source.audio
+        self.front_ends = None
+        if backbone.front_end_is_deterministic and isinstance(eval_source, _StoredFeatures):
+            self.front_ends = FrontEndFeatures(backbone, self.audio, device, eval_source.batch_size,
+                                               eval_source.cache_root, eval_source.memory_budget)
+
+    def prepare(self, utts: list[Utterance]) -> list[Utterance]:
+        kept = self.eval_source.prepare(utts)
+        return self.front_ends.prepare(kept) if self.front_ends else kept
+
+    def __getattr__(self, name):     # prepare, length, stats, disk_bytes...: the eval source's
+        if name == "eval_source":
+            raise AttributeError(name)
+        return getattr(self.eval_source, name)
+
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.backbone.training and not self.live_eval_fp32:
+            return self.eval_source.batch(utts, grad)
+        fp32 = grad or not self.backbone.training
+        with torch.set_grad_enabled(grad), (nullcontext() if fp32 else autocast_for(self.device)):
+            if self.front_ends and self.backbone.training:
+                front, mask = self.front_ends.batch(utts)
+                hidden, _, mask = self.backbone.forward_from_front_end(front, mask.sum(1))
+            else:
+                wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
+                hidden, _, mask = self.backbone(wav.to(self.device), lengths.to(self.device))
+        return hidden.float(), mask
+
+
+class FrontEndFeatures(_StoredFeatures):
+    """The output of a backbone's deterministic front end (wav2vec 2.0 / WavLM: the CNN encoder, which has no
+    dropout and never trains), stored as the hidden states are: the same in train and eval mode, so training
+    batches need only run the rest of the backbone."""
+
+    kind = "front_end"
+
+    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        front, n_frames = self.backbone.front_end(wav, lengths)
+        return front.unsqueeze(0), n_frames
+
+    def batch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        stored, mask = self._padded(utts)
+        return stored[0].float(), mask
+
+
+@contextmanager
+def train_mode(*modules):
+    """The modules in train mode inside, eval mode after (the original's attack: model.train(); backbone_model.train()
+    for the gradient pass, eval for the predictions)."""
+    for m in modules:
+        m.train()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.eval()
