@@ -124,6 +124,8 @@ def finetune_command(run: RunConfig) -> str:
     cmd = [sys.executable, str(REPO_ROOT / "experiment" / "finetune_single_thread.py")]
     cmd += [f"--{f} {getattr(run, f)}" for f in flags]
     cmd += [f"--{f}" for f in ("random_init", "tiny") if getattr(run, f)]
+    if run.protocol != RunConfig.protocol:
+        cmd.append(f"--protocol {run.protocol}")
     if run.config:
         cmd.append(f"--config {shlex.quote(str(run.config))}")
     return " ".join(cmd)
