@@ -127,8 +127,8 @@ def test_sustainability_without_a_checkpoint(folds):
 def test_scale_out_scripts_take_the_corpus_folds(folds):
     _, config, _ = folds
     proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_array.sh"), "--num_tasks", "--dataset", "mine",
-                           "--config", str(config)], env={**ENV, "BACKBONES": "apc tera", "PYTHON": sys.executable}, capture_output=True,
-                          text=True, timeout=60)
+                           "--config", str(config)], env={**ENV, "BACKBONES": "apc tera", "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "6", proc.stderr                # 2 backbones x 3 folds
 
 
@@ -149,7 +149,8 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
              "--device", "cpu", "--num_epochs", "1", "--conv_layers", "1", "--hidden_size", "16", "--pooling",
              "mean", "--batch_size", "4", "--config", str(config)]
     run_script("experiment/finetune_single_thread.py", *flags)
-    run_dir = tmp_path / "project" / "finetune" / "mine" / "my-hubert" / "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer"
+    run_dir = (tmp_path / "project" / "finetune" / "mine" / "my-hubert" /
+               "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer")
     assert (run_dir / "fold_1_backbone.pt").is_file()
     run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
     fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "my-hubert" / run_dir.name /

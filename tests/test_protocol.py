@@ -14,6 +14,7 @@ from utils.pipeline import build_head, make_backbone, make_source
 from utils.protocol import protocol_of
 from utils.run import RunConfig
 from utils.safety import AttackSpec, attack_batch
+from utils.sustainability import count_flops
 
 CPU = torch.device("cpu")
 
@@ -132,6 +133,16 @@ def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(tmp_p
     assert results["meta"]["flags"]["protocol"] == "original"
     head = torch.load(run_dir / "fold_1.pt", weights_only=True)
     assert head["model_seq.0.weight"].shape[0] == 256                 # the original's head ignored --hidden_size
+
+    run_script("trustworthy/sustainability/sustainability.py", *flags, "--protocol", "original",
+               "--input_seconds", "1", "--repeats", "1", "--throughput_batch", "1")
+    cost = json.loads((tmp_path / "project" / "flops" / "demo" / "wav2vec2_0" / run_dir.name / "gflops.json").read_text())
+    run = _run(pretrain_model="wav2vec2_0", conv_layers=2, hidden_size=32, protocol="original")
+    backbone = make_backbone(run, CPU)
+    frames = (torch.randn(backbone.num_layers, 1, 50, backbone.hidden_dim), torch.ones(1, 50, dtype=torch.bool))
+    head_on_50_frames = count_flops(build_head(run, backbone, 4), frames)
+    # thop's multiply-adds of the backbone on the input plus the head on 50 frames, called GFLOPs
+    assert cost["gflops_original_style"] == pytest.approx((cost["backbone_gflops"] + head_on_50_frames / 1e9) / 2)
 
 
 @pytest.mark.parametrize("model", ["wav2vec2_0", "wavlm"])

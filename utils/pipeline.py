@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from model.backbones import backbone_spec, build_backbone
+from model.backbones import build_backbone, check_backbone_name
 from model.heads import CNNSelfAttention
 from utils.cli import parse_folds
 from utils.config import REPO_ROOT, load_config
@@ -31,12 +31,6 @@ log = logging.getLogger("trust-ser")
 def setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)-3s ==> %(message)s", level=logging.INFO,
                         datefmt="%Y-%m-%d %H:%M:%S")
-
-
-def check_backbone_name(name: str, pretrain_path: str | None = None) -> None:
-    """Unknown --pretrain_model (or an unsupported model folder / hub id) fails before any file is read or
-    written (aggregating included)."""
-    backbone_spec(name, pretrain_path)
 
 
 @dataclass
@@ -60,7 +54,7 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None) -> Sta
     setup_logging()
     config = load_config(args.config)
     corpus = get_corpus(args.dataset, config["project_dir"])
-    check_backbone_name(args.pretrain_model, args.pretrain_path)
+    check_backbone_name(args.pretrain_model, args.pretrain_path)  # fails before any file is read or written
     return Stage(args, RunConfig.from_args(args), config, corpus,
                  parse_folds(args.folds or default_folds, corpus.fold_ids()))
 
@@ -124,6 +118,8 @@ def finetune_command(run: RunConfig) -> str:
     cmd = [sys.executable, str(REPO_ROOT / "experiment" / "finetune_single_thread.py")]
     cmd += [f"--{f} {getattr(run, f)}" for f in flags]
     cmd += [f"--{f}" for f in ("random_init", "tiny") if getattr(run, f)]
+    if run.protocol != RunConfig.protocol:
+        cmd.append(f"--protocol {run.protocol}")
     if run.config:
         cmd.append(f"--config {shlex.quote(str(run.config))}")
     return " ".join(cmd)

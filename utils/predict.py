@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from model.backbones import MIN_SAMPLES
 from utils.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
@@ -30,6 +31,7 @@ from utils.pipeline import load_trained, resolve_device
 from utils.run import RunConfig
 
 log = logging.getLogger("trust-ser")
+FILES_IN_MEMORY = 1024
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus", ".w64", ".caf"}
 
 
@@ -108,17 +110,23 @@ class EmotionRecognizer:
         return hidden.float(), mask
 
     def classify_files(self, paths: list[Path], skip: list[str] | None = None) -> tuple[list[Path], torch.Tensor]:
-        """Probabilities of the readable files; unreadable ones are named in `skip` (and logged)."""
-        clips, kept = [], []
-        for path in paths:
-            try:
-                clips.append(load_clip(path, self.run.audio_duration))
-                kept.append(path)
-            except BadAudioError as err:
-                log.warning(f"skipping: {err}")
-                if skip is not None:
-                    skip.append(str(err))
-        return kept, self.probabilities(clips) if clips else torch.zeros(0, len(self.class_names))
+        """Probabilities of the readable files; unreadable ones are named in `skip` (and logged). Files are read
+        FILES_IN_MEMORY at a time, so any number of them fits in memory."""
+        kept, probs = [], [torch.zeros(0, len(self.class_names))]
+        for start in tqdm(range(0, len(paths), FILES_IN_MEMORY), desc="predict", unit="chunk",
+                          disable=len(paths) <= FILES_IN_MEMORY):
+            clips = []
+            for path in paths[start:start + FILES_IN_MEMORY]:
+                try:
+                    clips.append(load_clip(path, self.run.audio_duration))
+                    kept.append(path)
+                except BadAudioError as err:
+                    log.warning(f"skipping: {err}")
+                    if skip is not None:
+                        skip.append(str(err))
+            if clips:
+                probs.append(self.probabilities(clips))
+        return kept, torch.cat(probs)
 
 
 def write_predictions_csv(path: Path, files: list[Path], probs: torch.Tensor, class_names: list[str]) -> None:

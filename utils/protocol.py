@@ -105,7 +105,7 @@ class TrainModeFeatures:
         kept = self.eval_source.prepare(utts)
         return self.front_ends.prepare(kept) if self.front_ends else kept
 
-    def __getattr__(self, name):     # prepare, length, stats, disk_bytes...: the eval source's
+    def __getattr__(self, name):     # length, stats, disk_bytes, cache_root...: the eval source's
         if name == "eval_source":
             raise AttributeError(name)
         return getattr(self.eval_source, name)

@@ -1,10 +1,14 @@
 """Pretrained speech backbones (`--pretrain_model`): one registry (BACKBONES), one module per family
 (wav2vec2.py, whisper.py, apc.py, tera.py; base.py holds the shared Backbone class, hf.py Hugging Face loading).
 
+Besides the 7 built-in names, `--pretrain_model` takes a Hugging Face hub id or model folder of the wav2vec2,
+HuBERT, WavLM, data2vec-audio or Whisper families; its config.json gives the family and sizes (backbone_spec).
+
 Every backbone maps a zero-padded 16 kHz batch to the hidden states of all its layers, [L, B, F, D], in the
-original's layout: WavLM / wav2vec 2.0 / Whisper give their transformer layers' outputs (the embedding output is
-dropped; Whisper's last one is after the encoder's final layer norm, as Hugging Face reports it), APC / TERA give
-s3prl's `hidden_states` (TERA's start with its input embedding).
+original's layout: the Hugging Face families give their transformer layers' outputs (the embedding output is
+dropped; the last one is after the encoder's final layer norm where there is one after the layers — Whisper,
+stable-layer-norm models — as Hugging Face's last_hidden_state), APC / TERA give s3prl's `hidden_states` (TERA's
+start with its input embedding).
 
 Padding never changes a clip's hidden states: each clip's front end (log-mel, fbank, or the CNN encoder whose
 GroupNorm normalises over time) runs on the clip alone, and the layers mask padded frames as keys. Padded frames
@@ -16,18 +20,18 @@ from pathlib import Path
 
 import torch
 
-from model.backbones.apc import APC_360HR, APCBackbone, APC_URL, TINY_APC
+from model.backbones.apc import APC_360HR, APC_URL, TINY_APC, APCBackbone
 from model.backbones.base import (FINETUNE_MODES, MIN_SAMPLES, RANDOM_SEED, SAMPLE_RATE, Backbone, BackboneSpec,
                                   file_identity)
-from model.backbones.tera import TERABackbone, TERA_URL, tera_config
 from model.backbones.hf import HUB_ID, hf_config
+from model.backbones.tera import TERA_URL, TERABackbone, tera_config
 from model.backbones.wav2vec2 import (TINY_SSL, WAV2VEC2_BASE_960H, WAVLM_BASE_PLUS, Data2VecAudioBackbone,
                                       HubertBackbone, Wav2Vec2StyleBackbone, WavLMBackbone)
 from model.backbones.whisper import TINY_WHISPER, WhisperBackbone, whisper_config
 from utils.errors import TrustSerError
 
 __all__ = ["BACKBONES", "FINETUNE_MODES", "MIN_SAMPLES", "SAMPLE_RATE", "Backbone", "BackboneSpec", "backbone_spec",
-           "build_backbone"]
+           "build_backbone", "check_backbone_name"]
 
 BACKBONES: dict[str, BackboneSpec] = {
     "apc": BackboneSpec("apc", APC_URL, 512, 3, APC_360HR, TINY_APC),
@@ -38,7 +42,8 @@ BACKBONES: dict[str, BackboneSpec] = {
                                {**TINY_SSL, "layerdrop": 0.1}),
     "whisper_tiny": BackboneSpec("whisper", "openai/whisper-tiny", 384, 4, whisper_config(384, 4, 6), TINY_WHISPER),
     "whisper_base": BackboneSpec("whisper", "openai/whisper-base", 512, 6, whisper_config(512, 6, 8), TINY_WHISPER),
-    "whisper_small": BackboneSpec("whisper", "openai/whisper-small", 768, 12, whisper_config(768, 12, 12), TINY_WHISPER),
+    "whisper_small": BackboneSpec("whisper", "openai/whisper-small", 768, 12, whisper_config(768, 12, 12),
+                                  TINY_WHISPER),
 }
 
 
@@ -46,6 +51,14 @@ BACKBONES: dict[str, BackboneSpec] = {
 HF_FAMILIES: dict[str, type] = {"wav2vec2": Wav2Vec2StyleBackbone, "wavlm": WavLMBackbone, "hubert": HubertBackbone,
                                 "data2vec-audio": Data2VecAudioBackbone, "whisper": WhisperBackbone}
 _FAMILIES: dict[str, type] = {**HF_FAMILIES, "apc": APCBackbone, "tera": TERABackbone}
+
+
+def check_backbone_name(name: str, pretrain_path: str | None = None) -> None:
+    """A built-in name, a supported model folder, or a hub id (its config.json is read when the backbone is
+    built, so that aggregating results needs no network)."""
+    if name in BACKBONES or (HUB_ID.match(name) and not Path(name).exists() and not pretrain_path):
+        return
+    backbone_spec(name, pretrain_path)
 
 
 def backbone_spec(name: str, pretrain_path: str | None = None) -> BackboneSpec:

@@ -13,11 +13,11 @@ from utils.errors import TrustSerError
 # s3prl's pretraining configs (pretrain/apc/config_model.yaml; tera logMelBase-T-F-M with the "drop1" dropout).
 _APC_AUDIO = {"feat_type": "fbank", "feat_dim": 80, "frame_length": 25, "frame_shift": 10, "decode_wav": False}
 APC_360HR = {"model": {"paras": {"num_layers": 3, "hidden_size": 512, "dropout": 0.1, "residual": True}},
-             "data": {"audio": _APC_AUDIO}}
+            "data": {"audio": _APC_AUDIO}}
 
 APC_URL = "https://huggingface.co/leo19941227/apc_series/resolve/main/apc_360hr.ckpt"
 TINY_APC = {"model": {"paras": {"num_layers": 3, "hidden_size": 32, "dropout": 0.1, "residual": True}},
-             "data": {"audio": _APC_AUDIO}}
+            "data": {"audio": _APC_AUDIO}}
 
 
 class APCBackbone(Backbone):

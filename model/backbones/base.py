@@ -213,8 +213,9 @@ _HUB_OFFLINE: bool | None = None
 def hub_failure(name: str, source: str, err: Exception) -> str:
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     offline = " (the hub is unreachable or HF_HUB_OFFLINE=1, and no cached copy)" if hub_offline() else ""
-    return (f"cannot fetch the {name} weights from {source}{offline} ({type(err).__name__}: {reason}); real weights need "
-            f"network access to the hub, or --pretrain_path to a local copy, or --random_init for random weights")
+    return (f"cannot fetch the {name} weights from {source}{offline} ({type(err).__name__}: {reason}); real "
+            f"weights need network access to the hub, or --pretrain_path to a local copy, or --random_init for "
+            f"random weights")
 
 
 def read_s3prl_checkpoint(path: Path, name: str) -> dict:

@@ -19,9 +19,9 @@ _BASE_TRANSFORMER = dict(hidden_size=768, num_hidden_layers=12, num_attention_he
                          layer_norm_eps=1e-5, hidden_dropout=0.1, attention_dropout=0.1, feat_proj_dropout=0.1,
                          mask_time_prob=0.05)
 TINY_SSL = dict(conv_dim=(16,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
-                 conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False, num_conv_pos_embeddings=16,
-                 num_conv_pos_embedding_groups=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64)
+                conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False, num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64)
 
 WAV2VEC2_BASE_960H = {**_CNN_ENCODER, **_BASE_TRANSFORMER, "activation_dropout": 0.1, "layerdrop": 0.1, "vocab_size": 32}
 WAVLM_BASE_PLUS = {**_CNN_ENCODER, **_BASE_TRANSFORMER, "activation_dropout": 0.0, "layerdrop": 0.05,
