@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from utils.progress import progress
+
 
 def count_flops(module: nn.Module, example_inputs: tuple) -> int:
     """Total FLOPs of module(*example_inputs), run once without gradients."""
@@ -33,7 +35,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
-                    device: str | torch.device = "cpu") -> dict[str, float]:
+                    device: str | torch.device = "cpu", desc: str = "latency") -> dict[str, float]:
     """Seconds per call of fn() after `warmup` untimed calls; waits for the GPU when device is cuda."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -42,7 +44,7 @@ def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
         fn()
     _synchronize(device)
     times = []
-    for _ in range(repeats):
+    for _ in progress(range(repeats), desc=desc):
         start = time.perf_counter()
         fn()
         _synchronize(device)
