@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from synthetic_project import make_project, run_script
 from utils.fairness import fairness_report
@@ -128,6 +129,40 @@ def test_privacy_trains_a_gender_head_on_fold_1(project):
     preds = pd.read_csv(out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
     assert set(preds.label) == {0, 1} and list(preds.columns[-2:]) == ["prob_female", "prob_male"]
     assert 0.0 <= results["average"]["uar"] <= 100.0
+    assert results["1"]["collapsed"] is (preds.prediction.nunique() == 1)
+    assert results["meta"]["collapsed"] is results["1"]["collapsed"]
+    probe = results["1"]["linear_probe"]
+    assert probe["num_utterances"] == 400 and probe["n_splits"] == 5         # every utterance of fold 1's split file
+    assert results["average"]["linear_probe"]["uar"] == probe["uar"]
+    assert probe["uar"] == pytest.approx(direct_linear_probe(config), rel=1e-5)
+
+
+def direct_linear_probe(config) -> float:
+    """The linear probe recomputed here: the emotion head's pooled embeddings, scikit-learn, speaker-grouped CV."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from utils.data import load_fold
+    from utils.paths import finetune_dir
+    from utils.pipeline import load_trained, make_source
+    from utils.privacy import pooled_embeddings
+    from utils.run import RunConfig
+
+    project = str(config.parent / "project")
+    run = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, tiny=True, learning_rate=0.005,
+                    num_epochs=1, conv_layers=2, pooling="mean", hidden_size=32, batch_size=8, device="cpu")
+    backbone, head = load_trained(run, finetune_dir(project, run), 1, torch.device("cpu"), 4)
+    source = make_source(run, backbone, torch.device("cpu"), project, grad_backbone=False)
+    utts = [u for split in load_fold(project, "demo", 1).values() for u in source.prepare(split)]
+    x = pooled_embeddings(head, source, utts, 32)
+    y = np.array([u.gender == "M" for u in utts], dtype=int)
+    groups = np.array([u.speaker for u in utts])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    return 100 * balanced_accuracy_score(y, cross_val_predict(model, x, y, groups=groups,
+                                                              cv=StratifiedGroupKFold(n_splits=5)))
 
 
 def test_sustainability_counts_flops_params_and_latency(project):
