@@ -9,12 +9,15 @@ import torch
 from synthetic_project import make_project, run_script
 from utils.fairness import fairness_report
 from utils.metrics import classification_scores
+from utils.run import RunConfig
 
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
          "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
          "--conv_layers", "2", "--pooling", "mean", "--hidden_size", "32", "--batch_size", "8"]
 RUN = "lr0005_ep1_cnn_conv2_hid32_mean_frozen_randinit"
 N_TEST = 80    # 2 test speakers x 4 emotions x 10 utterances
+RUN_CONFIG = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, tiny=True, learning_rate=0.005,
+                       num_epochs=1, conv_layers=2, pooling="mean", hidden_size=32, batch_size=8, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +67,32 @@ def test_original_readme_command_parses_and_explains_what_is_missing(tmp_path):
     assert "iemocap_fold1.json not found" in proc.stderr and "train_split_gen" in proc.stderr
 
 
-def test_fairness_matches_the_saved_predictions(project):
+def model_predictions(config, fold: int) -> pd.DataFrame:
+    """The trained model's test predictions recomputed here from its checkpoint (the path fairness no longer takes)."""
+    from utils.data import load_fold
+    from utils.paths import finetune_dir
+    from utils.pipeline import load_trained, make_source
+    from utils.training import evaluate
+
+    project = str(config.parent / "project")
+    backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), fold, torch.device("cpu"), 4)
+    source = make_source(RUN_CONFIG, backbone, torch.device("cpu"), project, grad_backbone=False)
+    test = source.prepare(load_fold(project, "demo", fold)["test"])
+    result = evaluate(head, backbone, source, test, 32, 4)
+    return pd.DataFrame({"key": [u.key for u in test], "speaker": [u.speaker for u in test],
+                         "gender": [u.gender for u in test], "label": [u.label for u in test],
+                         "prediction": result.predictions})
+
+
+def test_fairness_from_the_saved_predictions_equals_the_model_path(project):
     config, out = project
     run_script("trustworthy/fairness/fairness_evaluation.py", *_flags(config), "--bootstrap", "50")
     results = json.loads((out / "fairness" / "demo" / "apc" / RUN / "results.json").read_text())
     for fold in ("1", "3"):
-        preds = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / f"fold_{fold}_test_predictions.csv",
+        preds = model_predictions(config, int(fold))
+        saved = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / f"fold_{fold}_test_predictions.csv",
                             dtype={"speaker": str, "gender": str})
+        assert sorted(zip(preds.key, preds.prediction)) == sorted(zip(saved.key, saved.prediction))
         for attr in ("speaker", "gender"):
             expected = fairness_report(preds.label, preds.prediction, preds[attr], n_bootstrap=0, seed=0)
             got = results[fold][attr]
@@ -149,13 +171,10 @@ def direct_linear_probe(config) -> float:
     from utils.paths import finetune_dir
     from utils.pipeline import load_trained, make_source
     from utils.privacy import pooled_embeddings
-    from utils.run import RunConfig
 
     project = str(config.parent / "project")
-    run = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, tiny=True, learning_rate=0.005,
-                    num_epochs=1, conv_layers=2, pooling="mean", hidden_size=32, batch_size=8, device="cpu")
-    backbone, head = load_trained(run, finetune_dir(project, run), 1, torch.device("cpu"), 4)
-    source = make_source(run, backbone, torch.device("cpu"), project, grad_backbone=False)
+    backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), 1, torch.device("cpu"), 4)
+    source = make_source(RUN_CONFIG, backbone, torch.device("cpu"), project, grad_backbone=False)
     utts = [u for split in load_fold(project, "demo", 1).values() for u in source.prepare(split)]
     x = pooled_embeddings(head, source, utts, 32)
     y = np.array([u.gender == "M" for u in utts], dtype=int)
@@ -194,4 +213,9 @@ def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_comman
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert "\n" not in line and "hid64" in line and "fold_1.pt not found" in line
+    assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
+    proc = run_script("trustworthy/fairness/fairness_evaluation.py", *flags, check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line and "fold 1 of" in line and "hid64" in line and "fold_1_test_predictions.csv" in line
     assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
