@@ -39,11 +39,15 @@ class CNNSelfAttention(nn.Module):
         self.weights = nn.Parameter(torch.zeros(num_enc_layers))
         self.out_layer = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, output_class_num))
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """features [L, B, F, D] (or [B, F, D]), mask [B, F] (True = real frame) -> logits [B, C]."""
+    def embed(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The pooled utterance vector the classifier sees: features [L, B, F, D] (or [B, F, D]), mask [B, F]
+        (True = real frame) -> [B, hidden_dim]."""
         if features.dim() == 4:
             w = F.softmax(self.weights, dim=-1).to(features.dtype)
             features = torch.einsum("l,lbfd->bfd", w, features)
         x = self.model_seq(features.transpose(1, 2)).transpose(1, 2)
-        pooled = self.pooling(x, mask) if self.pooling_method == "att" else masked_mean(x, mask)
-        return self.out_layer(pooled)
+        return self.pooling(x, mask) if self.pooling_method == "att" else masked_mean(x, mask)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """features [L, B, F, D] (or [B, F, D]), mask [B, F] (True = real frame) -> logits [B, C]."""
+        return self.out_layer(self.embed(features, mask))

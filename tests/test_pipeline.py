@@ -4,16 +4,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from synthetic_project import make_project, run_script
 from utils.fairness import fairness_report
 from utils.metrics import classification_scores
+from utils.run import RunConfig
 
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
          "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
          "--conv_layers", "2", "--pooling", "mean", "--hidden_size", "32", "--batch_size", "8"]
 RUN = "lr0005_ep1_cnn_conv2_hid32_mean_frozen_randinit"
 N_TEST = 80    # 2 test speakers x 4 emotions x 10 utterances
+RUN_CONFIG = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, tiny=True, learning_rate=0.005,
+                       num_epochs=1, conv_layers=2, pooling="mean", hidden_size=32, batch_size=8, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +44,13 @@ def test_five_fold_finetune_writes_everything_and_beats_chance(project):
         assert list(preds.columns[:5]) == ["key", "speaker", "gender", "label", "prediction"]
         np.testing.assert_allclose(preds.filter(like="prob_").sum(axis=1), 1.0, atol=1e-4)
         assert best["uar"] == pytest.approx(100 * np.mean([(preds.prediction[preds.label == c] == c).mean()
-                                                           for c in range(4)]), abs=1e-6)
+                                                           for c in range(4)]), rel=1e-5)
     results = json.loads((run_dir / "results.json").read_text())
     assert sorted(k for k in results if k.isdigit()) == ["1", "2", "3", "4", "5"]
     uar = results["average"]["uar"]
     print(f"1-epoch 5-fold test UAR with a random-init tiny APC backbone: {uar:.1f}% (chance 25%)")
     assert uar > 35.0
-    assert results["std"]["uar"] == pytest.approx(np.std([results[str(f)]["uar"] for f in range(1, 6)]))
+    assert results["std"]["uar"] == pytest.approx(np.std([results[str(f)]["uar"] for f in range(1, 6)]), rel=1e-5)
     assert results["1"]["weights"] == "random:apc:tiny:seed0"
 
 
@@ -63,23 +67,42 @@ def test_original_readme_command_parses_and_explains_what_is_missing(tmp_path):
     assert "iemocap_fold1.json not found" in proc.stderr and "train_split_gen" in proc.stderr
 
 
-def test_fairness_matches_the_saved_predictions(project):
+def model_predictions(config, fold: int) -> pd.DataFrame:
+    """The trained model's test predictions recomputed here from its checkpoint (the path fairness no longer takes)."""
+    from utils.data import load_fold
+    from utils.paths import finetune_dir
+    from utils.pipeline import load_trained, make_source
+    from utils.training import evaluate
+
+    project = str(config.parent / "project")
+    backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), fold, torch.device("cpu"), 4)
+    source = make_source(RUN_CONFIG, backbone, torch.device("cpu"), project, grad_backbone=False)
+    test = source.prepare(load_fold(project, "demo", fold)["test"])
+    result = evaluate(head, backbone, source, test, 32, 4)
+    return pd.DataFrame({"key": [u.key for u in test], "speaker": [u.speaker for u in test],
+                         "gender": [u.gender for u in test], "label": [u.label for u in test],
+                         "prediction": result.predictions})
+
+
+def test_fairness_from_the_saved_predictions_equals_the_model_path(project):
     config, out = project
     run_script("trustworthy/fairness/fairness_evaluation.py", *_flags(config), "--bootstrap", "50")
     results = json.loads((out / "fairness" / "demo" / "apc" / RUN / "results.json").read_text())
     for fold in ("1", "3"):
-        preds = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / f"fold_{fold}_test_predictions.csv",
+        preds = model_predictions(config, int(fold))
+        saved = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / f"fold_{fold}_test_predictions.csv",
                             dtype={"speaker": str, "gender": str})
+        assert sorted(zip(preds.key, preds.prediction)) == sorted(zip(saved.key, saved.prediction))
         for attr in ("speaker", "gender"):
             expected = fairness_report(preds.label, preds.prediction, preds[attr], n_bootstrap=0, seed=0)
             got = results[fold][attr]
             for metric in ("statistical_parity", "equality_of_opportunity", "demographic_parity"):
-                assert got[metric] == pytest.approx(expected[metric], abs=1e-9)
+                assert got[metric] == pytest.approx(expected[metric], rel=1e-5, abs=1e-9)
                 assert 0.0 <= got[metric] <= 1.0
             low, high = got["ci95"]["statistical_parity"]
             assert low <= high
     assert results["average"]["gender"]["statistical_parity"] == pytest.approx(
-        np.mean([results[str(f)]["gender"]["statistical_parity"] for f in range(1, 6)]))
+        np.mean([results[str(f)]["gender"]["statistical_parity"] for f in range(1, 6)]), rel=1e-5)
 
 
 def test_fgsm_hits_the_snr_and_a_strong_attack_beats_a_weak_one(project):
@@ -110,7 +133,7 @@ def test_fgsm_attacks_what_the_finetuned_model_got_right_and_fp32_agrees_on_cpu(
     cached, live = runs[""]["1"], runs["--fp32 --overwrite"]["1"]
     assert cached["num_attacked"] == int((preds.label == preds.prediction).sum()) > 0
     assert cached["clean_uar"] == pytest.approx(
-        classification_scores(preds.label.to_numpy(), preds.prediction.to_numpy(), 4)["uar"])
+        classification_scores(preds.label.to_numpy(), preds.prediction.to_numpy(), 4)["uar"], rel=1e-5)
     assert (live["num_attacked"], live["num_flipped"]) == (cached["num_attacked"], cached["num_flipped"])
     assert runs["--fp32 --overwrite"]["meta"]["attack"]["precision"] == "fp32"
 
@@ -128,6 +151,37 @@ def test_privacy_trains_a_gender_head_on_fold_1(project):
     preds = pd.read_csv(out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
     assert set(preds.label) == {0, 1} and list(preds.columns[-2:]) == ["prob_female", "prob_male"]
     assert 0.0 <= results["average"]["uar"] <= 100.0
+    assert results["1"]["collapsed"] is (preds.prediction.nunique() == 1)
+    assert results["meta"]["collapsed"] is results["1"]["collapsed"]
+    probe = results["1"]["linear_probe"]
+    assert probe["num_utterances"] == 400 and probe["n_splits"] == 5         # every utterance of fold 1's split file
+    assert results["average"]["linear_probe"]["uar"] == probe["uar"]
+    assert probe["uar"] == pytest.approx(direct_linear_probe(config), rel=1e-5)
+
+
+def direct_linear_probe(config) -> float:
+    """The linear probe recomputed here: the emotion head's pooled embeddings, scikit-learn, speaker-grouped CV."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from utils.data import load_fold
+    from utils.paths import finetune_dir
+    from utils.pipeline import load_trained, make_source
+    from utils.privacy import pooled_embeddings
+
+    project = str(config.parent / "project")
+    backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), 1, torch.device("cpu"), 4)
+    source = make_source(RUN_CONFIG, backbone, torch.device("cpu"), project, grad_backbone=False)
+    utts = [u for split in load_fold(project, "demo", 1).values() for u in source.prepare(split)]
+    x = pooled_embeddings(head, source, utts, 32)
+    y = np.array([u.gender == "M" for u in utts], dtype=int)
+    groups = np.array([u.speaker for u in utts])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    return 100 * balanced_accuracy_score(y, cross_val_predict(model, x, y, groups=groups,
+                                                              cv=StratifiedGroupKFold(n_splits=5)))
 
 
 def test_sustainability_counts_flops_params_and_latency(project):
@@ -136,7 +190,7 @@ def test_sustainability_counts_flops_params_and_latency(project):
                "--throughput_batch", "2")
     report = json.loads((out / "flops" / "demo" / "apc" / RUN / "gflops.json").read_text())
     assert report["gflops"] > report["backbone_gflops"] > 0 and report["head_gflops"] > 0
-    assert report["gflops"] == pytest.approx(report["backbone_gflops"] + report["head_gflops"])
+    assert report["gflops"] == pytest.approx(report["backbone_gflops"] + report["head_gflops"], rel=1e-5)
     assert report["params_total"] == report["params_backbone"] + report["params_head"]
     assert report["params_trainable"] == report["params_head"]            # frozen backbone
     assert report["latency_ms_median"] > 0 and report["throughput_audio_seconds_per_second"] > 0
@@ -159,4 +213,9 @@ def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_comman
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert "\n" not in line and "hid64" in line and "fold_1.pt not found" in line
+    assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
+    proc = run_script("trustworthy/fairness/fairness_evaluation.py", *flags, check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line and "fold 1 of" in line and "hid64" in line and "fold_1_test_predictions.csv" in line
     assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line

@@ -146,7 +146,7 @@ def test_parallel_folds_then_skip_aggregate_only_and_overwrite(base, reference, 
         assert proc.wait(timeout=600) == 0, (tmp_path / f"fold{f}.log").read_text()[-2000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["meta"]["folds_done"] == [1, 2] and results["meta"]["folds_missing"] == [3, 4, 5]
-    assert results["average"]["uar"] == pytest.approx((results["1"]["uar"] + results["2"]["uar"]) / 2)
+    assert results["average"]["uar"] == pytest.approx((results["1"]["uar"] + results["2"]["uar"]) / 2, rel=1e-5)
     # one process per fold, at the same time, gives exactly what one process for both folds gave
     assert (run_dir / "results.json").read_bytes() == (reference / "results.json").read_bytes()
     assert outputs(run_dir, 1) == outputs(reference, 1) and outputs(run_dir, 2) == outputs(reference, 2)
@@ -333,7 +333,10 @@ def test_audio_cut_off_inside_its_data_is_reported(tmp_path):
 
 
 def _write_split(project: Path, train: list, dev: list, test: list) -> None:
+    """A split file, and a preprocessed audio folder that is not empty."""
     entry = lambda i, label: [f"u{i}", "spk", "F", f"/corpus/u{i}.wav", label]    # noqa: E731
+    audio_dir(project, "demo").mkdir(parents=True)
+    (audio_dir(project, "demo") / "u0.wav").touch()
     write_json(split_path(project, "demo", 1), {"train": [entry(i, lab) for i, lab in enumerate(train)],
                                                 "dev": [entry(100 + i, lab) for i, lab in enumerate(dev)],
                                                 "test": [entry(200 + i, lab) for i, lab in enumerate(test)]})
@@ -345,10 +348,21 @@ def test_labels_outside_the_emotions_are_dropped_and_counted(tmp_path, caplog):
         fold = load_fold(tmp_path, "demo", 1)
     assert [len(fold[s]) for s in ("train", "dev", "test")] == [2, 1, 1]
     assert [u.label for u in fold["train"]] == [0, 1]
-    train_log = next(r.getMessage() for r in caplog.records if "fold 1 train" in r.getMessage())
-    assert "dropped 3 with other labels ({'fea': 2, 'dis': 1})" in train_log
-    test_log = next(r.getMessage() for r in caplog.records if "fold 1 test" in r.getMessage())
-    assert "dropped 1 with other labels" in test_log
+    lines = [r.getMessage() for r in caplog.records if "demo_fold1.json" in r.getMessage()]
+    assert lines == ["demo_fold1.json: train 2, dev 1, test 1 utterances; "
+                     "dropped 4 with other labels ({'fea': 2, 'dis': 1, 'xxx': 1})"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="trust-ser"):
+        load_fold(tmp_path, "demo", 1)
+    assert not [r for r in caplog.records if "demo_fold1.json" in r.getMessage()]     # once per process
+
+
+def test_a_stage_before_preprocessing_names_the_preprocessing_command(tmp_path):
+    _write_split(tmp_path, ["neu"], ["ang"], ["hap"])
+    (audio_dir(tmp_path, "demo") / "u0.wav").unlink()
+    with pytest.raises(TrustSerError, match="no preprocessed audio in .*; run first: "
+                                            "python3 preprocess_audio/preprocess_audio.py --dataset demo"):
+        load_fold(tmp_path, "demo", 1)
 
 
 @pytest.mark.parametrize("empty", ["train", "dev", "test"])

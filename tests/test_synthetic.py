@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from utils.errors import TrustSerError  # noqa: E402
 from utils.io import read_json  # noqa: E402
-from utils.synthetic import EMOTIONS, make_corpus  # noqa: E402
+from utils.synthetic import EMOTIONS, make_corpus, make_speaker  # noqa: E402
 
 SPLIT_SCRIPT = REPO / "train_split_gen" / "demo.py"
 
@@ -44,13 +44,14 @@ def f0_estimate(path: Path) -> float:
     return sr / (low + int(np.argmax(corr[low:high])))
 
 
-def leave_one_speaker_out_accuracy(x: np.ndarray, labels: np.ndarray, speakers: np.ndarray) -> float:
+def leave_one_speaker_out_accuracy(x: np.ndarray, labels: np.ndarray, speakers: np.ndarray,
+                                   n_classes: int = len(EMOTIONS)) -> float:
     """Nearest class centroid on z-scored features, trained on the other speakers."""
     correct = 0
     for speaker in np.unique(speakers):
         train = speakers != speaker
         z = (x - x[train].mean(0)) / x[train].std(0)
-        centroids = np.stack([z[train & (labels == c)].mean(0) for c in range(len(EMOTIONS))])
+        centroids = np.stack([z[train & (labels == c)].mean(0) for c in range(n_classes)])
         predicted = np.argmin(((z[~train][:, None] - centroids[None]) ** 2).sum(-1), axis=1)
         correct += int((predicted == labels[~train]).sum())
     return correct / len(labels)
@@ -59,14 +60,14 @@ def leave_one_speaker_out_accuracy(x: np.ndarray, labels: np.ndarray, speakers: 
 def test_layout_balance_size_and_speed(corpus):
     root, seconds = corpus
     files = sorted(root.glob("*/*.wav"))
-    assert len(files) == 10 * 4 * 4
+    assert len(files) == 24 * 4 * 2
     assert (root / "speakers.csv").read_text().splitlines()[:3] == ["speaker,gender", "spk01,F", "spk02,M"]
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
-    assert folders == [f"spk{i:02d}_{'F' if i % 2 else 'M'}" for i in range(1, 11)]
-    assert sum(p.name.endswith("_F") for p in root.iterdir()) == 5
+    assert folders == [f"spk{i:02d}_{'F' if i % 2 else 'M'}" for i in range(1, 25)]
+    assert sum(p.name.endswith("_F") for p in root.iterdir()) == 12
     for emotion in EMOTIONS:
-        assert len(list(root.glob(f"spk03_F/spk03_{emotion}_*.wav"))) == 4
-    assert sum(p.stat().st_size for p in files) < 10 * 2 ** 20
+        assert len(list(root.glob(f"spk03_F/spk03_{emotion}_*.wav"))) == 2
+    assert sum(p.stat().st_size for p in files) < 12 * 2 ** 20
     durations = [sf.info(str(p)).duration for p in files]
     assert 1.0 <= min(durations) and max(durations) <= 3.0 and np.std(durations) > 0.2
     assert {(i.samplerate, i.channels, i.subtype) for i in map(sf.info, map(str, files))} == {(16000, 1, "PCM_16")}
@@ -88,21 +89,24 @@ def test_other_sample_rate(tmp_path):
     assert {sf.info(str(p)).samplerate for p in root.glob("*/*.wav")} == {22050}
 
 
-def test_female_speakers_have_higher_pitch(corpus):
+def test_female_speakers_have_about_1_7_times_the_male_pitch(corpus):
     root, _ = corpus
     f0 = {g: np.median([f0_estimate(p) for p in root.glob(f"*_{g}/*_neu_*.wav")]) for g in "FM"}
-    assert 180 < f0["F"] < 230 and 95 < f0["M"] < 130
+    assert 185 < f0["F"] < 225 and 105 < f0["M"] < 135
+    assert 1.55 < f0["F"] / f0["M"] < 1.85
 
 
-def test_emotions_separable_across_speakers(corpus):
+def test_female_formants_are_higher_and_gender_is_told_apart_across_speakers(corpus):
+    speakers = [make_speaker(i, seed=0) for i in range(1, 25)]
+    formants = {g: np.mean([s.formants for s in speakers if s.gender == g], axis=0) for g in "FM"}
+    np.testing.assert_allclose(formants["F"] / formants["M"], 1.17, rtol=0.04)
     root, _ = corpus
-    files = sorted(root.glob("*/*.wav"))
-    x = np.array([features(p) for p in files])
-    labels = np.array([EMOTIONS.index(p.stem.split("_")[1]) for p in files])
-    speakers = np.array([p.parent.name for p in files])
-    assert leave_one_speaker_out_accuracy(x, labels, speakers) > 0.9  # chance: 0.25
-    # without the level (a backbone may normalise it away) the spectrum alone still separates them
-    assert leave_one_speaker_out_accuracy(x[:, 1:], labels, speakers) > 0.7
+    for emotion in EMOTIONS:      # emotions move F0 too (sad lower, angry higher): gender is told apart within each
+        files = sorted(root.glob(f"*/*_{emotion}_*.wav"))
+        x = np.array([[np.log(f0_estimate(p))] for p in files])
+        gender = np.array([int(p.parent.name.endswith("_M")) for p in files])
+        groups = np.array([p.parent.name for p in files])
+        assert leave_one_speaker_out_accuracy(x, gender, groups, n_classes=2) > 0.9, emotion
 
 
 def run_split(config: Path, *flags: str) -> subprocess.CompletedProcess:
@@ -116,7 +120,7 @@ def test_split_script_generates_and_splits_by_speaker(tmp_path, corpus):
     result = run_split(config, "--generate")
     assert result.returncode == 0, result.stderr
     assert "generating the synthetic corpus" in result.stderr
-    assert "fold 5: train 96 files (6 speakers), dev 32 files (2 speakers), test 32 files (2 speakers)" in result.stderr
+    assert "fold 5: train 128 files (16 speakers), dev 32 files (4 speakers), test 32 files (4 speakers)" in result.stderr
     generated = tmp_path / "data" / "spk07_F" / "spk07_hap_2.wav"
     assert generated.read_bytes() == (corpus[0] / "spk07_F" / "spk07_hap_2.wav").read_bytes()
 
@@ -124,15 +128,15 @@ def test_split_script_generates_and_splits_by_speaker(tmp_path, corpus):
     for fold in range(1, 6):
         split = read_json(tmp_path / "out" / "train_split" / f"demo_fold{fold}.json")
         speakers = {name: sorted({e[1] for e in split[name]}) for name in ("train", "dev", "test")}
-        assert speakers["test"] == [f"demo_spk{2 * fold - 1:02d}", f"demo_spk{2 * fold:02d}"]
-        train_and_dev = [f"demo_spk{i:02d}" for i in range(1, 11) if f"demo_spk{i:02d}" not in speakers["test"]]
-        assert speakers["train"] == train_and_dev[:6] and speakers["dev"] == train_and_dev[6:]
+        assert speakers["test"] == [f"demo_spk{i:02d}" for i in range(5 * fold - 4, min(5 * fold, 24) + 1)]
+        train_and_dev = [f"demo_spk{i:02d}" for i in range(1, 25) if f"demo_spk{i:02d}" not in speakers["test"]]
+        assert speakers["train"] == train_and_dev[:-4] and speakers["dev"] == train_and_dev[-4:]
         for entry in split["train"] + split["dev"] + split["test"]:
             key, speaker, gender, path, label = entry
             assert Path(path).is_file() and Path(path).stem == key and label in EMOTIONS
             assert gender == ("F" if int(speaker[-2:]) % 2 else "M")
         all_test += [e[0] for e in split["test"]]
-    assert len(all_test) == len(set(all_test)) == 160
+    assert len(all_test) == len(set(all_test)) == 192
 
     again = run_split(config, "--generate")
     assert again.returncode == 0 and "generating" not in again.stderr

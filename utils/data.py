@@ -32,7 +32,7 @@ def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, lis
         raise TrustSerError(f"split file {path} not found; run train_split_gen/ for {dataset} first")
     split_dict = read_json(path)
     folder = audio_dir(project_dir, dataset)
-    fold_data = {}
+    fold_data, dropped_by_split = {}, {}
     for split in SPLITS:
         entries = split_dict.get(split)
         if not isinstance(entries, list):
@@ -51,12 +51,25 @@ def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, lis
                                   str(folder / preprocessed_name(dataset, entry, split)), corpus.label_map[label]))
         if not kept:
             raise TrustSerError(f"split file {path}: fold {fold} has an empty {split} split after label mapping")
-        counts = Counter(u.label for u in kept)
-        log.info(f"{dataset} fold {fold} {split}: {len(kept)} utterances "
-                 + ", ".join(f"{corpus.class_names[c]}={counts[c]}" for c in sorted(counts))
-                 + (f"; dropped {sum(dropped.values())} with other labels ({dict(dropped)})" if dropped else ""))
-        fold_data[split] = kept
+        fold_data[split], dropped_by_split[split] = kept, dropped
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise TrustSerError(f"no preprocessed audio in {folder}; run first: "
+                            f"python3 preprocess_audio/preprocess_audio.py --dataset {dataset}")
+    _log_sizes_once(path, fold_data, dropped_by_split)
     return fold_data
+
+
+_LOGGED_SPLIT_FILES: set[Path] = set()
+
+
+def _log_sizes_once(path: Path, fold_data: dict, dropped: dict) -> None:
+    """One line per split file and process (stages read a fold's file several times)."""
+    if path in _LOGGED_SPLIT_FILES:
+        return
+    _LOGGED_SPLIT_FILES.add(path)
+    other = sum((dropped[s] for s in SPLITS), Counter())
+    log.info(f"{path.name}: " + ", ".join(f"{s} {len(fold_data[s])}" for s in SPLITS) + " utterances"
+             + (f"; dropped {sum(other.values())} with other labels ({dict(other)})" if other else ""))
 
 
 def class_weights(train: list[Utterance], num_classes: int) -> torch.Tensor:

@@ -61,6 +61,17 @@ def write_predictions(path: Path, result: EvalResult, class_names: list[str]) ->
     write_text(path, buf.getvalue())
 
 
+def read_predictions(path: Path) -> list[dict]:
+    """The rows of a predictions CSV: key, speaker, gender (str), label and prediction (int)."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        return [{"key": r["key"], "speaker": r["speaker"], "gender": r["gender"], "label": int(r["label"]),
+                 "prediction": int(r["prediction"])} for r in rows]
+    except (KeyError, TypeError, ValueError) as err:
+        raise TrustSerError(f"{path} is not a predictions file of this project ({type(err).__name__}: {err})") from None
+
+
 @dataclass(frozen=True)
 class FitSpec:
     """What a head is trained for: emotions (finetune) or speaker gender (privacy)."""

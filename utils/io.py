@@ -1,5 +1,6 @@
 """Atomic writes (temporary file + rename) and safe loading."""
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # mkstemp makes 0600; a plain open() would honour the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -25,8 +27,16 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    _atomic(Path(path), lambda f: f.write(json.dumps(obj, indent=4, default=_to_builtin).encode()))
+    """Floats rounded to 6 significant digits (NaN, inf and None kept as they are)."""
+    text = json.dumps(_rounded(obj), indent=4, default=_to_builtin)
+    _atomic(Path(path), lambda f: f.write(text.encode()))
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -60,6 +70,18 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for damaged archives
         raise TrustSerError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def _rounded(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    if hasattr(obj, "tolist"):      # numpy / torch scalars and arrays
+        return _rounded(obj.tolist())
+    return obj
 
 
 def _to_builtin(obj: Any) -> Any:

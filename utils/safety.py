@@ -16,6 +16,7 @@ from utils.data import Utterance, length_sorted_batches, pad_waveforms
 from utils.features import AudioBank, autocast_for
 from utils.metrics import classification_scores
 from utils.protocol import train_mode
+from utils.progress import progress
 from utils.training import evaluate
 
 log = logging.getLogger("trust-ser")
@@ -100,7 +101,8 @@ def _attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, attack
     candidates = [i for i in range(len(test)) if clean[i] == labels[i]]
     generator = torch.Generator(device=device).manual_seed(0)
     snrs = []
-    for idx in length_sorted_batches([len(wavs[i]) for i in candidates], attack.batch_size):
+    batches = length_sorted_batches([len(wavs[i]) for i in candidates], attack.batch_size)
+    for idx in progress(batches, desc=f"{attack.method} at {attack.snr:g} dB"):
         chosen = [candidates[i] for i in idx]
         wav, lengths = pad_waveforms([wavs[i] for i in chosen])
         wav, lengths, y = wav.to(device), lengths.to(device), labels[chosen].to(device)

@@ -30,6 +30,7 @@ def model_to_profile(run: RunConfig, run_dir: Path, fold: int, device: torch.dev
              f"of the same shape (FLOPs, parameters and latency do not depend on trained weights)")
     backbone = make_backbone(run, device).eval()
     return backbone, build_head(run, backbone, num_classes).to(device).eval(), False
+from utils.progress import progress
 
 
 def count_flops(module: nn.Module, example_inputs: tuple) -> int:
@@ -52,7 +53,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
-                    device: str | torch.device = "cpu") -> dict[str, float]:
+                    device: str | torch.device = "cpu", desc: str = "latency") -> dict[str, float]:
     """Seconds per call of fn() after `warmup` untimed calls; waits for the GPU when device is cuda."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -61,7 +62,7 @@ def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
         fn()
     _synchronize(device)
     times = []
-    for _ in range(repeats):
+    for _ in progress(range(repeats), desc=desc):
         start = time.perf_counter()
         fn()
         _synchronize(device)

@@ -10,8 +10,11 @@ clearly so on purpose (a randomly initialised backbone must still separate them)
     hap      high         bright          raised, wide       fast-ish
     ang      very high    very bright     raised, flat-ish   fast
 
+Gender is carried as in real speech: female speakers have about 1.7 times the male base F0 (about 204 vs
+120 Hz) and a shorter vocal tract, i.e. formants about 1.17 times higher; speakers vary around both.
+
 Layout: <root>/spk<NN>_<F|M>/spk<NN>_<emotion>_<k>.wav (16-bit PCM) and <root>/speakers.csv.
-Speakers alternate F, M, F, ...; female base F0 is about 200 Hz, male about 110 Hz.
+Speakers alternate F, M, F, ... (24 by default, so half of each gender).
 
 CLI: python -m utils.synthetic OUT_DIR [--speakers N] [--utts N] [--seed S] [--sr HZ]
 """
@@ -26,6 +29,9 @@ from utils.io import write_text
 
 EMOTIONS = ["neu", "sad", "ang", "hap"]
 MIN_SECONDS, MAX_SECONDS = 1.0, 2.5
+N_SPEAKERS, UTTS_PER_EMOTION = 24, 2
+MALE_F0, FEMALE_F0_RATIO = 120.0, 1.7           # Hz; adult female/male mean F0 ratio in real speech
+MALE_FORMANTS, FEMALE_FORMANT_RATIO = (600.0, 1500.0, 2600.0), 1.17   # Hz; shorter female vocal tract
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,9 @@ def make_speaker(index: int, seed: int) -> Speaker:
     """Speaker `index` (1-based): odd indices are female, even male."""
     rng = np.random.default_rng([seed, index, 0])
     gender = "F" if index % 2 else "M"
-    f0 = rng.normal(200.0, 12.0) if gender == "F" else rng.normal(110.0, 8.0)
-    vocal_tract = (1.15 if gender == "F" else 1.0) * rng.uniform(0.93, 1.07)
-    formants = tuple(vocal_tract * f for f in (600.0, 1500.0, 2600.0))
+    scale = (FEMALE_F0_RATIO, FEMALE_FORMANT_RATIO) if gender == "F" else (1.0, 1.0)
+    f0 = scale[0] * MALE_F0 * rng.normal(1.0, 0.07)
+    formants = tuple(scale[1] * rng.uniform(0.95, 1.05) * f for f in MALE_FORMANTS)
     return Speaker(f"spk{index:02d}", gender, float(f0), formants, float(rng.uniform(0.85, 1.15)))
 
 
@@ -129,8 +135,8 @@ def synthesize(speaker: Speaker, emotion: str, k: int, seed: int, sr: int = 1600
     return signal.astype(np.float32)
 
 
-def make_corpus(root: Path, n_speakers: int = 10, utts_per_emotion: int = 4, seed: int = 0,
-                sr: int = 16000) -> Path:
+def make_corpus(root: Path, n_speakers: int = N_SPEAKERS, utts_per_emotion: int = UTTS_PER_EMOTION,
+                seed: int = 0, sr: int = 16000) -> Path:
     """Write the corpus under root (files already there are overwritten) and return root."""
     root = Path(root)
     speakers = [make_speaker(i, seed) for i in range(1, n_speakers + 1)]
@@ -146,8 +152,8 @@ def make_corpus(root: Path, n_speakers: int = 10, utts_per_emotion: int = 4, see
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write the synthetic emotional speech corpus.")
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--speakers", type=int, default=10)
-    parser.add_argument("--utts", type=int, default=4, help="utterances per speaker and emotion")
+    parser.add_argument("--speakers", type=int, default=N_SPEAKERS)
+    parser.add_argument("--utts", type=int, default=UTTS_PER_EMOTION, help="utterances per speaker and emotion")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sr", type=int, default=16000, help="sample rate of the written files")
     args = parser.parse_args()

@@ -1,9 +1,10 @@
-"""Privacy: how well speaker gender can be inferred from a trained model's backbone embeddings.
+"""Privacy: how well speaker gender can be inferred from a trained emotion model.
 
-A 2-class head (the same CNN head) is trained on the backbone's hidden states (the fine-tuned backbone where
-one was saved) for 10 epochs on fold 1 by default; a higher test UAR means more gender leaks.
+The original's probe: a 2-class head (the same CNN head) trained on the backbone's hidden states (the fine-tuned
+backbone where one was saved) for 10 epochs on fold 1 by default; a fold where it predicted one class for every
+test utterance is flagged "collapsed". A linear probe: logistic regression on the emotion model's pooled embedding
+with speaker-grouped cross-validation over all utterances of the fold. A higher UAR means more gender leaks.
 """
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -11,53 +12,48 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.cli import base_parser  # noqa: E402
-from utils.data import Utterance, load_fold  # noqa: E402
-from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
-from utils.paths import finetune_dir, privacy_dir  # noqa: E402
-from utils.pipeline import (aggregate, load_trained, make_source, resolve_device, run_flags,  # noqa: E402
-                            start_stage)
+from utils.errors import run_main  # noqa: E402
+from utils.finetune import RESULT_KEYS, best_of_fold  # noqa: E402
+from utils.paths import privacy_dir  # noqa: E402
+from utils.pipeline import aggregate, resolve_device, run_flags, start_stage  # noqa: E402
+from utils.privacy import PROBE_DESCRIPTION, collapsed_folds, privacy_fold, probe_finished  # noqa: E402
 
 log = logging.getLogger("trust-ser")
-GENDER_CLASSES = ["female", "male"]
-PRIVACY_EPOCHS, PRIVACY_LR = 10, 0.0005    # fixed in the original, whatever the finetune flags
 
 
-def gender_class(gender: str) -> int | None:
-    g = gender.strip().lower()
-    return 0 if g.startswith("f") else 1 if g.startswith("m") else None
-
-
-def relabel_by_gender(utts: list[Utterance], where: str) -> list[Utterance]:
-    kept = [dataclasses.replace(u, label=gender_class(u.gender)) for u in utts if gender_class(u.gender) is not None]
-    if len({u.label for u in kept}) < 2:
-        raise TrustSerError(f"{where}: needs utterances of both genders for gender inference (this corpus has no gender labels?)")
-    return kept
+def ci_text(ci: list | None) -> str:
+    return f", 95% CI {ci[0]:.2f}-{ci[1]:.2f}" if ci else ""
 
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
+    parser.add_argument("--bootstrap", default=1000, type=int, help="speaker resamples for the linear probe's 95%% CI")
     stage = start_stage(parser, default_folds="1")
-    args, run, config, corpus, folds = stage.args, stage.run, stage.config, stage.corpus, stage.folds
-    out_dir = privacy_dir(config["project_dir"], run, args.privacy_attack)
-    if args.aggregate_only:
-        aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
-        return
-    device = resolve_device(run.device)
-    spec = FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False)
-    for fold in folds_to_train(out_dir, folds, run.overwrite):
-        backbone, _ = load_trained(run, finetune_dir(config["project_dir"], run), fold, device, corpus.num_classes)
-        backbone.set_finetune("frozen")     # the gender head probes the (fine-tuned) backbone; it is not trained
-        source = make_source(run, backbone, device, config["project_dir"], grad_backbone=False)
-        split_file = f"{run.dataset} fold {fold}"
-        data = {s: relabel_by_gender(source.prepare(u), f"{split_file} {s}")
-                for s, u in load_fold(config["project_dir"], run.dataset, fold).items()}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        train_fold(run, fold, data, backbone, source, out_dir, device, spec)
-    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
-    log.info(f"gender inference test UAR {results['average']['uar']:.2f}% (50% = nothing leaks); "
-             f"results: {out_dir / 'results.json'}")
+    args, run, corpus = stage.args, stage.run, stage.corpus
+    out_dir = privacy_dir(stage.project_dir, run, args.privacy_attack)
+    if not args.aggregate_only:
+        device = resolve_device(run.device)
+        for fold in stage.folds:
+            if probe_finished(out_dir, fold) and not run.overwrite:
+                log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
+                continue
+            best = privacy_fold(run, fold, stage.project_dir, out_dir, device, corpus.num_classes, args.bootstrap)
+            probe = best["linear_probe"]
+            log.info(f"fold {fold}: original probe test UAR {best['uar']:.2f}%"
+                     + (" (one class for every test utterance)" if best["collapsed"] else "")
+                     + (f"; linear probe UAR {probe['uar']:.2f}%{ci_text(probe['ci95'])} ({probe['n_splits']} "
+                        f"speaker-grouped folds over {probe['num_utterances']} utterances)"
+                        if probe["uar"] is not None else f"; linear probe not available ({probe['reason']})"))
+    collapsed = collapsed_folds(out_dir, corpus.fold_ids())
+    meta = {**run_flags(run), "collapsed": bool(collapsed), "collapsed_folds": collapsed,
+            "linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}
+    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS + ["linear_probe.uar"], meta, pick=best_of_fold)
+    linear = results["average"]["linear_probe"]["uar"]
+    log.info(f"gender inference test UAR (50% = nothing leaks): original probe {results['average']['uar']:.2f}%"
+             + (f" (collapsed to one class in fold {', '.join(map(str, collapsed))})" if collapsed else "")
+             + (f", linear probe {linear:.2f}%" if linear is not None else ", linear probe n/a")
+             + f"; results: {out_dir / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def main() -> None:
         result = {**attack_fold(backbone, head, test, audio, attack, device, num_classes, clean),
                   "skipped_bad_audio": len(audio.bad)}
         log.info(f"fold {fold}: {attack.method} at {attack.snr} dB flips {result['num_flipped']} of "
-                 f"{result['num_attacked']} correctly classified utterances ({result['success_rate']}%)")
+                 f"{result['num_attacked']} correctly classified utterances"
+                 + (f" ({result['success_rate']:.2f}%)" if result["success_rate"] is not None else ""))
         return result
 
     evaluate_folds(stage, out_dir, evaluate_fold)

@@ -41,8 +41,9 @@ def profile(model: Classifier, seconds: float, batch: int, repeats: int, device:
         flops = count_flops(model, one)
         hidden, _, mask = model.backbone(*one)
         head_flops = count_flops(model.head, (hidden, mask))
-        latency = measure_latency(lambda: model(*one), repeats=repeats, device=device)
-        batched = measure_latency(lambda: model(*many), repeats=repeats, device=device)
+        latency = measure_latency(lambda: model(*one), repeats=repeats, device=device, desc="latency, batch 1")
+        batched = measure_latency(lambda: model(*many), repeats=repeats, device=device,
+                                 desc=f"latency, batch {batch}")
     params = count_parameters(model.backbone, model.head)
     return {"gflops": flops / 1e9, "gmacs": flops / 2e9, "backbone_gflops": (flops - head_flops) / 1e9,
             "head_gflops": head_flops / 1e9, "params_total": params["total"], "params_trainable": params["trainable"],

@@ -1,0 +1,144 @@
+"""Privacy: how much speaker gender leaks from a trained emotion model.
+
+Two probes:
+- the original's: a 2-class CNN head trained on the backbone's hidden states (fold 1, 10 epochs, lr 5e-4, best epoch
+  by dev UAR). With a small dev set it can stop at a head that predicts one gender for everything (UAR exactly
+  50%, which reads as "nothing leaks"); such a fold is flagged "collapsed".
+- a linear probe: logistic regression on the emotion model's own pooled utterance embedding (what its classifier
+  sees), over all utterances of the fold's split file, with speaker-grouped stratified cross-validation (no speaker
+  in both the training and the held-out part), so that its UAR rests on every speaker, not on a 2-speaker dev set.
+"""
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from utils.data import SPLITS, Utterance, length_sorted_batches, load_fold
+from utils.errors import TrustSerError
+from utils.finetune import FitSpec, fold_finished, predictions_path, train_fold
+from utils.io import read_json, write_json
+from utils.paths import finetune_dir
+from utils.pipeline import load_trained, make_source
+from utils.run import RunConfig
+
+GENDER_CLASSES = ["female", "male"]
+PRIVACY_EPOCHS, PRIVACY_LR = 10, 0.0005    # the original probe's, fixed whatever the finetune flags
+MAX_SPLITS = 5
+PROBE_DESCRIPTION = {"features": "emotion head's pooled utterance embedding", "classifier":
+                     "StandardScaler + LogisticRegression(max_iter=1000)", "cv": "StratifiedGroupKFold by speaker",
+                     "ci95": "bootstrap over speakers"}
+
+
+def gender_class(gender: str) -> int | None:
+    g = gender.strip().lower()
+    return 0 if g.startswith("f") else 1 if g.startswith("m") else None
+
+
+def relabel_by_gender(utts: list[Utterance], where: str) -> list[Utterance]:
+    """The utterances of known gender, labelled 0 (female) / 1 (male)."""
+    kept = [dataclasses.replace(u, label=gender_class(u.gender)) for u in utts if gender_class(u.gender) is not None]
+    if len({u.label for u in kept}) < 2:
+        raise TrustSerError(f"{where}: needs utterances of both genders for gender inference "
+                            f"(this corpus has no gender labels?)")
+    return kept
+
+
+def collapsed(predictions_csv: Path) -> bool:
+    """Whether a probe predicted the same class for every test utterance."""
+    with predictions_csv.open(newline="") as f:
+        return len({row["prediction"] for row in csv.DictReader(f)}) == 1
+
+
+def collapsed_folds(out_dir: Path, folds: list[int]) -> list[int]:
+    """The folds whose finished fold_k.json says the original probe collapsed."""
+    paths = {f: out_dir / f"fold_{f}.json" for f in folds}
+    return [f for f, p in paths.items() if p.is_file() and (read_json(p).get("best") or {}).get("collapsed")]
+
+
+@torch.no_grad()
+def pooled_embeddings(head, source, utts: list[Utterance], batch_size: int) -> np.ndarray:
+    """head.embed of every utterance, [N, hidden], in the order of utts."""
+    head.eval()
+    out = np.zeros((len(utts), head.out_layer[0].in_features), dtype=np.float64)
+    for idx in length_sorted_batches([source.length(u) for u in utts], batch_size):
+        hidden, mask = source.batch([utts[i] for i in idx])
+        out[idx] = head.embed(hidden, mask).double().cpu().numpy()
+    return out
+
+
+def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Unweighted average recall in percent over the classes present in y_true."""
+    return 100.0 * float(np.mean([(y_pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
+
+
+def linear_probe(embeddings: np.ndarray, genders: np.ndarray, speakers: np.ndarray, n_bootstrap: int = 1000,
+                 seed: int = 0) -> dict:
+    """Out-of-fold UAR (%) of a logistic-regression gender classifier, folds grouped by speaker.
+
+    Up to 5 folds, fewer when a gender has fewer speakers; a 95% CI from resampling speakers (an utterance
+    resample would ignore that one speaker's utterances are alike). Without 2 speakers of each gender the
+    UAR is None and "reason" says why."""
+    genders, speakers = np.asarray(genders), np.asarray(speakers)
+    per_gender = [len(np.unique(speakers[genders == g])) for g in (0, 1)]
+    n_splits = min(MAX_SPLITS, *per_gender)
+    result = {"num_utterances": len(genders), "num_speakers": len(np.unique(speakers)), "n_splits": n_splits}
+    if n_splits < 2:
+        return {**result, "uar": None, "ci95": None, "n_splits": 0,
+                "reason": f"needs 2 speakers of each gender, has {per_gender[0]} female and {per_gender[1]} male"}
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    predicted = cross_val_predict(classifier, embeddings, genders, groups=speakers,
+                                  cv=StratifiedGroupKFold(n_splits=n_splits))
+    return {**result, "uar": uar(genders, predicted), "ci95": _speaker_bootstrap(genders, predicted, speakers,
+                                                                                  n_bootstrap, seed), "reason": None}
+
+
+def _speaker_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, speakers: np.ndarray, n: int,
+                       seed: int) -> list[float] | None:
+    rng = np.random.default_rng(seed)
+    names = np.unique(speakers)
+    rows = {name: np.flatnonzero(speakers == name) for name in names}
+    samples = []
+    for _ in range(n):
+        pick = np.concatenate([rows[name] for name in rng.choice(names, len(names))])
+        if len(np.unique(y_true[pick])) == 2:
+            samples.append(uar(y_true[pick], y_pred[pick]))
+    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))] if samples else None
+
+
+def gender_probe(head, source, utts: list[Utterance], batch_size: int, n_bootstrap: int, seed: int) -> dict:
+    """The linear probe on the pooled embeddings of gender-labelled utterances (label 0/1)."""
+    embeddings = pooled_embeddings(head, source, utts, batch_size)
+    return linear_probe(embeddings, np.array([u.label for u in utts]), np.array([u.speaker for u in utts]),
+                        n_bootstrap, seed)
+
+
+def probe_finished(out_dir: Path, fold: int) -> bool:
+    path = out_dir / f"fold_{fold}.json"
+    return path.is_file() and "linear_probe" in (read_json(path).get("best") or {})
+
+
+def privacy_fold(run: RunConfig, fold: int, project_dir: str, out_dir: Path, device: torch.device,
+                 num_classes: int, n_bootstrap: int) -> dict:
+    """Both probes on one fold; fold_k.json's "best" gets "collapsed" and "linear_probe" added last."""
+    backbone, emotion_head = load_trained(run, finetune_dir(project_dir, run), fold, device, num_classes)
+    backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
+    source = make_source(run, backbone, device, project_dir, grad_backbone=False)
+    where = f"{run.dataset} fold {fold}"
+    data = {s: relabel_by_gender(source.prepare(u), f"{where} {s}")
+            for s, u in load_fold(project_dir, run.dataset, fold).items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if run.overwrite or not fold_finished(out_dir, fold):
+        train_fold(run, fold, data, backbone, source, out_dir, device,
+                   FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False))
+    probe = gender_probe(emotion_head, source, [u for s in SPLITS for u in data[s]], run.eval_batch_size,
+                         n_bootstrap, seed=fold)
+    fold_json = read_json(out_dir / f"fold_{fold}.json")
+    best = {**fold_json["best"], "collapsed": collapsed(predictions_path(out_dir, fold)), "linear_probe": probe}
+    write_json(out_dir / f"fold_{fold}.json", {**fold_json, "best": best})
+    return best
