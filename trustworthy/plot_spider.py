@@ -19,7 +19,6 @@ trustworthy on every axis):
 A value outside its axis is drawn at the end it passed, hollow, with its true value. A missing result leaves
 that axis "n/a" for the run: no point, a note, no crash.
 """
-import re
 import sys
 from pathlib import Path
 
@@ -28,31 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
 from utils.datasets import get_corpus  # noqa: E402
 from utils.errors import run_main  # noqa: E402
-from utils.io import write_text  # noqa: E402
-from utils.profile import load_profiles, table_csv, table_markdown  # noqa: E402
-from utils.radar import COLORS, axis_ranges, draw_overlay, draw_single, parse_ranges  # noqa: E402
-
-
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "run"
+from utils.profile import load_profiles  # noqa: E402
+from utils.radar import axis_ranges, parse_ranges  # noqa: E402
+from utils.report import write_trust_profile  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = profile_parser("Draw trust-profile radar charts from finished runs.").parse_args(argv)
+    parser = profile_parser("Draw trust-profile radar charts from finished runs.")
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args(argv)
     variant, given_ranges = profile_variant(args), parse_ranges(args.ranges)
     profiles = load_profiles(profile_project_dir(args), args.dataset, args.runs, variant)
     for profile in profiles:
         for note in profile.notes:
             print(f"{profile.label}: n/a: {note}", file=sys.stderr)
     ranges = axis_ranges(profiles, given_ranges, get_corpus(args.dataset).num_classes, args.zoom)
-    out = Path(args.output_dir)
-    for i, profile in enumerate(profiles):
-        draw_single(profile, ranges, COLORS[i % len(COLORS)], variant, args.dataset,
-                    out / f"{_slug(profile.label)}.png")
-    draw_overlay(profiles, ranges, variant, args.dataset, out / "compare.png")
-    write_text(out / "trust_profile.csv", table_csv(profiles))
-    write_text(out / "trust_profile.md", table_markdown(profiles, ranges, variant))
-    print(f"wrote {len(profiles) + 1} charts and trust_profile.csv/.md to {out}")
+    write_trust_profile(profiles, ranges, variant, args.dataset, Path(args.output_dir))
+    print(f"wrote {len(profiles) + 1} charts and trust_profile.csv/.md to {args.output_dir}")
 
 
 if __name__ == "__main__":

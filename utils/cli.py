@@ -63,7 +63,6 @@ def profile_parser(description: str) -> argparse.ArgumentParser:
     """Flags choosing finished runs and which of their results to show (trust profile and report)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--output_dir", required=True)
     p.add_argument("--project_dir", default=None, help="default: project_dir of --config")
     p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
     p.add_argument("--runs", nargs="+", default=None, metavar="MODEL/RUN[=LABEL]",
