@@ -179,19 +179,18 @@ def test_one_run_below_chance_is_drawn_at_the_centre_and_marked(tmp_path):
     assert inside.off_scale == 0 and inside.radius == pytest.approx(1 - 6.02 / 8)
 
 
-def test_one_run_with_only_finetune_results(tmp_path):
+def test_one_run_with_only_finetune_results(tmp_path, spider):
     project = tmp_path / "project"
     _only_finetune(project, "wavlm", RUN, 61.0, [1, 2, 3, 4, 5])
     out = tmp_path / "out"
-    result = _run("--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out))
-    assert result.returncode == 0, result.stderr
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out)])
     _assert_image(out / "WavLM.png")
     markdown = (out / "trust_profile.md").read_text()
     assert "| WavLM | " + RUN + " | 5 | 61.00 ± 0.00 | n/a | n/a | n/a | n/a |" in markdown
     assert "Fairness n/a; Privacy n/a; Safety n/a; Sustainability n/a." in markdown
 
 
-def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_path):
+def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_path, spider):
     project = _fake_project(tmp_path / "project", skip_privacy_for="apc")
     _only_finetune(project, "tera", RUN + "_randinit", 24.0, [1])
     _only_finetune(project, "apc", "other_run", 70.0, [1, 2, 3], flags={"random_init": True})
@@ -216,9 +215,8 @@ def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_
     assert "50.00 ± 0.00 (1 fold) (probe collapsed)" in markdown
     assert "| TERA (random init) | " + RUN + "_randinit | 1 | 24.00 ± 0.00 |" in markdown
     # the linear probe from the same results.json; not flagged (it did not collapse)
-    linear = _run("--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(tmp_path / "lin"),
-                  "--privacy_probe", "linear", "--runs", f"whisper_tiny/{RUN}")
-    assert linear.returncode == 0, linear.stderr
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(tmp_path / "lin"),
+                 "--privacy_probe", "linear", "--runs", f"whisper_tiny/{RUN}"])
     assert "| 71.25 ± 2.50 (1 fold) |" in (tmp_path / "lin" / "trust_profile.md").read_text()
     assert "linear probe" in (tmp_path / "lin" / "trust_profile.md").read_text()
 
