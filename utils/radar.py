@@ -199,15 +199,18 @@ def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) 
                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.8, alpha=0.9))
 
 
-def legend_label(profile: RunProfile) -> str:
-    parts = [profile.label]
-    if profile.random_init:
-        parts.append("random init")
+def run_facts(profile: RunProfile) -> list[str]:
+    """What a reader must know before believing a run's profile."""
+    facts = ["random init"] if profile.random_init else []
     if profile.folds is not None:
-        parts.append(f"{profile.folds} fold{'s' if profile.folds != 1 else ''}")
+        facts.append(f"{profile.folds} fold{'s' if profile.folds != 1 else ''}")
     if profile.missing_titles:
-        parts.append("n/a: " + ", ".join(profile.missing_titles))
-    return textwrap.fill(" · ".join(parts), width=34)
+        facts.append("n/a: " + ", ".join(profile.missing_titles))
+    return facts
+
+
+def legend_label(profile: RunProfile) -> str:
+    return textwrap.fill(" · ".join([profile.label] + run_facts(profile)), width=34)
 
 
 def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float) -> None:
@@ -227,8 +230,7 @@ def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float
 def draw_single(profile: RunProfile, ranges: dict, color, variant: Variant, dataset: str, path: Path) -> None:
     fig, ax = _new_radar({k: (None if profile.value(k) is None else r) for k, r in ranges.items()}, variant)
     _plot_profile(ax, profile, ranges, color, annotate=True)
-    title = profile.label + ("\n" + legend_label(profile).split(" · ", 1)[1].replace("\n", " ")
-                             if " · " in legend_label(profile) else "")
+    title = "\n".join([profile.label] + ([" · ".join(run_facts(profile))] if run_facts(profile) else []))
     ax.set_title(title, fontsize=16 if len(profile.label) <= 24 else 12, fontweight="bold", color=color, pad=80)
     _footer(ax, [profile], ranges, dataset, y=-0.13)
     save_png(fig, path)
