@@ -2,7 +2,7 @@
 
 Each axis runs from its worse end at the centre to its better end at the rim. A value outside its axis'
 range is drawn at the end it passed, with a hollow marker and its true value; a privacy probe that
-collapsed to one class is drawn as a grey cross.
+collapsed to one class is a hollow cross outside the polygon.
 """
 import io
 import math
@@ -24,7 +24,6 @@ from utils.profile import RunProfile, axis_label, fmt  # noqa: E402
 from utils.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
-COLLAPSED_COLOR = "0.45"
 HOLE = 0.25         # empty disc at the centre (in radius units), where each axis' inner value is written
 
 
@@ -186,7 +185,8 @@ def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) 
         ax.fill(thetas, radii, color=color, alpha=0.15, zorder=3)
     for stage, angle, point in drawn:
         if profile.measurements[stage.key].collapsed:
-            ax.plot([angle], [point.radius], marker="X", markersize=13, color=COLLAPSED_COLOR, mec="white", zorder=6, clip_on=False)
+            ax.plot([angle], [point.radius], marker="X", markersize=13, mfc="white", mec=color, mew=2, zorder=6,
+                    clip_on=False)
         elif point.off_scale:
             ax.plot([angle], [point.radius], marker="D", markersize=8, mfc="white", mec=color, mew=2, zorder=6, clip_on=False)
         else:
@@ -220,7 +220,8 @@ def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float
         for stage in STAGES:
             m = p.measurements[stage.key]
             if m.collapsed:
-                keys.append("✕ grey: the privacy probe predicted one class only (its UAR is no measure of leakage)")
+                keys.append("✕ hollow, off the polygon: the privacy probe predicted one class only "
+                            "(its UAR is no measure of leakage)")
             elif m.value is not None and place(stage, m.value, ranges[stage.key]).off_scale:
                 keys.append("◇ hollow: value outside the axis range, drawn at the end it passed")
     lines += sorted(set(keys))
