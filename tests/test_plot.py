@@ -90,8 +90,8 @@ def test_profiles_tables_and_charts(tmp_path):
     assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 91.70 ± 0.50 | 62.50 ± 3.00 | 41.60 |" in markdown
     assert "| APC | " + RUN + " | 5 | 58.21 ± 2.10 | 22.40 ± 1.00 | n/a | 88.00 ± 3.00 | 8.30 |" in markdown
     # natural scales: chance (4 classes) to 100, 50 to 100, 0 to 100, 0 to a round value >= the largest run
-    assert ("Chart ranges: System Performance 25 to 100; Fairness 0 to 25; Privacy 50 to 100; Safety 0 to 100; "
-            "Sustainability 0 to 50.") in markdown
+    assert ("Chart ranges: System Performance 25 to 100; Fairness 0 to 25; Privacy 50 to 100; "
+            "Safety 0 to 100; Sustainability 0 to 50.") in markdown
 
 
 def test_runs_filter_labels_ranges_and_gender_metric(tmp_path, spider):

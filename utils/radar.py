@@ -40,7 +40,8 @@ def round_up(value: float) -> float:
     if value <= 0:
         return 1.0
     exponent = math.floor(math.log10(value))
-    return next(m * 10 ** exponent for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if m * 10 ** exponent >= value * (1 - 1e-9))
+    return next(m * 10 ** exponent for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10)
+                if m * 10 ** exponent >= value * (1 - 1e-9))
 
 
 def natural_range(stage: TrustStage, values: list[float], num_classes: int) -> tuple[float, float]:
@@ -188,7 +189,8 @@ def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) 
             ax.plot([angle], [point.radius], marker="X", markersize=13, mfc="white", mec=color, mew=2, zorder=6,
                     clip_on=False)
         elif point.off_scale:
-            ax.plot([angle], [point.radius], marker="D", markersize=8, mfc="white", mec=color, mew=2, zorder=6, clip_on=False)
+            ax.plot([angle], [point.radius], marker="D", markersize=8, mfc="white", mec=color, mew=2, zorder=6,
+                    clip_on=False)
         else:
             ax.plot([angle], [point.radius], marker="o", markersize=6, color=color, zorder=6, clip_on=False)
         if annotate:
