@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command, offline: set up, generate the synthetic corpus, then split -> preprocess -> finetune (5 folds)
-# -> fairness -> FGSM safety -> privacy -> sustainability -> trust profile.   Usage: bash scripts/demo.sh [OUT_DIR]
+# -> fairness -> FGSM safety -> privacy -> sustainability -> trust profile -> report.   Usage: bash scripts/demo.sh [OUT_DIR]
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$(mkdir -p "${1:-$REPO/demo_output}" && cd "${1:-$REPO/demo_output}" && pwd)"
@@ -31,6 +31,10 @@ for MODEL in $MODELS; do
 done
 step "trust profile";               "$PY" "$REPO/trustworthy/plot_spider.py" --config "$OUT/config.yml" --dataset demo \
                                         --output_dir "$OUT/trust_profile"
+step "report";                      "$PY" "$REPO/trustworthy/report.py" --config "$OUT/config.yml" --dataset demo \
+                                        --output_dir "$OUT/report" > /dev/null
 echo
 echo "Trust profile: $OUT/trust_profile/ (PNG per model, compare.png, trust_profile.csv, trust_profile.md)"
 cat "$OUT/trust_profile/trust_profile.md"
+echo
+echo "Report (training curves, confusion matrices, trust profile): $OUT/report/report.md"

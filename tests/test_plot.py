@@ -9,6 +9,10 @@ import matplotlib.image as mpimg
 import pytest
 
 from utils.errors import TrustSerError
+from utils.cli import profile_parser, profile_variant
+from utils.profile import RunProfile, load_profiles
+from utils.radar import Point, _value_text, axis_ranges, natural_range, nice_step, place, ticks
+from utils.stages import STAGE
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "trustworthy" / "plot_spider.py"
@@ -28,7 +32,8 @@ def _fake_project(root: Path, skip_privacy_for: str | None = None) -> Path:
     for model, (uar, uar_std, sp, gender_uar, success, gflops) in MODELS.items():
         run_tail = tail / model / RUN
         _write(root / "finetune" / run_tail / "results.json",
-               {"1": {"uar": uar}, "average": {"uar": uar, "acc": uar + 1}, "std": {"uar": uar_std}})
+               {"1": {"uar": uar}, "average": {"uar": uar, "acc": uar + 1}, "std": {"uar": uar_std},
+                "meta": {"flags": {"random_init": False}, "folds_done": [1, 2, 3, 4, 5], "folds_missing": []}})
         fairness = {"statistical_parity": sp, "equality_of_opportunity": sp / 2, "demographic_parity": sp / 3}
         _write(root / "fairness" / run_tail / "results.json",
                {"1": {"speaker": fairness}, "average": {"speaker": fairness, "gender": fairness},
@@ -82,8 +87,11 @@ def test_profiles_tables_and_charts(tmp_path):
     assert rows["apc"]["privacy_gender_uar_pct"] == ""
 
     markdown = (out / "trust_profile.md").read_text()
-    assert "| WavLM | " + RUN + " | 66.43 ± 1.20 | 15.30 ± 1.00 | 91.70 ± 0.50 | 62.50 ± 3.00 | 41.60 |" in markdown
-    assert "| APC | " + RUN + " | 58.21 ± 2.10 | 22.40 ± 1.00 | n/a | 88.00 ± 3.00 | 8.30 |" in markdown
+    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 91.70 ± 0.50 | 62.50 ± 3.00 | 41.60 |" in markdown
+    assert "| APC | " + RUN + " | 5 | 58.21 ± 2.10 | 22.40 ± 1.00 | n/a | 88.00 ± 3.00 | 8.30 |" in markdown
+    # natural scales: chance (4 classes) to 100, 50 to 100, 0 to 100, 0 to a round value >= the largest run
+    assert ("Chart ranges: System Performance 25 to 100; Fairness 0 to 25; Privacy 50 to 100; "
+            "Safety 0 to 100; Sustainability 0 to 50.") in markdown
 
 
 def test_runs_filter_labels_ranges_and_gender_metric(tmp_path, spider):
@@ -128,26 +136,127 @@ def test_axis_missing_for_every_run(tmp_path, spider):
     assert "Privacy n/a" in (out / "trust_profile.md").read_text()
 
 
-def test_snr_folder_written_as_float_is_found(tmp_path, spider):
+def test_snr_given_as_float_reads_the_writers_folder(tmp_path, spider):
+    from utils.paths import RunId, attack_dir
+    run = RunId("iemocap", "wavlm", RUN)
+    assert attack_dir(tmp_path, run, "fgsm", 45) == attack_dir(tmp_path, run, "fgsm", 45.0) \
+        == tmp_path / "attack" / "fgsm" / "45" / "iemocap" / "wavlm" / RUN
     project = _fake_project(tmp_path / "project")
-    attack = project / "attack" / "fgsm"
-    (attack / "45").rename(attack / "45.0")
+    out = tmp_path / "out"
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out), "--snr", "45.0"])
+    assert float(_rows(out)["wavlm"]["safety_success_pct"]) == pytest.approx(62.5)
+
+
+def _rows(out: Path) -> dict:
+    with open(out / "trust_profile.csv") as f:
+        return {row["pretrain_model"]: row for row in csv.DictReader(f)}
+
+
+def _only_finetune(root: Path, model: str, run: str, uar: float, folds: list[int], **meta) -> None:
+    _write(root / "finetune" / "iemocap" / model / run / "results.json",
+           {"1": {"uar": uar}, "average": {"uar": uar}, "std": {"uar": 0.0},
+            "meta": {"folds_done": folds, **meta}})
+
+
+def test_one_run_below_chance_is_drawn_at_the_centre_and_marked(tmp_path):
+    project = tmp_path / "project"
+    _only_finetune(project, "tera", RUN, 20.5, [1, 2])
+    _write(project / "flops" / "iemocap" / "tera" / RUN / "gflops.json", {"gflops": 6.02})
+    out = tmp_path / "out"
+    result = _run("--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr
+    _assert_image(out / "TERA.png")
+    _assert_image(out / "compare.png")
+    markdown = (out / "trust_profile.md").read_text()
+    assert "| TERA | " + RUN + " | 2 | 20.50 ± 0.00 | n/a | n/a | n/a | 6.02 |" in markdown
+    assert "System Performance 25 to 100;" in markdown and "Sustainability 0 to 8." in markdown
+    profile = load_profiles(project, "iemocap", None, profile_variant(_flags()))[0]
+    ranges = axis_ranges([profile], {}, 4, zoom=False)
+    point = place(STAGE["uar"], 20.5, ranges["uar"])
+    assert (point.radius, point.off_scale) == (0.0, -1)
+    assert "(off scale)" in _value_text(profile, "uar", point)
+    inside = place(STAGE["gflops"], 6.02, ranges["gflops"])
+    assert inside.off_scale == 0 and inside.radius == pytest.approx(1 - 6.02 / 8)
+
+
+def test_one_run_with_only_finetune_results(tmp_path, spider):
+    project = tmp_path / "project"
+    _only_finetune(project, "wavlm", RUN, 61.0, [1, 2, 3, 4, 5])
     out = tmp_path / "out"
     spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out)])
-    with open(out / "trust_profile.csv") as f:
-        rows = {row["pretrain_model"]: row for row in csv.DictReader(f)}
-    assert float(rows["wavlm"]["safety_success_pct"]) == pytest.approx(62.5)
+    _assert_image(out / "WavLM.png")
+    markdown = (out / "trust_profile.md").read_text()
+    assert "| WavLM | " + RUN + " | 5 | 61.00 ± 0.00 | n/a | n/a | n/a | n/a |" in markdown
+    assert "Fairness n/a; Privacy n/a; Safety n/a; Sustainability n/a." in markdown
 
 
-def test_derived_ranges_cover_data_round_and_respect_floors(spider):
-    low, high = spider.derive_range([58.21, 66.43], (0.0, 100.0), floor=25.0)
-    assert low <= 58.21 and high >= 66.43 and low >= 25.0
-    step = (high - low) / 4
-    assert step == pytest.approx(spider._nice_step(step))
-    assert spider.derive_range([26.0, 30.0], (0.0, 100.0), floor=25.0)[0] == 25.0
-    assert spider.derive_range([99.0], (50.0, 100.0), floor=-1e9)[1] == 100.0
-    assert spider.derive_range([51.0, 52.0], (50.0, 100.0), floor=-1e9)[0] >= 50.0
-    axis = spider.AXES[1]                                        # fairness: lower is better
-    assert spider.radius(axis, 10.0, (10.0, 30.0)) == 1.0
-    assert spider.radius(axis, 30.0, (10.0, 30.0)) == 0.0
-    assert spider.radius(spider.AXES[0], 70.0, (50.0, 70.0)) == 1.0
+def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_path, spider):
+    project = _fake_project(tmp_path / "project", skip_privacy_for="apc")
+    _only_finetune(project, "tera", RUN + "_randinit", 24.0, [1])
+    _only_finetune(project, "apc", "other_run", 70.0, [1, 2, 3], flags={"random_init": True})
+    _only_finetune(project, "whisper_tiny", RUN, 55.5, [1, 2, 3, 4, 5])
+    _write(project / "privacy" / "gender" / "iemocap" / "whisper_tiny" / RUN / "results.json",
+           {"1": {"uar": 50.0, "collapsed": True}, "average": {"uar": 50.0, "linear_probe": {"uar": 71.25}},
+            "std": {"uar": 0.0, "linear_probe": {"uar": 2.5}}, "meta": {"folds_done": [1]}})
+    out = tmp_path / "out"
+    result = _run("--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr
+    image = mpimg.imread(out / "compare.png")
+    assert image.shape[1] < 1400 and image.shape[0] < 1600          # the legend wraps below the radar
+    _assert_image(out / "compare.png")
+    rows = {(r["pretrain_model"], r["run_name"]): r for r in csv.DictReader(open(out / "trust_profile.csv"))}
+    assert len(rows) == 5
+    assert rows[("tera", RUN + "_randinit")]["random_init"] == "True"            # from the run name
+    assert rows[("apc", "other_run")]["random_init"] == "True"                   # from meta.flags
+    assert rows[("wavlm", RUN)]["random_init"] == "False"
+    assert rows[("whisper_tiny", RUN)]["privacy_collapsed"] == "True"
+    assert float(rows[("whisper_tiny", RUN)]["privacy_gender_uar_pct"]) == 50.0
+    markdown = (out / "trust_profile.md").read_text()
+    assert "50.00 ± 0.00 (1 fold) (probe collapsed)" in markdown
+    assert "| TERA (random init) | " + RUN + "_randinit | 1 | 24.00 ± 0.00 |" in markdown
+    # the linear probe from the same results.json; not flagged (it did not collapse)
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(tmp_path / "lin"),
+                 "--privacy_probe", "linear", "--runs", f"whisper_tiny/{RUN}"])
+    assert "| 71.25 ± 2.50 (1 fold) |" in (tmp_path / "lin" / "trust_profile.md").read_text()
+    assert "linear probe" in (tmp_path / "lin" / "trust_profile.md").read_text()
+
+
+def _flags(*extra: str):
+    return profile_parser("t").parse_args(["--dataset", "iemocap", *extra])
+
+
+def test_zoom_gives_tight_round_ranges_for_close_runs(tmp_path):
+    project = _fake_project(tmp_path / "project")
+    profiles = load_profiles(project, "iemocap", None, profile_variant(_flags()))
+    zoomed = axis_ranges(profiles, {"safety": (40.0, 100.0)}, 4, zoom=True)
+    low, high = zoomed["uar"]
+    assert 25 <= low <= 58.21 and 66.43 <= high and high - low <= 20         # not 25 to 100
+    step = nice_step((high - low) / 4)
+    assert low % step == pytest.approx(0) and high % step == pytest.approx(0)
+    assert zoomed["safety"] == (40.0, 100.0)                                  # --ranges still wins
+    assert 50 <= zoomed["privacy"][0] <= 91.7 and zoomed["privacy"][1] <= 100
+    below = axis_ranges([_profile_with(uar=20.0)], {}, 4, zoom=True)["uar"]
+    assert below[0] <= 20.0 <= below[1] and below[0] >= 0                    # the floor gives way to the data
+
+
+def _profile_with(**values):
+    from utils.paths import RunId
+    from utils.stages import STAGES, Measurement
+    return RunProfile(RunId("iemocap", "m", "r"), "m",
+                             measurements={s.key: Measurement(values.get(s.key)) for s in STAGES})
+
+
+def test_ranges_ticks_and_radius():
+    uar, fairness, privacy = STAGE["uar"], STAGE["fairness"], STAGE["privacy"]
+    assert natural_range(uar, [30.0], 7) == (pytest.approx(100 / 7), 100.0)
+    assert natural_range(fairness, [15.3, 22.4], 4) == (0.0, 25.0)
+    assert natural_range(STAGE["gflops"], [60.2], 4) == (0.0, 80.0)
+    assert natural_range(STAGE["gflops"], [0.0], 4) == (0.0, 1.0)
+    assert ticks(25.0, 100.0) == [25.0, 40, 60, 80, 100.0]
+    assert ticks(0.0, 25.0) == [0.0, 5, 10, 15, 20, 25.0]
+    assert ticks(100 / 7, 100.0) == [pytest.approx(100 / 7), 40, 60, 80, 100.0]   # 20 would crowd the centre
+    assert place(fairness, 10.0, (10.0, 30.0)).radius == 1.0
+    assert place(fairness, 30.0, (10.0, 30.0)).radius == 0.0
+    assert place(fairness, 40.0, (10.0, 30.0)) == Point(0.0, -1)
+    assert place(privacy, 45.0, (50.0, 100.0)) == Point(1.0, 1)               # below 50: beyond the better end
+    assert place(uar, 70.0, (50.0, 70.0)) == Point(1.0, 0)

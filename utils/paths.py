@@ -1,4 +1,5 @@
 """The one place that names folders and files under <project_dir>."""
+from dataclasses import dataclass
 from pathlib import Path
 
 from utils.datasets import files_name, split_file_name
@@ -44,25 +45,39 @@ def backbone_dir_name(pretrain_model: str) -> str:
     return pretrain_model.replace("/", "--")
 
 
-def _run_dir(project_dir: str | Path, *parts: str, run: RunConfig) -> Path:
-    return Path(project_dir).joinpath(*parts, run.dataset, backbone_dir_name(run.pretrain_model), run_name(run))
+@dataclass(frozen=True)
+class RunId:
+    """A run as its folders know it: what the trust profile and the report find on disk."""
+    dataset: str
+    pretrain_model: str
+    name: str
+
+    @classmethod
+    def of(cls, run: "RunConfig | RunId") -> "RunId":
+        return run if isinstance(run, RunId) else cls(run.dataset, backbone_dir_name(run.pretrain_model), run_name(run))
 
 
-def finetune_dir(project_dir: str | Path, run: RunConfig) -> Path:
+def _run_dir(project_dir: str | Path, *parts: str, run: RunConfig | RunId) -> Path:
+    rid = RunId.of(run)
+    return Path(project_dir).joinpath(*parts, rid.dataset, rid.pretrain_model, rid.name)
+
+
+def finetune_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
     return _run_dir(project_dir, "finetune", run=run)
 
 
-def fairness_dir(project_dir: str | Path, run: RunConfig) -> Path:
+def fairness_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
     return _run_dir(project_dir, "fairness", run=run)
 
 
-def attack_dir(project_dir: str | Path, run: RunConfig, method: str, snr: int) -> Path:
-    return _run_dir(project_dir, "attack", method, str(snr), run=run)
+def attack_dir(project_dir: str | Path, run: RunConfig | RunId, method: str, snr: float | str) -> Path:
+    """attack/<method>/<snr>/...: 45, 45.0 and "45" all name the folder 45."""
+    return _run_dir(project_dir, "attack", method, f"{float(snr):g}", run=run)
 
 
-def privacy_dir(project_dir: str | Path, run: RunConfig, attack: str = "gender") -> Path:
+def privacy_dir(project_dir: str | Path, run: RunConfig | RunId, attack: str = "gender") -> Path:
     return _run_dir(project_dir, "privacy", attack, run=run)
 
 
-def flops_dir(project_dir: str | Path, run: RunConfig) -> Path:
+def flops_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
     return _run_dir(project_dir, "flops", run=run)

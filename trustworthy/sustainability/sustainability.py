@@ -13,9 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.cli import base_parser  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.io import write_json  # noqa: E402
-from utils.paths import finetune_dir, flops_dir  # noqa: E402
+from utils.paths import finetune_dir  # noqa: E402
 from utils.pipeline import resolve_device, run_flags, start_stage  # noqa: E402
 from utils.protocol import protocol_of  # noqa: E402
+from utils.stages import STAGE  # noqa: E402
 from utils.sustainability import (count_flops, count_parameters, measure_latency, model_to_profile,  # noqa: E402
                                   thop_style_gflops)
 
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
     stage = start_stage(parser)
     args, run, config, corpus, fold = stage.args, stage.run, stage.config, stage.corpus, stage.folds[0]
-    out = flops_dir(config["project_dir"], run) / "gflops.json"
+    out = STAGE["gflops"].result_path(config["project_dir"], run)
     if out.is_file() and not run.overwrite:
         log.info(f"already measured: {out}, skipping (--overwrite to redo)")
         return

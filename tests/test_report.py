@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from utils.report import confusion_counts, read_history, row_normalised
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "lr00005_ep30_cnn_conv2_hid128_mean_frozen_randinit"
+CLASSES = ["neu", "sad", "ang", "hap"]
+# (label, prediction) pairs of each fold's test set
+PREDICTIONS = {1: [(0, 0), (0, 1), (1, 1), (2, 2), (3, 3), (3, 2)], 2: [(0, 0), (1, 1), (1, 1), (2, 3), (3, 3)]}
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _history(num_epochs: int, best: int) -> dict:
+    epochs = {str(e): {split: {"loss": 1.4 - 0.1 * e, "uar": 25.0 + 10 * e} for split in ("train", "dev", "test")}
+              for e in range(num_epochs)}
+    return {**epochs, "best": {"uar": 55.0, "best_epoch": best}}
+
+
+def _finetune_run(project: Path, model: str, folds: dict) -> Path:
+    run_dir = project / "finetune" / "demo" / model / RUN
+    for fold, pairs in folds.items():
+        _write(run_dir / f"fold_{fold}.json", json.dumps(_history(4, best=fold)))
+        rows = "".join(f"u{i},spk{i},F,{label},{pred},0.25,0.25,0.25,0.25\n" for i, (label, pred) in enumerate(pairs))
+        _write(run_dir / f"fold_{fold}_test_predictions.csv",
+               "key,speaker,gender,label,prediction," + ",".join(f"prob_{c}" for c in CLASSES) + "\n" + rows)
+    _write(run_dir / "results.json", json.dumps({"average": {"uar": 55.0}, "std": {"uar": 1.5},
+                                                  "meta": {"folds_done": sorted(folds), "flags": {}}}))
+    return run_dir
+
+
+def test_history_and_confusion_numbers(tmp_path):
+    run_dir = _finetune_run(tmp_path, "tera", PREDICTIONS)
+    history = read_history(run_dir / "fold_2.json", 2)
+    assert history.epochs == [0, 1, 2, 3] and history.best_epoch == 2
+    assert history.curves[("dev", "uar")] == [25.0, 35.0, 45.0, 55.0]
+    assert history.curves[("test", "loss")] == pytest.approx([1.4, 1.3, 1.2, 1.1])
+    counts, found = confusion_counts(run_dir, [1, 2, 3, 4, 5], len(CLASSES))
+    assert found == [1, 2]
+    assert counts.tolist() == [[2, 1, 0, 0], [0, 3, 0, 0], [0, 0, 1, 1], [0, 0, 1, 2]]
+    share = row_normalised(counts)
+    assert share[0].tolist() == pytest.approx([2 / 3, 1 / 3, 0, 0])
+    assert np.allclose(share.sum(axis=1), 1)
+
+
+def test_report_writes_figures_and_markdown(tmp_path):
+    project = tmp_path / "project"
+    _finetune_run(project, "tera", PREDICTIONS)
+    _finetune_run(project, "whisper_tiny", {1: PREDICTIONS[1]})
+    _write(project / "flops" / "demo" / "tera" / RUN / "gflops.json", json.dumps({"gflops": 3.5}))
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, str(REPO / "trustworthy" / "report.py"), "--dataset", "demo",
+                           "--project_dir", str(project), "--output_dir", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out / "report.md")
+    figures = ["TERA/training_curves.png", "TERA/confusion_matrix.png", "Whisper_Tiny/training_curves.png",
+               "Whisper_Tiny/confusion_matrix.png", "trust_profile/compare.png", "trust_profile/TERA.png",
+               "trust_profile/Whisper_Tiny.png"]
+    for name in figures:
+        image = mpimg.imread(out / name)
+        assert image.shape[0] > 200 and image.shape[1] > 200 and image[..., :3].std() > 0.05, name
+    report = (out / "report.md").read_text()
+    for name in figures:
+        assert f"]({name})" in report, name
+    assert "| TERA (random init) | " + RUN + " | 2 | 55.00 ± 1.50 | n/a | n/a | n/a | 3.50 |" in report
+    assert "| Whisper Tiny (random init) | " + RUN + " | 1 | 55.00 ± 1.50 | n/a | n/a | n/a | n/a |" in report

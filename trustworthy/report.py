@@ -1,0 +1,40 @@
+"""Per-run report: training curves (per fold, train/dev/test UAR and loss per epoch, best epoch marked), the
+confusion matrix summed over folds, the trust profile, and one report.md linking them all.
+
+    python3 trustworthy/report.py --dataset iemocap [--runs MODEL/RUN[=LABEL] ...] \\
+        [--project_dir P | --config config.yml] [--output_dir <project_dir>/report/<dataset>] \\
+        [the trust profile's flags: --attack_method, --snr, --privacy_probe, --zoom, --ranges, ...]
+
+Writes <output_dir>/report.md, <output_dir>/trust_profile/ (as plot_spider.py) and, per run,
+<output_dir>/<label>/training_curves.png and confusion_matrix.png.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
+from utils.datasets import get_corpus  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+from utils.io import write_text  # noqa: E402
+from utils.profile import load_profiles  # noqa: E402
+from utils.radar import axis_ranges, parse_ranges  # noqa: E402
+from utils.report import draw_run, report_markdown, slug, write_trust_profile  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = profile_parser(__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default=None, help="default: <project_dir>/report/<dataset>")
+    args = parser.parse_args(argv)
+    project_dir, variant, corpus = profile_project_dir(args), profile_variant(args), get_corpus(args.dataset)
+    out = Path(args.output_dir) if args.output_dir else project_dir / "report" / args.dataset
+    profiles = load_profiles(project_dir, args.dataset, args.runs, variant)
+    ranges = axis_ranges(profiles, parse_ranges(args.ranges), corpus.num_classes, args.zoom)
+    charts = write_trust_profile(profiles, ranges, variant, args.dataset, out / "trust_profile")
+    runs = [draw_run(project_dir, p, corpus.fold_ids(), corpus.class_names, out / slug(p.label)) for p in profiles]
+    write_text(out / "report.md", report_markdown(args.dataset, runs, charts, ranges, variant, out))
+    print(out / "report.md")
+
+
+if __name__ == "__main__":
+    run_main(main)

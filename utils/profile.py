@@ -1,0 +1,132 @@
+"""Trust profiles of finished runs: every stage's measurement per run, and the tables that show them."""
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.errors import TrustSerError
+from utils.paths import RunId
+from utils.stages import STAGE, STAGES, Measurement, Variant, is_random_init, measure
+
+CSV_COLUMNS = {"uar": "uar_pct", "fairness": "fairness_pct", "privacy": "privacy_gender_uar_pct",
+               "safety": "safety_success_pct", "gflops": "gflops"}
+PRETTY_MODELS = {"wav2vec2_0": "Wav2vec 2.0", "wavlm": "WavLM", "apc": "APC", "tera": "TERA",
+                 "whisper_tiny": "Whisper Tiny", "whisper_base": "Whisper Base", "whisper_small": "Whisper Small"}
+
+
+@dataclass
+class RunProfile:
+    run: RunId
+    label: str
+    random_init: bool = False
+    measurements: dict = field(default_factory=dict)    # stage key -> Measurement
+
+    def value(self, key: str) -> float | None:
+        return self.measurements[key].value
+
+    @property
+    def folds(self) -> int | None:
+        """Folds the emotion UAR averages: the run's fold count."""
+        return self.measurements["uar"].folds
+
+    @property
+    def notes(self) -> list[str]:
+        return [m.note for m in self.measurements.values() if m.note]
+
+    @property
+    def missing_titles(self) -> list[str]:
+        return [s.title for s in STAGES if self.value(s.key) is None]
+
+
+def load_profile(project_dir: Path, run: RunId, label: str, variant: Variant) -> RunProfile:
+    return RunProfile(run, label, is_random_init(project_dir, run),
+                      {s.key: measure(s, project_dir, run, variant) for s in STAGES})
+
+
+def _parse_run_spec(spec: str) -> tuple[str, str, str | None]:
+    match = re.fullmatch(r"([^/=]+)/([^/=]+)(?:=(.+))?", spec)
+    if not match:
+        raise TrustSerError(f"--runs entry '{spec}' must look like MODEL/RUN_NAME or MODEL/RUN_NAME=LABEL")
+    return match.group(1), match.group(2), match.group(3)
+
+
+def find_runs(project_dir: Path, dataset: str, specs: list[str] | None) -> list[tuple[RunId, str | None]]:
+    """(run, label or None) for each --runs entry, else for every finished finetune run of the dataset."""
+    if specs:
+        return [(RunId(dataset, model, name), label) for model, name, label in map(_parse_run_spec, specs)]
+    pattern = STAGE["uar"].result_path(project_dir, RunId(dataset, "*", "*"))
+    found = sorted(Path(project_dir).glob(str(pattern.relative_to(project_dir))))
+    if not found:
+        raise TrustSerError(f"no runs found: nothing matches {pattern} (or pass --runs)")
+    return [(RunId(dataset, p.parent.parent.name, p.parent.name), None) for p in found]
+
+
+def default_labels(runs: list[tuple[RunId, str | None]]) -> list[str]:
+    """The given label, else the model's name, plus the run name when a model has several runs."""
+    per_model = {}
+    for run, _ in runs:
+        per_model[run.pretrain_model] = per_model.get(run.pretrain_model, 0) + 1
+    labels = []
+    for run, label in runs:
+        pretty = PRETTY_MODELS.get(run.pretrain_model, run.pretrain_model)
+        labels.append(label or (pretty if per_model[run.pretrain_model] == 1 else f"{pretty} ({run.name})"))
+    return labels
+
+
+def load_profiles(project_dir: Path, dataset: str, specs: list[str] | None, variant: Variant) -> list[RunProfile]:
+    runs = find_runs(project_dir, dataset, specs)
+    profiles = [load_profile(project_dir, run, label, variant) for (run, _), label in zip(runs, default_labels(runs))]
+    for p in profiles:
+        if all(m.value is None for m in p.measurements.values()):
+            raise TrustSerError(f"no results at all for {p.run.pretrain_model}/{p.run.name} under {project_dir}")
+    return profiles
+
+
+def fmt(value: float) -> str:
+    """3 significant digits, no trailing zeros: 14.3, 66.4, 100."""
+    return f"{float(f'{value:.3g}'):g}"
+
+
+def axis_label(key: str, variant: Variant) -> str:
+    return f"{STAGE[key].title}\n{STAGE[key].describe(variant)}"
+
+
+def cell(m: Measurement, folds_of_run: int | None = None) -> str:
+    """"66.43 ± 1.20", with the fold count where it differs from the run's and a flag for a collapsed probe."""
+    if m.value is None:
+        return "n/a"
+    text = f"{m.value:.2f}" if m.std is None else f"{m.value:.2f} ± {m.std:.2f}"
+    if m.folds is not None and m.folds != folds_of_run:
+        text += f" ({m.folds} fold{'s' if m.folds != 1 else ''})"
+    return text + (" (probe collapsed)" if m.collapsed else "")
+
+
+def table_csv(profiles: list[RunProfile]) -> str:
+    out = io.StringIO()
+    header = ["label", "pretrain_model", "run_name", "random_init", "folds"]
+    for s in STAGES:
+        header += [CSV_COLUMNS[s.key], CSV_COLUMNS[s.key] + "_std"]
+    header += ["privacy_collapsed"]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for p in profiles:
+        row = [p.label, p.run.pretrain_model, p.run.name, p.random_init, "" if p.folds is None else p.folds]
+        for s in STAGES:
+            m = p.measurements[s.key]
+            row += ["" if v is None else repr(v) for v in (m.value, m.std)]
+        writer.writerow(row + [p.measurements["privacy"].collapsed])
+    return out.getvalue()
+
+
+def table_markdown(profiles: list[RunProfile], ranges: dict, variant: Variant) -> str:
+    titles = [axis_label(s.key, variant).replace("\n", ": ") for s in STAGES]
+    lines = ["| Model | Run | Folds | " + " | ".join(titles) + " |", "|" + "---|" * (len(STAGES) + 3)]
+    for p in profiles:
+        cells = [cell(p.measurements[s.key], p.folds) for s in STAGES]
+        name = p.label + (" (random init)" if p.random_init else "")
+        lines.append(f"| {name} | {p.run.name} | {p.folds or 'n/a'} | " + " | ".join(cells) + " |")
+    direction = ", ".join(f"{s.title} {'higher' if s.higher_is_better else 'lower'} is better" for s in STAGES)
+    chart = "; ".join(f"{s.title} " + ("n/a" if ranges[s.key] is None else
+                                       f"{fmt(ranges[s.key][0])} to {fmt(ranges[s.key][1])}") for s in STAGES)
+    return "\n".join(lines) + f"\n\n{direction}.\n\nChart ranges: {chart}.\n"

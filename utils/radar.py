@@ -1,0 +1,258 @@
+"""Radar charts of trust profiles: one axis per trust stage, outward = more trustworthy on every axis.
+
+Each axis runs from its worse end at the centre to its better end at the rim. A value outside its axis'
+range is drawn at the end it passed, with a hollow marker and its true value; a privacy probe that
+collapsed to one class is a hollow cross outside the polygon.
+"""
+import io
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patheffects import withStroke  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils.errors import TrustSerError  # noqa: E402
+from utils.io import write_bytes  # noqa: E402
+from utils.profile import RunProfile, axis_label, fmt  # noqa: E402
+from utils.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
+
+COLORS = plt.get_cmap("tab10").colors
+HOLE = 0.25         # empty disc at the centre (in radius units), where each axis' inner value is written
+
+
+# ---------------------------------------------------------------- ranges and ticks
+
+def nice_step(raw: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 x 10^k that is >= raw (> 0)."""
+    exponent = math.floor(math.log10(raw))
+    return next(m * 10 ** exponent for m in (1, 2, 2.5, 5, 10) if m * 10 ** exponent >= raw * (1 - 1e-9))
+
+
+def round_up(value: float) -> float:
+    """A round upper end (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 x 10^k) at or above value; 1 where nothing is above 0."""
+    if value <= 0:
+        return 1.0
+    exponent = math.floor(math.log10(value))
+    return next(m * 10 ** exponent for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10)
+                if m * 10 ** exponent >= value * (1 - 1e-9))
+
+
+def natural_range(stage: TrustStage, values: list[float], num_classes: int) -> tuple[float, float]:
+    """The metric's own scale: UAR from chance to 100, gender UAR 50 to 100, success 0 to 100, the others
+    from 0 to a round value at or above the largest run."""
+    low, high = stage.natural_range(num_classes)
+    return low, round_up(max(values)) if math.isinf(high) else high
+
+
+def zoom_range(stage: TrustStage, values: list[float], num_classes: int) -> tuple[float, float]:
+    """A tight range on round steps around the values (for close runs); within the natural scale unless a
+    value lies outside it, never below 0 and, for percentages, never above 100."""
+    natural_low, _ = stage.natural_range(num_classes)
+    lowest, highest = min(values), max(values)
+    pad = 0.25 * (highest - lowest) if highest > lowest else max(0.05 * abs(highest), 0.5)
+    floor = max(0.0, min(natural_low, lowest))
+    ceiling = max(100.0, highest) if stage.unit == "%" else math.inf
+    low, high = max(lowest - pad, floor), min(highest + pad, ceiling)
+    step = nice_step((high - low) / 4)
+    return max(math.floor(low / step) * step, floor), min(math.ceil(high / step) * step, ceiling)
+
+
+def parse_ranges(specs: list[str] | None) -> dict[str, tuple[float, float]]:
+    """--ranges AXIS=LOW:HIGH entries."""
+    ranges = {}
+    for spec in specs or []:
+        match = re.fullmatch(r"(\w+)=(-?[\d.]+):(-?[\d.]+)", spec)
+        if not match or match.group(1) not in STAGE:
+            raise TrustSerError(f"--ranges entry '{spec}' must be AXIS=LOW:HIGH with AXIS one of "
+                                f"{', '.join(STAGE)}, e.g. uar=56:72")
+        low, high = float(match.group(2)), float(match.group(3))
+        if not low < high:
+            raise TrustSerError(f"--ranges entry '{spec}': LOW must be below HIGH")
+        ranges[match.group(1)] = (low, high)
+    return ranges
+
+
+def axis_ranges(profiles: list[RunProfile], given: dict, num_classes: int,
+                zoom: bool) -> dict[str, tuple[float, float] | None]:
+    """Per axis: the --ranges one, else the natural (or zoomed) range; None where no run has a value."""
+    ranges = {}
+    for stage in STAGES:
+        values = [p.value(stage.key) for p in profiles if p.value(stage.key) is not None]
+        derive = zoom_range if zoom else natural_range
+        ranges[stage.key] = given.get(stage.key) or (derive(stage, values, num_classes) if values else None)
+    return ranges
+
+
+def ticks(low: float, high: float) -> list[float]:
+    """Both ends, and the round values between them that are not crowding an end."""
+    step = nice_step((high - low) / 5)
+    margin = 0.12 * (high - low)
+    inner = [k * step for k in range(math.ceil(low / step), math.floor(high / step) + 1)]
+    return [low] + [t for t in inner if low + margin < t < high - margin] + [high]
+
+
+@dataclass(frozen=True)
+class Point:
+    radius: float       # 0 at the worse end of the range, 1 at the better end
+    off_scale: int      # -1 beyond the worse end, +1 beyond the better end, 0 inside
+
+
+def place(stage: TrustStage, value: float, value_range: tuple[float, float]) -> Point:
+    low, high = value_range
+    fraction = (value - low) / (high - low)
+    r = fraction if stage.higher_is_better else 1 - fraction
+    clipped = float(np.clip(r, 0.0, 1.0))
+    return Point(clipped, 0 if abs(clipped - r) < 1e-9 else (1 if r > 1 else -1))
+
+
+# ---------------------------------------------------------------- drawing
+
+def _angles() -> np.ndarray:
+    return np.pi / 2 + 2 * np.pi * np.arange(len(STAGES)) / len(STAGES)
+
+
+def _side(angle: float, ccw: bool) -> tuple[float, float, str, str]:
+    """Unit offset perpendicular to a spoke (counter-clockwise side or the other) and the text alignment
+    that keeps text on that side."""
+    dx, dy = (-math.sin(angle), math.cos(angle)) if ccw else (math.sin(angle), -math.cos(angle))
+    ha = "left" if dx > 0.3 else "right" if dx < -0.3 else "center"
+    va = "bottom" if dy > 0.3 else "top" if dy < -0.3 else "center"
+    return dx, dy, ha, va
+
+
+def _new_radar(ranges: dict, variant: Variant):
+    fig = plt.figure(figsize=(7.5, 7.5))
+    ax = fig.add_subplot(polar=True)
+    ax.set_ylim(0, 1)
+    ax.set_rorigin(-HOLE)
+    ax.set_yticks([])
+    ax.set_xticks(_angles() % (2 * np.pi), labels=[])
+    ax.xaxis.grid(True, color="0.75", linewidth=0.8)
+    ax.spines["polar"].set_color("0.6")
+    ax.spines["inner"].set_color("0.75")
+    for stage, angle in zip(STAGES, _angles()):
+        missing = ranges[stage.key] is None
+        _axis_title(ax, angle, axis_label(stage.key, variant) + ("\n(n/a)" if missing else ""),
+                    color="0.55" if missing else "black")
+        if not missing:
+            _axis_ticks(ax, stage, angle, ranges[stage.key])
+    return fig, ax
+
+
+def _axis_ticks(ax, stage: TrustStage, angle: float, value_range: tuple[float, float]) -> None:
+    """Tick marks across the spoke, their values on its counter-clockwise side (values of runs go on the other)."""
+    dx, dy, ha, va = _side(angle, ccw=True)
+    for tick in ticks(*value_range):
+        r = place(stage, tick, value_range).radius
+        ax.plot([angle], [r], marker=(2, 0, math.degrees(angle)), markersize=6, color="0.55", mew=0.8, zorder=2)
+        ax.annotate(fmt(tick), (angle, r), xytext=(6 * dx, 6 * dy), textcoords="offset points", ha=ha, va=va,
+                    fontsize=7.5, color="0.3", zorder=5, path_effects=[withStroke(linewidth=2.5, foreground="white")])
+
+
+def _axis_title(ax, angle: float, text: str, color: str) -> None:
+    """Axis name just outside the rim, aligned away from the chart so it never overlaps it."""
+    x, y = math.cos(angle), math.sin(angle)
+    ha = "center" if abs(x) < 0.7 else ("left" if x > 0 else "right")
+    va = "bottom" if y > 0.7 else ("top" if y < -0.5 else "center")
+    ax.text(angle, 1.14, text, ha=ha, va=va, fontsize=10, fontweight="bold", color=color,
+            linespacing=1.3, multialignment="center")
+
+
+def _value_text(profile: RunProfile, key: str, point: Point) -> str:
+    m = profile.measurements[key]
+    text = fmt(m.value)
+    if m.folds is not None and m.folds != profile.folds:
+        text += f" ({m.folds} fold{'s' if m.folds != 1 else ''})"
+    if m.collapsed:
+        return text + "\nprobe collapsed"
+    return text + ("\n(off scale)" if point.off_scale else "")
+
+
+def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) -> None:
+    drawn = [(stage, angle, place(stage, profile.value(stage.key), ranges[stage.key]))
+             for stage, angle in zip(STAGES, _angles()) if profile.value(stage.key) is not None]
+    # a collapsed probe measures nothing: it gets a mark, not a corner of the polygon (it would read as privacy)
+    corners = [(a, p.radius) for s, a, p in drawn if not profile.measurements[s.key].collapsed]
+    if corners:
+        thetas, radii = zip(*(corners + corners[:1]))
+        ax.plot(thetas, radii, color=color, linewidth=2, label=legend_label(profile), zorder=4)
+        ax.fill(thetas, radii, color=color, alpha=0.15, zorder=3)
+    for stage, angle, point in drawn:
+        if profile.measurements[stage.key].collapsed:
+            ax.plot([angle], [point.radius], marker="X", markersize=13, mfc="white", mec=color, mew=2, zorder=6,
+                    clip_on=False)
+        elif point.off_scale:
+            ax.plot([angle], [point.radius], marker="D", markersize=8, mfc="white", mec=color, mew=2, zorder=6,
+                    clip_on=False)
+        else:
+            ax.plot([angle], [point.radius], marker="o", markersize=6, color=color, zorder=6, clip_on=False)
+        if annotate:
+            dx, dy, ha, va = _side(angle, ccw=False)
+            ax.annotate(_value_text(profile, stage.key, point), (angle, point.radius), xytext=(10 * dx, 10 * dy),
+                        textcoords="offset points", ha=ha, va=va, fontsize=9, fontweight="bold", color=color,
+                        zorder=7, multialignment="center",
+                        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.8, alpha=0.9))
+
+
+def run_facts(profile: RunProfile) -> list[str]:
+    """What a reader must know before believing a run's profile."""
+    facts = ["random init"] if profile.random_init else []
+    if profile.folds is not None:
+        facts.append(f"{profile.folds} fold{'s' if profile.folds != 1 else ''}")
+    if profile.missing_titles:
+        facts.append("n/a: " + ", ".join(profile.missing_titles))
+    return facts
+
+
+def legend_label(profile: RunProfile) -> str:
+    return textwrap.fill(" · ".join([profile.label] + run_facts(profile)), width=34)
+
+
+def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float) -> None:
+    lines = [f"{dataset}; outward = more trustworthy on every axis"]
+    keys = []
+    for p in profiles:
+        for stage in STAGES:
+            m = p.measurements[stage.key]
+            if m.collapsed:
+                keys.append("✕ hollow, off the polygon: the privacy probe predicted one class only "
+                            "(its UAR is no measure of leakage)")
+            elif m.value is not None and place(stage, m.value, ranges[stage.key]).off_scale:
+                keys.append("◇ hollow: value outside the axis range, drawn at the end it passed")
+    lines += sorted(set(keys))
+    ax.text(0.5, y, "\n".join(lines), transform=ax.transAxes, ha="center", va="top", fontsize=8.5, color="0.35")
+
+
+def draw_single(profile: RunProfile, ranges: dict, color, variant: Variant, dataset: str, path: Path) -> None:
+    fig, ax = _new_radar({k: (None if profile.value(k) is None else r) for k, r in ranges.items()}, variant)
+    _plot_profile(ax, profile, ranges, color, annotate=True)
+    title = "\n".join([profile.label] + ([" · ".join(run_facts(profile))] if run_facts(profile) else []))
+    ax.set_title(title, fontsize=16 if len(profile.label) <= 24 else 12, fontweight="bold", color=color, pad=80)
+    _footer(ax, [profile], ranges, dataset, y=-0.13)
+    save_png(fig, path)
+
+
+def draw_overlay(profiles: list[RunProfile], ranges: dict, variant: Variant, dataset: str, path: Path) -> None:
+    fig, ax = _new_radar(ranges, variant)
+    for i, profile in enumerate(profiles):
+        _plot_profile(ax, profile, ranges, COLORS[i % len(COLORS)], annotate=False)
+    ax.set_title(f"Trust profiles: {dataset}", fontsize=16, fontweight="bold", pad=72)
+    ncol = min(len(profiles), 3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=ncol, frameon=False, fontsize=9.5)
+    rows = math.ceil(len(profiles) / ncol) * max(legend_label(p).count("\n") + 1 for p in profiles)
+    _footer(ax, profiles, ranges, dataset, y=-0.15 - 0.037 * rows)
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())

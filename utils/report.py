@@ -1,0 +1,188 @@
+"""The per-run report: training curves and confusion matrix of each run, and one report.md per dataset with the
+trust table, the radar charts and links to every figure."""
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils.errors import TrustSerError  # noqa: E402
+from utils.finetune import predictions_path  # noqa: E402
+from utils.io import read_json, write_text  # noqa: E402
+from utils.paths import finetune_dir  # noqa: E402
+from utils.profile import RunProfile, cell, table_csv, table_markdown  # noqa: E402
+from utils.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
+from utils.stages import STAGES, Variant  # noqa: E402
+
+SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "run"
+
+
+def write_trust_profile(profiles: list[RunProfile], ranges: dict, variant: Variant, dataset: str,
+                        out: Path) -> dict[str, Path]:
+    """A radar per run (by label), compare.png with all runs, trust_profile.csv and .md; returns the charts."""
+    charts = {p.label: out / f"{slug(p.label)}.png" for p in profiles}
+    for i, profile in enumerate(profiles):
+        draw_single(profile, ranges, COLORS[i % len(COLORS)], variant, dataset, charts[profile.label])
+    draw_overlay(profiles, ranges, variant, dataset, out / "compare.png")
+    write_text(out / "trust_profile.csv", table_csv(profiles))
+    write_text(out / "trust_profile.md", table_markdown(profiles, ranges, variant))
+    return {**charts, "compare": out / "compare.png"}
+
+
+# ---------------------------------------------------------------- training curves
+
+@dataclass
+class FoldHistory:
+    fold: int
+    epochs: list[int]
+    curves: dict            # (split, "uar" | "loss") -> list of values, one per epoch
+    best_epoch: int | None
+
+
+def read_history(path: Path, fold: int) -> FoldHistory:
+    """Per-epoch scores from finetune's fold_k.json ({"0": {"train": {...}, "dev": ..., "test": ...}, ..., "best"})."""
+    data = read_json(path)
+    epochs = sorted(int(k) for k in data if k.isdigit())
+    curves = {(split, metric): [_score(data[str(e)], split, metric) for e in epochs]
+              for split in SPLIT_COLORS for metric in ("uar", "loss")}
+    best = data.get("best", {}).get("best_epoch") if isinstance(data.get("best"), dict) else None
+    return FoldHistory(fold, epochs, curves, best if isinstance(best, int) else None)
+
+
+def _score(epoch: dict, split: str, metric: str) -> float:
+    value = epoch.get(split, {}).get(metric) if isinstance(epoch, dict) else None
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def fold_histories(run_dir: Path, folds: list[int]) -> list[FoldHistory]:
+    return [read_history(run_dir / f"fold_{f}.json", f) for f in folds if (run_dir / f"fold_{f}.json").is_file()]
+
+
+def draw_training_curves(histories: list[FoldHistory], title: str, path: Path) -> None:
+    """UAR (top) and loss (bottom) per epoch, one column per fold; the best epoch (by dev UAR) dashed."""
+    fig, axes = plt.subplots(2, len(histories), figsize=(2.9 * len(histories) + 0.8, 5.6), squeeze=False,
+                             sharex="col", sharey="row")
+    for col, history in enumerate(histories):
+        for row, metric in enumerate(("uar", "loss")):
+            ax = axes[row][col]
+            for split, color in SPLIT_COLORS.items():
+                ax.plot(history.epochs, history.curves[(split, metric)], color=color, linewidth=1.5,
+                        label=split if (row, col) == (0, 0) else None)
+            if history.best_epoch is not None:
+                ax.axvline(history.best_epoch, color="0.3", linestyle="--", linewidth=1,
+                           label="best epoch (dev UAR)" if (row, col) == (0, 0) else None)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                best = f", best epoch {history.best_epoch}" if history.best_epoch is not None else ""
+                ax.set_title(f"fold {history.fold}{best}", fontsize=10)
+            else:
+                ax.set_xlabel("epoch")
+        axes[0][0].set_ylabel("UAR (%)")
+        axes[1][0].set_ylabel("loss")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    fig.legend(loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    save_png(fig, path)
+
+
+# ---------------------------------------------------------------- confusion matrix
+
+def confusion_counts(run_dir: Path, folds: list[int], num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """Label x prediction counts summed over the folds' test predictions, and the folds found."""
+    counts, found = np.zeros((num_classes, num_classes), dtype=int), []
+    for fold in folds:
+        path = predictions_path(run_dir, fold)
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    counts[int(row["label"]), int(row["prediction"])] += 1
+                except (KeyError, ValueError, IndexError):
+                    raise TrustSerError(f"{path}: row {row.get('key', '?')} has no valid label/prediction "
+                                        f"(classes 0..{num_classes - 1})") from None
+        found.append(fold)
+    return counts, found
+
+
+def row_normalised(counts: np.ndarray) -> np.ndarray:
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+
+
+def draw_confusion(counts: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
+    share = row_normalised(counts)
+    size = 1.1 * len(class_names) + 2.2
+    fig, ax = plt.subplots(figsize=(size, size - 0.6))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(share):
+        ax.text(j, i, f"{value:.2f}\n({counts[i, j]})", ha="center", va="center", fontsize=8.5,
+                color="white" if value > 0.6 else "black")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=30 if max(map(len, class_names)) > 4 else 0)
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (rows sum to 1)")
+    ax.set_title(title, fontsize=10, fontweight="bold")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+# ---------------------------------------------------------------- report.md
+
+@dataclass
+class RunFigures:
+    profile: RunProfile
+    curves: Path | None
+    confusion: Path | None
+    folds: list[int]            # folds with test predictions (the confusion matrix's)
+
+
+def draw_run(project_dir: Path, profile: RunProfile, folds: list[int], class_names: list[str],
+             out: Path) -> RunFigures:
+    run_dir = finetune_dir(project_dir, profile.run)
+    histories = fold_histories(run_dir, folds)
+    curves = confusion = None
+    if histories:
+        curves = out / "training_curves.png"
+        draw_training_curves(histories, f"{profile.label}: training curves ({profile.run.name})", curves)
+    counts, found = confusion_counts(run_dir, folds, len(class_names))
+    if found:
+        confusion = out / "confusion_matrix.png"
+        draw_confusion(counts, class_names, f"{profile.label}: test predictions, {len(found)} fold"
+                       f"{'s' if len(found) != 1 else ''} summed ({counts.sum()} utterances)", confusion)
+    return RunFigures(profile, curves, confusion, found)
+
+
+def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path], ranges: dict,
+                    variant: Variant, root: Path) -> str:
+    def link(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    profiles = [r.profile for r in runs]
+    lines = [f"# Trust-SER report: {dataset}", "", "## Trust profile", "",
+             table_markdown(profiles, ranges, variant).rstrip(), "",
+             f"![All runs]({link(charts['compare'])})", ""]
+    for r in runs:
+        p = r.profile
+        lines += [f"## {p.label}", "", f"Run `{p.run.pretrain_model}/{p.run.name}`"
+                  + (" (random initial weights: a pipeline check, not a result)" if p.random_init else "") + ".", ""]
+        lines += [f"- {s.title}: {cell(p.measurements[s.key], p.folds)}" for s in STAGES]
+        lines += ["", f"- Radar: [{link(charts[p.label])}]({link(charts[p.label])})"]
+        for name, path in (("Training curves", r.curves), ("Confusion matrix", r.confusion)):
+            lines.append(f"- {name}: " + (f"[{link(path)}]({link(path)})" if path else "n/a (no finetune fold files)"))
+        lines += ["", f"![{p.label} radar]({link(charts[p.label])})", ""]
+        lines += [f"![{p.label} {name}]({link(path)})" for name, path in
+                  (("training curves", r.curves), ("confusion matrix", r.confusion)) if path]
+        lines.append("")
+    return "\n".join(lines)
