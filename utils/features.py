@@ -121,7 +121,8 @@ class _StoredFeatures:
         self.frames: dict[str, int] = {}      # key -> frames, for every prepared utterance, stored or live
         self.memory_bytes = 0
         self.precision = "bf16" if device.type == "cuda" else "fp32"
-        self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0, "live": 0}
+        self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0, "live": 0}   # live: kept nowhere
+        self.live: set[str] = set()
         self.store = None
         if cache_root is not None:
             budget = disk_budget_bytes if disk_budget_bytes is not None else shutil.disk_usage(_existing(cache_root)).free
@@ -170,7 +171,7 @@ class _StoredFeatures:
                 elif self.store and key in self.store:
                     self.stats["from_disk"] += 1
                     self.frames[key] = self.store.frames(key)
-                else:
+                elif key not in self.live:
                     missing.append(u)
             self._compute(missing)
         return [u for u in utts if u.path not in self.audio.bad]
@@ -207,7 +208,7 @@ class _StoredFeatures:
                     self._write(pending)
                     pending, pending_bytes = [], 0
             elif not self._remember(key, one):
-                self.stats["live"] += 1
+                self._run_live(key)
         self._write(pending)
 
     def _write(self, pending: list[tuple[str, torch.Tensor]]) -> None:
@@ -215,7 +216,11 @@ class _StoredFeatures:
         written = self.store.write(pending) if pending else set()
         for key, one in pending:
             if not self._remember(key, one) and key not in written:
-                self.stats["live"] += 1
+                self._run_live(key)
+
+    def _run_live(self, key: str) -> None:
+        self.live.add(key)
+        self.stats["live"] = len(self.live)
 
     def _read_old_layout(self) -> None:
         """A cache of the earlier layout (one .pt per utterance, same keys) is moved into shards, within the

@@ -42,7 +42,7 @@ def main() -> None:
     args, run, config, corpus, folds = stage.args, stage.run, stage.config, stage.corpus, stage.folds
     out_dir = privacy_dir(config["project_dir"], run, args.privacy_attack)
     if args.aggregate_only:
-        aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
+        log_results(aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold), out_dir)
         return
     device = resolve_device(run.device)
     spec = FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False)
@@ -55,7 +55,10 @@ def main() -> None:
                 for s, u in load_fold(config["project_dir"], run.dataset, fold).items()}
         out_dir.mkdir(parents=True, exist_ok=True)
         train_fold(run, fold, data, backbone, source, out_dir, device, spec)
-    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
+    log_results(aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold), out_dir)
+
+
+def log_results(results: dict, out_dir) -> None:
     log.info(f"gender inference test UAR {results['average']['uar']:.2f}% (50% = nothing leaks); "
              f"results: {out_dir / 'results.json'}")
 
