@@ -534,7 +534,7 @@ def main() -> None:
         progress(f"per_epoch: {args.per_epoch_epochs} epoch(s) of fold {PER_EPOCH_FOLD} (original loop) ...")
         per_epoch = run_per_epoch(args, corpus, backbone, device)
         progress(f"per_epoch: extrapolated total {per_epoch['stages']['total']:.1f} s")
-        progress(f"ours: {args.folds} folds x {args.epochs} epochs with the feature cache ...")
+        progress(f"ours: {args.run_folds} fold(s) x {args.epochs} epochs with the feature cache ...")
         ours, cache = run_cached(args, corpus, backbone, device, tmp / "run")
         progress(f"ours: total {ours['stages']['total']:.1f} s")
         bounded = None
