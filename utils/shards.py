@@ -10,11 +10,12 @@ import json
 import logging
 import uuid
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from utils.io import write_bytes
 
@@ -33,10 +34,20 @@ class ShardStore:
         self.maps: dict[Path, np.memmap] = {}
         self.verified: set[str] = set()
 
-    def filling(self) -> FileLock:
+    @contextmanager
+    def filling(self):
         """Held while computing what is missing: a second process waits, then finds it on disk."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.folder / ".fill.lock"))
+        lock = FileLock(str(self.folder / ".fill.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info(f"waiting for another process filling the feature cache in {self.folder}")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
