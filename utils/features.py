@@ -125,8 +125,9 @@ class _StoredFeatures:
         self.live: set[str] = set()
         self.store = None
         if cache_root is not None:
-            budget = disk_budget_bytes if disk_budget_bytes is not None else shutil.disk_usage(_existing(cache_root)).free
-            self.store = ShardStore(self._folder(), cache_root, budget)
+            if disk_budget_bytes is None:
+                disk_budget_bytes = shutil.disk_usage(_existing(cache_root)).free
+            self.store = ShardStore(self._folder(), cache_root, disk_budget_bytes)
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored tensors [L, B, F, D] and frame lengths [B] of a padded batch."""
@@ -340,8 +341,8 @@ def feature_budgets(cache_gb: float | None, memory_gb: float | None, device: tor
         in_use = ShardStore(cache_root, cache_root, 0).used_bytes()
         disk = in_use + int(0.8 * shutil.disk_usage(_existing(cache_root)).free)
     line = (f"feature cache budgets: {memory / GiB:.1f} GiB of {device.type} memory"
-            f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, "
-            f"{disk / GiB:.1f} GiB on disk under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
+            f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {disk / GiB:.1f} GiB on disk "
+            f"under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
     if line not in _logged_budgets:
         _logged_budgets.add(line)
         log.info(line)
