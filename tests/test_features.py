@@ -325,6 +325,19 @@ def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(f
     assert np.abs(got.probabilities - expected.probabilities).max() <= 1e-4
 
 
+def test_memory_holds_what_the_disk_cannot(utts, tmp_path):
+    bb = backbone("wavlm")
+    full = cached(bb, None)
+    full.prepare(utts)
+    budget = full.memory_bytes // 3
+    source = bounded(bb, tmp_path, disk_budget=budget, memory_budget=budget)
+    source.prepare(utts)
+    on_disk, in_memory = set(source.store.entries), set(source.memory)
+    assert source.disk_bytes() <= budget and 0 < source.memory_bytes <= budget
+    assert on_disk and in_memory and not on_disk & in_memory       # together they hold more than either
+    assert source.stats["live"] == len(utts) - len(on_disk | in_memory) > 0
+
+
 def test_a_damaged_shard_is_recomputed_and_the_others_kept(utts, tmp_path):
     bb = backbone("wavlm")
     first = cached(bb, tmp_path)

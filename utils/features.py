@@ -102,9 +102,9 @@ class _StoredFeatures:
     """What a frozen backbone pass gives per utterance ([L, F, D] as fp16), computed once in length-sorted
     batches and reused across epochs, folds and scripts, keyed by what is stored (`kind`), backbone weights,
     audio file (path, size, mtime), crop length and precision. Three tiers, filled in the order utterances are
-    prepared (the stage scripts prepare the training split first: it is read most): memory (on the device) up
-    to `memory_budget_bytes`, disk shards (utils/shards.py) up to `disk_budget_bytes` for the whole cache, and
-    for what fits in neither, the same frozen pass run live whenever a batch needs it (eval mode, no_grad,
+    prepared (the stage scripts prepare the training split first: it is read most): disk shards
+    (utils/shards.py) up to `disk_budget_bytes` for the whole cache, memory (on the device) up to
+    `memory_budget_bytes` (what is on disk nowhere first, then copies of disk entries), and for what fits in neither, the same frozen pass run live whenever a batch needs it (eval mode, no_grad,
     fp16-rounded, length-sorted within the batch).
 
     Subclasses say what is stored (`_encode`) and how a batch is made of it (`finish`)."""
@@ -123,6 +123,7 @@ class _StoredFeatures:
         self.precision = "bf16" if device.type == "cuda" else "fp32"
         self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0, "live": 0}   # live: kept nowhere
         self.live: set[str] = set()
+        self.disk_copies: list[str] = []      # keys in memory that are also on disk
         self.store = None
         if cache_root is not None:
             if disk_budget_bytes is None:
@@ -144,12 +145,18 @@ class _StoredFeatures:
     def _folder(self) -> Path:
         return self.cache_root / self.backbone.name / self.kind
 
-    def _remember(self, key: str, stored: torch.Tensor) -> bool:
-        size = stored.numel() * stored.element_size()
+    def _remember(self, key: str, stored: torch.Tensor, on_disk: bool) -> bool:
+        """Keep it in memory if it fits; an utterance stored nowhere else may push out copies of disk entries,
+        so that memory and disk together hold as much as they can."""
+        size = _nbytes(stored)
+        while not on_disk and self.memory_bytes + size > self.memory_budget and self.disk_copies:
+            self.memory_bytes -= _nbytes(self.memory.pop(self.disk_copies.pop()))
         if self.memory_bytes + size > self.memory_budget:
             return False
         self.memory[key] = stored.to(self.device)
         self.memory_bytes += size
+        if on_disk:
+            self.disk_copies.append(key)
         return True
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
@@ -208,7 +215,7 @@ class _StoredFeatures:
                 if pending_bytes >= SHARD_BYTES:
                     self._write(pending)
                     pending, pending_bytes = [], 0
-            elif not self._remember(key, one):
+            elif not self._remember(key, one, on_disk=False):
                 self._run_live(key)
         self._write(pending)
 
@@ -216,7 +223,7 @@ class _StoredFeatures:
         """Disk shards for what the budget allows; memory for what fits; the rest will run live."""
         written = self.store.write(pending) if pending else set()
         for key, one in pending:
-            if not self._remember(key, one) and key not in written:
+            if not self._remember(key, one, on_disk=key in written) and key not in written:
                 self._run_live(key)
 
     def _run_live(self, key: str) -> None:
@@ -250,7 +257,8 @@ class _StoredFeatures:
         if self.store and key in self.store:
             stored = self.store.read(key)
             if stored is not None:       # None: a damaged shard, deleted; computed live from now on
-                return self.memory[key] if self._remember(key, stored) else _to_device(stored, self.device)
+                kept = self._remember(key, stored, on_disk=True)
+                return self.memory[key] if kept else _to_device(stored, self.device)
         return None
 
     def get(self, u: Utterance) -> torch.Tensor:
@@ -276,6 +284,10 @@ class _StoredFeatures:
 
     def disk_bytes(self) -> int:
         return self.store.used_bytes(self._folder()) if self.store else 0
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _existing(path: Path) -> Path:
