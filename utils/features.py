@@ -197,7 +197,7 @@ class _StoredFeatures:
                 yield u, stored[:, i, : int(n_frames[i])].contiguous()
 
     def _compute(self, utts: list[Utterance]) -> None:
-        """The frozen pass over utterances not stored yet: memory first, then disk shards, else live."""
+        """The frozen pass over utterances not stored yet: disk shards, then memory, else live."""
         unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
         if not unique:
             return
@@ -238,13 +238,17 @@ class _StoredFeatures:
             return
         log.info(f"moving {len(old)} per-utterance feature files of the old cache layout in {self._folder()} "
                  f"into shards")
-        pending = []
-        for path in old:
+        pending, pending_bytes = [], 0
+        for i, path in enumerate(old):
             try:
-                pending.append((path.stem, load_torch(path)))
+                if path.stem not in self.store:
+                    pending.append((path.stem, load_torch(path)))
+                    pending_bytes += _nbytes(pending[-1][1])
             except TrustSerError as err:
                 log.warning(f"dropping unreadable old cache entry: {err}")
-        self.store.write([(k, t) for k, t in pending if k not in self.store])
+            if pending and (pending_bytes >= SHARD_BYTES or i == len(old) - 1):
+                self.store.write(pending)
+                pending, pending_bytes = [], 0
         for path in old:
             path.unlink(missing_ok=True)
         for folder in {p.parent for p in old}:
