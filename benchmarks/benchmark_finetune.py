@@ -402,13 +402,17 @@ def seconds_text(s: float) -> str:
     return f"{s:.1f} s" if s < 600 else f"{s:.0f} s ({s / 3600:.2f} h)"
 
 
+def folds_text(cfg: dict) -> str:
+    return f"{cfg['folds']} folds" if cfg["run_folds"] == cfg["folds"] else f"{cfg['run_folds']} of {cfg['folds']} folds"
+
+
 def markdown_report(results: dict) -> str:
     cfg, orig, ours = results["config"], results["per_epoch"], results["ours"]
     machine = results["machine"]
     where = machine.get("gpu", f"CPU, {machine['cpus_usable']} cores, {machine['torch_threads']} torch thread(s)")
     lines = [f"### Frozen {cfg['pretrain_model']} ({'tiny' if cfg['tiny'] else 'full size'}, random init), "
              f"{cfg['num_utterances']} utterances (mean {cfg['mean_seconds_cropped']:.2f} s after cropping at "
-             f"{cfg['max_seconds']:g} s), {cfg['folds']} folds x {cfg['epochs']} epochs, on {where}",
+             f"{cfg['max_seconds']:g} s), {folds_text(cfg)} x {cfg['epochs']} epochs, on {where}",
              "",
              f"per_epoch totals are extrapolated from {orig['extrapolated_from_epochs']} epoch(s) of fold "
              f"{orig['extrapolated_from_fold']} (per training batch and per evaluated utterance).",
