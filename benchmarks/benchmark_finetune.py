@@ -56,6 +56,10 @@ from utils.training import evaluate, make_optimizer, set_seed, train_epoch  # no
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5
 GAMMA_SHAPE = 2.0       # IEMOCAP's durations: mean about 4.5 s, std about 3.2 s (= mean / sqrt(shape))
+# MSP-Podcast's speaking turns are segmented to 2.75-11 s (Lotfian & Busso 2019), mean about 5.6 s with a long
+# right tail: 2.75 s plus a gamma tail (shape 2) of mean 2.85 s, cut at 11 s, then cropped like every corpus.
+PODCAST_SECONDS = (2.75, 11.0)
+BOUNDED_FRACTION = 0.2  # the podcast preset's cache budget, as a fraction of what the full cache takes
 NUM_CLASSES = 4
 PER_EPOCH_FOLD = 1      # the fold whose epochs the per_epoch mode times
 STAGES = ["feature pass", "head training", "evaluation", "bookkeeping", "total"]
@@ -67,6 +71,9 @@ PRESETS = {
                  hidden_size=32, tiny=True, threads=1),
     "iemocap": dict(num_utterances=5500, mean_seconds=4.5, max_seconds=6.0, folds=5, epochs=30, per_epoch_epochs=1,
                     hidden_size=256, tiny=False, threads=None),
+    # one official split (fold 1 of 5 sessions: 60% train, 20% dev, 20% test); a few epochs: time per epoch counts
+    "podcast": dict(num_utterances=3000, mean_seconds=5.6, max_seconds=6.0, folds=5, epochs=3, per_epoch_epochs=1,
+                    hidden_size=32, tiny=True, threads=1, run_folds=1, budget_fraction=BOUNDED_FRACTION),
 }
 
 
@@ -74,12 +81,16 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny", choices=list(PRESETS),
                    help="tiny: tiny random-init backbone, 400 utterances of ~1.3 s (CPU, < 1 min); "
-                        "iemocap: full-size random-init backbone, 5.5k utterances of mean 4.5 s cropped at 6 s")
+                        "iemocap: full-size random-init backbone, 5.5k utterances of mean 4.5 s cropped at 6 s; "
+                        "podcast: MSP-Podcast's durations, one split, and a run with the cache budget at 20%%")
     p.add_argument("--pretrain_model", default="wavlm", choices=list(BACKBONES))
     p.add_argument("--num_utterances", type=int, help="corpus size (preset default)")
     p.add_argument("--mean_seconds", type=float, help="mean utterance duration before cropping (preset default)")
     p.add_argument("--max_seconds", type=float, help="crop length in seconds (preset default)")
     p.add_argument("--folds", type=int, help="sessions of two speakers = leave-one-session-out folds (>= 3)")
+    p.add_argument("--run_folds", type=int, help="how many of the folds are run (default: all; podcast: 1)")
+    p.add_argument("--budget_fraction", type=float,
+                   help="also run with disk and memory budgets at this fraction of the full cache (podcast: 0.2)")
     p.add_argument("--epochs", type=int, help="epochs per fold (preset default)")
     p.add_argument("--per_epoch_epochs", type=int,
                    help="epochs of fold 1 the per_epoch mode runs before extrapolating to folds x epochs "
@@ -101,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    args.run_folds = args.run_folds or args.folds
+    args.podcast_durations = args.preset == "podcast"
     check_args(args)
     return args
 
@@ -111,6 +124,10 @@ def check_args(args: Namespace) -> None:
     bad = [f"--{k} {getattr(args, k)}" for k in positive if getattr(args, k) <= 0]
     if bad:
         raise TrustSerError(f"benchmark flags must be positive: {', '.join(bad)}")
+    if args.budget_fraction is not None and not 0 <= args.budget_fraction <= 1:
+        raise TrustSerError(f"--budget_fraction {args.budget_fraction}: must be between 0 and 1")
+    if not 1 <= args.run_folds <= args.folds:
+        raise TrustSerError(f"--run_folds {args.run_folds}: must be between 1 and --folds ({args.folds})")
     if args.folds < 3:
         raise TrustSerError(f"--folds {args.folds}: need at least 3 sessions (train, dev and test)")
     if args.max_seconds < MIN_SECONDS:
@@ -152,7 +169,12 @@ def make_corpus(args: Namespace, folder: Path) -> SyntheticCorpus:
     The empty files only give CachedFeatures a path to stat for its cache key; nothing is read from disk.
     """
     rng = np.random.default_rng(args.seed)
-    raw = rng.gamma(GAMMA_SHAPE, args.mean_seconds / GAMMA_SHAPE, args.num_utterances)
+    if args.podcast_durations:
+        shortest, longest = PODCAST_SECONDS
+        tail = rng.gamma(GAMMA_SHAPE, max(args.mean_seconds - shortest, 0.0) / GAMMA_SHAPE, args.num_utterances)
+        raw = np.minimum(shortest + tail, longest)
+    else:
+        raw = rng.gamma(GAMMA_SHAPE, args.mean_seconds / GAMMA_SHAPE, args.num_utterances)
     seconds = np.clip(raw, MIN_SECONDS, args.max_seconds)
     speakers = rng.permutation(np.arange(args.num_utterances) % (2 * args.folds)) + 1   # balanced speakers
     labels = rng.integers(0, NUM_CLASSES, args.num_utterances)
@@ -276,7 +298,7 @@ def run_per_epoch(args: Namespace, corpus: SyntheticCorpus, backbone, device: to
 
     per_batch = clock.seconds["head training"] / (args.per_epoch_epochs * training_batches(data, args.batch_size))
     per_utt = clock.seconds["evaluation"] / (args.per_epoch_epochs * (len(data["dev"]) + len(data["test"])))
-    folds = [corpus.fold(k) for k in range(1, corpus.folds + 1)]
+    folds = [corpus.fold(k) for k in range(1, args.run_folds + 1)]
     batches = args.epochs * sum(training_batches(f, args.batch_size) for f in folds)
     evaluated = args.epochs * sum(len(f["dev"]) + len(f["test"]) for f in folds)
     stages = {"feature pass": 0.0, "head training": per_batch * batches, "evaluation": per_utt * evaluated,
@@ -289,22 +311,30 @@ def run_per_epoch(args: Namespace, corpus: SyntheticCorpus, backbone, device: to
             "memory": peak_memory(device)}
 
 
-def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device,
-               run_dir: Path) -> tuple[dict, CachedFeatures]:
-    """Feature pass once, then utils.finetune.train_fold for every fold, all epochs; (numbers, the cache)."""
+def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path,
+               budget_bytes: int | None = None) -> tuple[dict, CachedFeatures]:
+    """Feature pass once, then utils.finetune.train_fold for every fold, all epochs; (numbers, the cache).
+
+    Without a budget every feature stays in memory on the device; with one, disk shards (under run_dir) and
+    memory each hold at most budget_bytes, and the rest is computed live in every epoch."""
     clock = StageClock(device)
     reset_peak_memory(device)
-    # cache_root=None: memory only, every feature stays on the device (the budget only matters with a disk cache)
-    cache = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, cache_root=None,
-                           memory_budget_bytes=0)
+    if budget_bytes is None:
+        cache = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, cache_root=None,
+                               memory_budget_bytes=1 << 62)
+    else:
+        cache = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, run_dir / "cache",
+                               memory_budget_bytes=budget_bytes, disk_budget_bytes=budget_bytes)
     source = protocol_source(protocol_run(args), backbone, cache, device)
     with clock.stage("feature pass"):
+        if budget_bytes is not None:
+            source.prepare(corpus.fold(1)["train"])     # the training split first: read most, kept first
         source.prepare(corpus.utterances)
     spec = finetune.FitSpec([f"class{c}" for c in range(NUM_CLASSES)], 2e-4, args.epochs, class_weighted=True)
     batches = evaluated = 0
     with mock.patch.object(finetune, "train_epoch", clock.timed("head training", train_epoch)), \
             mock.patch.object(finetune, "evaluate", clock.timed("evaluation", evaluate)):
-        for k in range(1, corpus.folds + 1):
+        for k in range(1, args.run_folds + 1):
             with clock.stage("folds"):
                 data = {split: source.prepare(utts) for split, utts in corpus.fold(k).items()}
                 finetune.train_fold(head_run(args), k, data, backbone, source, run_dir, device, spec)
@@ -319,7 +349,8 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
             "seconds_per_evaluated_utterance": seconds["evaluation"] / evaluated, "training_batches": batches,
             "evaluated_utterances": evaluated, "precision": source.precision,
             "cache": {"bytes": cache.memory_bytes, "utterances": len(cache.memory), "where": str(device),
-                      "dtype": "float16", **cache.stats},
+                      "dtype": "float16", "disk_bytes": cache.disk_bytes(), "budget_bytes": budget_bytes,
+                      "disk_utterances": len(cache.store.entries) if cache.store else 0, **cache.stats},
             "memory": peak_memory(device)}
     return numbers, cache
 
@@ -385,13 +416,17 @@ def seconds_text(s: float) -> str:
     return f"{s:.1f} s" if s < 600 else f"{s:.0f} s ({s / 3600:.2f} h)"
 
 
+def folds_text(cfg: dict) -> str:
+    return f"{cfg['folds']} folds" if cfg["run_folds"] == cfg["folds"] else f"{cfg['run_folds']} of {cfg['folds']} folds"
+
+
 def markdown_report(results: dict) -> str:
     cfg, orig, ours = results["config"], results["per_epoch"], results["ours"]
     machine = results["machine"]
     where = machine.get("gpu", f"CPU, {machine['cpus_usable']} cores, {machine['torch_threads']} torch thread(s)")
     lines = [f"### Frozen {cfg['pretrain_model']} ({'tiny' if cfg['tiny'] else 'full size'}, random init), "
              f"{cfg['num_utterances']} utterances (mean {cfg['mean_seconds_cropped']:.2f} s after cropping at "
-             f"{cfg['max_seconds']:g} s), {cfg['folds']} folds x {cfg['epochs']} epochs, "
+             f"{cfg['max_seconds']:g} s), {folds_text(cfg)} x {cfg['epochs']} epochs, "
              f"--protocol {cfg['protocol']}, on {where}",
              "",
              f"per_epoch totals are extrapolated from {orig['extrapolated_from_epochs']} epoch(s) of fold "
@@ -421,10 +456,55 @@ def markdown_report(results: dict) -> str:
               "", f"**Ratio (per_epoch total / ours total): {results['ratio']:.1f}x**"]
     if results.get("fgsm"):
         lines += ["", *fgsm_report(results["fgsm"])]
+    if results.get("bounded"):
+        lines += ["", *bounded_report(results)]
     info = ", ".join(f"{k} {v}" for k, v in machine.items())
     lines += ["", f"Machine: {info}. Setup (corpus {results['setup_seconds']['corpus']:.1f} s, backbone "
                   f"{results['setup_seconds']['backbone']:.1f} s) is not in either total."]
     return "\n".join(lines)
+
+
+def epoch_times(results: dict) -> dict:
+    """Seconds per epoch (training, dev and test evaluation, bookkeeping) of each mode, and the ratios."""
+    cfg = results["config"]
+    epochs = cfg["epochs"] * cfg["run_folds"]
+    per = {"per_epoch": results["per_epoch"]["stages"]["total"] / epochs}
+    for mode in ("ours", "bounded"):
+        stages = results[mode]["stages"]
+        per[mode] = (stages["total"] - stages["feature pass"]) / epochs
+    return {"seconds_per_epoch": per,
+            "ratio_bounded_vs_per_epoch": per["per_epoch"] / per["bounded"],
+            "ratio_unbounded_vs_per_epoch": per["per_epoch"] / per["ours"],
+            "ratio_bounded_total_vs_per_epoch": results["per_epoch"]["stages"]["total"]
+            / results["bounded"]["stages"]["total"]}
+
+
+def bounded_report(results: dict) -> list[str]:
+    cfg, per = results["config"], results["epochs"]["seconds_per_epoch"]
+    ours, bounded = results["ours"]["cache"], results["bounded"]["cache"]
+    n = cfg["num_utterances"]
+    budget = bounded["budget_bytes"]
+    lines = [f"| {cfg['run_folds']} fold(s) x {cfg['epochs']} epochs, {n} utterances | original loop | "
+             f"unbounded cache | cache at {cfg['budget_fraction']:.0%} ({gib(budget)} disk + {gib(budget)} memory) |",
+             "|---|---:|---:|---:|",
+             f"| time per epoch | {seconds_text(per['per_epoch'])} | {seconds_text(per['ours'])} | "
+             f"{seconds_text(per['bounded'])} |",
+             f"| feature pass (once) | none | {seconds_text(results['ours']['stages']['feature pass'])} | "
+             f"{seconds_text(results['bounded']['stages']['feature pass'])} |",
+             f"| total | {seconds_text(results['per_epoch']['stages']['total'])} (extrapolated) | "
+             f"{seconds_text(results['ours']['stages']['total'])} | {seconds_text(results['bounded']['stages']['total'])} |",
+             f"| features on disk | none | none (memory only) | {gib(bounded['disk_bytes'])}, "
+             f"{bounded['disk_utterances']} utterances |",
+             f"| features in memory | none | {gib(ours['bytes'])}, {ours['utterances']} utterances | "
+             f"{gib(bounded['bytes'])}, {bounded['utterances']} utterances |",
+             f"| computed live every epoch | all | none | {bounded['live']} utterances |",
+             f"| peak host RSS (process, so far) | {gib(results['per_epoch']['memory']['host_rss_peak_bytes'])} | "
+             f"{gib(results['ours']['memory']['host_rss_peak_bytes'])} | "
+             f"{gib(results['bounded']['memory']['host_rss_peak_bytes'])} |",
+             "",
+             f"**Per epoch: cache at {cfg['budget_fraction']:.0%} {results['epochs']['ratio_bounded_vs_per_epoch']:.1f}x "
+             f"the original loop; unbounded cache {results['epochs']['ratio_unbounded_vs_per_epoch']:.1f}x**"]
+    return lines
 
 
 def fgsm_report(f: dict) -> list[str]:
@@ -474,9 +554,17 @@ def main() -> None:
         progress(f"per_epoch: {args.per_epoch_epochs} epoch(s) of fold {PER_EPOCH_FOLD} (original loop) ...")
         per_epoch = run_per_epoch(args, corpus, backbone, device)
         progress(f"per_epoch: extrapolated total {per_epoch['stages']['total']:.1f} s")
-        progress(f"ours: {args.folds} folds x {args.epochs} epochs with the feature cache ...")
+        progress(f"ours: {args.run_folds} fold(s) x {args.epochs} epochs with the feature cache ...")
         ours, cache = run_cached(args, corpus, backbone, device, tmp / "run")
         progress(f"ours: total {ours['stages']['total']:.1f} s")
+        bounded = None
+        if args.budget_fraction is not None:
+            budget = int(args.budget_fraction * ours["cache"]["bytes"])
+            progress(f"bounded: the same with disk and memory budgets of {gib(budget)} "
+                     f"({args.budget_fraction:.0%} of the full cache) ...")
+            (tmp / "bounded").mkdir()
+            bounded, _ = run_cached(args, corpus, backbone, device, tmp / "bounded", budget)
+            progress(f"bounded: total {bounded['stages']['total']:.1f} s")
         fgsm = None
         if not args.no_fgsm:
             progress("fgsm: batch 1 vs batched ...")
@@ -488,7 +576,9 @@ def main() -> None:
                "machine": machine_info(device),
                "setup_seconds": {"corpus": corpus_seconds, "backbone": backbone_seconds},
                "per_epoch": per_epoch, "ours": ours, "ratio": per_epoch["stages"]["total"] / ours["stages"]["total"],
-               "fgsm": fgsm}
+               "fgsm": fgsm, "bounded": bounded}
+    if bounded:
+        results["epochs"] = epoch_times(results)
     print()
     print(markdown_report(results))
     if args.json:

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Slurm job array: one task per (backbone, fold). Each task fine-tunes its fold, then runs that fold's trust
-# evaluations (fairness, safety; privacy on PRIVACY_FOLDS; sustainability once per backbone, on the first fold).
+# Slurm job array: one task per (corpus, backbone, fold). Each task fine-tunes its fold, then runs that fold's
+# trust evaluations (fairness, safety; privacy on PRIVACY_FOLDS; sustainability once per corpus and backbone, on
+# its first fold).
 #
 #   cd /path/to/trust-ser        # submit from the repository root (or set TRUST_SER_REPO)
+#   mkdir -p logs                # Slurm writes the task logs there (logs/trust-ser_<job>_<task>.out)
 #   sbatch --array=0-$(( 7 * 5 - 1 ))%8 scripts/slurm_array.sh --dataset iemocap --learning_rate 0.0005 \
 #       --num_epochs 30 --conv_layers 2 --pooling mean --hidden_size 128
+#   CORPORA="iemocap crema_d" sbatch --array=0-$(CORPORA="iemocap crema_d" bash scripts/slurm_array.sh --last_task) \
+#       scripts/slurm_array.sh --num_epochs 30 ...       # several corpora: their folds come from utils/datasets.py
 #
 # Every flag after the script name goes to every stage script, so give only the shared ones (those of
 # utils/cli.py: --dataset, --learning_rate, --hidden_size, --batch_size, --config, ...). The #SBATCH --array
@@ -19,9 +23,10 @@
 #   JOB=$(sbatch --parsable scripts/slurm_array.sh ARGS)
 #   sbatch --dependency=afterany:$JOB --array=0 scripts/slurm_array.sh --aggregate_only ARGS
 #
-# Environment: BACKBONES, FOLDS, PRIVACY_FOLDS, ATTACKS override the lists below (space-separated; FOLDS defaults
-# to the corpus' folds, scripts/corpus_folds.py: 5 for iemocap, 6 for msp-improv, a manifest corpus' own);
-# PYTHON (default: the repo's .venv); DRY_RUN=1 prints the commands instead of running them.
+# Environment: CORPORA (default: the --dataset flag, else iemocap), BACKBONES, FOLDS (default: every fold of
+# each corpus, from scripts/corpus_folds.py: 5 for iemocap, 6 for msp-improv, a manifest corpus' own), PRIVACY_FOLDS, ATTACKS override the lists below (space-separated); PYTHON (default: the repo's
+# .venv); DRY_RUN=1 prints the commands instead of running them. --num_tasks prints the number of tasks,
+# --last_task the last task index (for --array).
 #SBATCH --job-name=trust-ser
 #SBATCH --array=0-34%8
 #SBATCH --gres=gpu:1
@@ -29,7 +34,8 @@
 #SBATCH --mem=32G
 #SBATCH --time=24:00:00
 #SBATCH --requeue
-#SBATCH --output=trust-ser_%A_%a.out
+#SBATCH --open-mode=append
+#SBATCH --output=logs/trust-ser_%A_%a.out
 set -euo pipefail
 
 BACKBONES=(${BACKBONES:-apc tera wavlm wav2vec2_0 whisper_tiny whisper_base whisper_small})
@@ -44,16 +50,45 @@ if [[ ! -f "$REPO/experiment/finetune_single_thread.py" ]]; then
 fi
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 [[ -x "$PY" ]] || PY=python3
-if [[ -z "${FOLDS:-}" ]]; then               # the corpus' own folds (--dataset, --config among the flags)
-    FOLDS=$("$PY" "$REPO/scripts/corpus_folds.py" "$@") || exit 2
-fi
-FOLDS=($FOLDS)
 FINETUNE="$REPO/experiment/finetune_single_thread.py"
 FAIRNESS="$REPO/trustworthy/fairness/fairness_evaluation.py"
 SAFETY="$REPO/trustworthy/safety/adversarial_attack.py"
 PRIVACY="$REPO/trustworthy/privacy/gender_inference.py"
 SUSTAINABILITY="$REPO/trustworthy/sustainability/sustainability.py"
-NUM_TASKS=$(( ${#BACKBONES[@]} * ${#FOLDS[@]} ))
+
+dataset_flag() {   # the value of --dataset among the flags, if given
+    local prev="" arg
+    for arg in "$@"; do
+        [[ "$prev" == --dataset ]] && echo "$arg"
+        [[ "$arg" == --dataset=* ]] && echo "${arg#--dataset=}"
+        prev=$arg
+    done
+    return 0
+}
+if [[ -n "${CORPORA:-}" && -n "$(dataset_flag "$@")" ]]; then
+    echo "error: give the corpora either in CORPORA or with --dataset, not both" >&2
+    exit 2
+fi
+CORPORA=(${CORPORA:-$(dataset_flag "$@")})
+(( ${#CORPORA[@]} )) || CORPORA=(iemocap)
+
+STAGE_FLAGS=("$@")
+folds_of() {   # the folds of a corpus: FOLDS if set, else its own (scripts/corpus_folds.py; a manifest corpus' too)
+    if [[ -n "${FOLDS:-}" ]]; then echo "$FOLDS"; return; fi
+    "$PY" "$REPO/scripts/corpus_folds.py" "${STAGE_FLAGS[@]}" --dataset "$1"
+}
+
+# The tasks, corpus by corpus, backbone by backbone, fold by fold: TASKS[i]="corpus backbone fold first_fold".
+TASKS=()
+for corpus in "${CORPORA[@]}"; do
+    corpus_folds=($(folds_of "$corpus")) || exit 2
+    for backbone in "${BACKBONES[@]}"; do
+        for fold in "${corpus_folds[@]}"; do
+            TASKS+=("$corpus $backbone $fold ${corpus_folds[0]}")
+        done
+    done
+done
+NUM_TASKS=${#TASKS[@]}
 
 run() {   # one stage script: echoed first, then run (or only echoed with DRY_RUN=1)
     echo "+ $*"
@@ -62,10 +97,10 @@ run() {   # one stage script: echoed first, then run (or only echoed with DRY_RU
 
 contains() { local x; for x in "${@:2}"; do [[ "$x" == "$1" ]] && return 0; done; return 1; }
 
-fold_task() {   # fold_task BACKBONE FOLD [flags...]: the trust evaluations run even if one of them fails
-    local backbone=$1 fold=$2 attack status=0
-    shift 2
-    local common=(--pretrain_model "$backbone" --folds "$fold" "$@")
+fold_task() {   # fold_task CORPUS BACKBONE FOLD FIRST_FOLD [flags...]: the trust evaluations run even if one fails
+    local corpus=$1 backbone=$2 fold=$3 first_fold=$4 attack status=0
+    shift 4
+    local common=(--dataset "$corpus" --pretrain_model "$backbone" --folds "$fold" "$@")
     run "$PY" "$FINETUNE" "${common[@]}" || return 1       # nothing to evaluate without the trained fold
     run "$PY" "$FAIRNESS" "${common[@]}" || status=1
     for attack in "${ATTACKS[@]}"; do
@@ -74,37 +109,46 @@ fold_task() {   # fold_task BACKBONE FOLD [flags...]: the trust evaluations run 
     if contains "$fold" "${PRIVACY_FOLDS[@]}"; then
         run "$PY" "$PRIVACY" "${common[@]}" || status=1
     fi
-    if [[ "$fold" == "${FOLDS[0]}" ]]; then    # FLOPs and latency do not depend on the fold
+    if [[ "$fold" == "$first_fold" ]]; then    # FLOPs and latency do not depend on the fold
         run "$PY" "$SUSTAINABILITY" "${common[@]}" || status=1
     fi
     return $status
 }
 
-aggregate_all() {   # results.json of every stage and backbone from the per-fold files; goes on past gaps
-    local backbone attack status=0
-    for backbone in "${BACKBONES[@]}"; do
-        local common=(--pretrain_model "$backbone" --aggregate_only "$@")
-        run "$PY" "$FINETUNE" "${common[@]}" || status=1
+aggregate_all() {   # results.json of every stage, corpus and backbone from the per-fold files; goes on past gaps
+    local corpus backbone attack output status=0
+    for corpus in "${CORPORA[@]}"; do
+      for backbone in "${BACKBONES[@]}"; do
+        local common=(--dataset "$corpus" --pretrain_model "$backbone" --aggregate_only "$@")
+        if ! output=$(run "$PY" "$FINETUNE" "${common[@]}" 2>&1); then
+            if [[ "$output" == *"no finished folds"* ]]; then   # a list wider than what was trained
+                echo "skipping $backbone on $corpus: no finished folds to aggregate (not trained yet)"
+                continue
+            fi
+            status=1
+        fi
+        echo "$output"
         run "$PY" "$FAIRNESS" "${common[@]}" || status=1
         for attack in "${ATTACKS[@]}"; do
             run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
         done
         run "$PY" "$PRIVACY" "${common[@]}" || status=1
+      done
     done
     return $status
 }
 
 case "${1:-}" in
-    --num_tasks) echo "$NUM_TASKS"; exit 0 ;;     # run_local.sh passes its flags: the corpus decides FOLDS
+    --num_tasks) echo "$NUM_TASKS"; exit 0 ;;
+    --last_task) echo $(( NUM_TASKS - 1 )); exit 0 ;;
     --aggregate_only) shift; aggregate_all "$@"; exit $? ;;
 esac
 
 TASK="${SLURM_ARRAY_TASK_ID:-}"
 if [[ ! "$TASK" =~ ^[0-9]+$ ]] || (( TASK >= NUM_TASKS )); then
-    echo "error: SLURM_ARRAY_TASK_ID='$TASK' is not a task in 0..$(( NUM_TASKS - 1 )) (${#BACKBONES[@]} backbones x ${#FOLDS[@]} folds); submit with sbatch --array=0-$(( NUM_TASKS - 1 ))" >&2
+    echo "error: SLURM_ARRAY_TASK_ID='$TASK' is not a task in 0..$(( NUM_TASKS - 1 )) (${#CORPORA[@]} corpora x ${#BACKBONES[@]} backbones x their folds); submit with sbatch --array=0-$(( NUM_TASKS - 1 ))" >&2
     exit 2
 fi
-BACKBONE=${BACKBONES[TASK / ${#FOLDS[@]}]}
-FOLD=${FOLDS[TASK % ${#FOLDS[@]}]}
-echo "task $TASK of $NUM_TASKS: backbone $BACKBONE, fold $FOLD"
-fold_task "$BACKBONE" "$FOLD" "$@"
+read -r CORPUS BACKBONE FOLD FIRST_FOLD <<< "${TASKS[TASK]}"
+echo "task $TASK of $NUM_TASKS: corpus $CORPUS, backbone $BACKBONE, fold $FOLD"
+fold_task "$CORPUS" "$BACKBONE" "$FOLD" "$FIRST_FOLD" "$@"

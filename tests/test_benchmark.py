@@ -79,3 +79,20 @@ def test_bad_flags_give_one_line_error(tmp_path):
     proc = run_benchmark("--folds", "2", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --folds 2: need at least 3 sessions (train, dev and test)"]
+
+
+def test_podcast_preset_stays_within_its_cache_budget(tmp_path):
+    """MSP-Podcast's durations, one split, the cache at 20% of the full size: disk and memory within budget."""
+    out = tmp_path / "podcast.json"
+    proc = run_benchmark("--preset", "podcast", "--num_utterances", "40", "--epochs", "1", "--no_fgsm",
+                         "--device", "cpu", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    full, bounded = res["ours"]["cache"], res["bounded"]["cache"]
+    assert res["config"]["run_folds"] == 1 and 4.0 < res["config"]["mean_seconds_cropped"] <= 6.0
+    assert bounded["budget_bytes"] == int(0.2 * full["bytes"]) > 0
+    assert 0 < bounded["disk_bytes"] <= bounded["budget_bytes"] and bounded["bytes"] <= bounded["budget_bytes"]
+    assert 0 < bounded["disk_utterances"] < 40 and 0 < bounded["live"] < 40 and full["utterances"] == 40
+    per = res["epochs"]["seconds_per_epoch"]
+    assert res["epochs"]["ratio_bounded_vs_per_epoch"] == pytest.approx(per["per_epoch"] / per["bounded"])
+    assert "| time per epoch |" in proc.stdout and "| computed live every epoch |" in proc.stdout

@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 from model.backbones import build_backbone  # noqa: E402
 from model.heads import CNNSelfAttention  # noqa: E402
 from utils.audio import write_wav  # noqa: E402
+from utils.io import save_torch  # noqa: E402
 from utils.run import RunConfig  # noqa: E402
 from utils.data import Utterance  # noqa: E402
 from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
@@ -201,7 +202,7 @@ def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_
     bb = backbone("wavlm")
     first = cached(bb, tmp_path)
     first.prepare(utts)
-    assert first.stats == {"computed": len(utts), "from_disk": 0, "from_memory": 0}
+    assert first.stats == {"computed": len(utts), "from_disk": 0, "from_memory": 0, "live": 0}
     before = first.get(utts[2]).clone()
     first.prepare(utts)
     assert first.stats["from_memory"] == len(utts) and first.stats["computed"] == len(utts)
@@ -212,7 +213,7 @@ def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))       # only mtime
     second = cached(bb, tmp_path)
     second.prepare(utts)
-    assert second.stats == {"computed": 2, "from_disk": len(utts) - 2, "from_memory": 0}
+    assert second.stats == {"computed": 2, "from_disk": len(utts) - 2, "from_memory": 0, "live": 0}
     after = second.get(utts[2])
     assert after.shape[1] != before.shape[1]
     assert torch.equal(second.get(utts[0]), first.get(utts[0]))
@@ -281,3 +282,135 @@ def test_cached_and_uncached_finetune_runs_give_the_same_predictions(tmp_path):
     assert list(cached_pred["prediction"]) == list(uncached_pred["prediction"])
     assert diff <= 1e-4 and loss_diff <= 1e-5
     assert histories[0]["1"]["train"]["loss"] != histories[0]["0"]["train"]["loss"]   # it did train
+
+# -- Part C: the bounded, sharded cache
+
+
+def trained_predictions(source, utts):
+    """Three epochs of head training and an evaluation, all through `source` (read-ahead thread included)."""
+    bb = source.backbone
+    head = head_for(bb)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for epoch in range(3):
+        train_epoch(head, bb, source, utts, nn.NLLLoss(), optimizer, 4, torch.Generator().manual_seed(epoch), 4)
+    return evaluate(head, bb, source, utts, 3, 4)
+
+
+def fp16_close(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal up to the fp16 rounding flips of another batch's padding."""
+    return bool((got.float() - expected.float()).abs().max() <= 4 * FP16_EPS * expected.float().abs().max())
+
+
+def bounded(bb, cache_root: Path, disk_budget: int, memory_budget: int = 0):
+    return CachedFeatures(bb, AudioBank(2, skip_bad=False), CPU, 8, cache_root, memory_budget, disk_budget)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 1.0])
+def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(fraction, utts, tmp_path):
+    bb = backbone("wavlm")
+    full = cached(bb, tmp_path / "full")
+    full.prepare(utts)
+    expected = trained_predictions(full, utts)
+    budget = int(fraction * full.disk_bytes())
+    source = bounded(bb, tmp_path / "bounded", budget)      # nothing in memory: disk or live
+    assert source.prepare(utts) == utts
+    got = trained_predictions(source, utts)
+    stored = len(source.store.entries)
+    print(f"\nbudget {fraction:.0%} of {full.disk_bytes()} B: {source.disk_bytes()} B on disk, {stored} stored, "
+          f"{source.stats['live']} live; max probability difference "
+          f"{np.abs(got.probabilities - expected.probabilities).max():.2e}")
+    assert source.disk_bytes() <= budget and source.stats["live"] == len(utts) - stored
+    assert {0.0: stored == 0, 0.2: 0 < stored < len(utts), 1.0: stored == len(utts)}[fraction]
+    assert np.array_equal(got.predictions, expected.predictions)
+    assert np.abs(got.probabilities - expected.probabilities).max() <= 1e-4
+
+
+def test_memory_holds_what_the_disk_cannot(utts, tmp_path):
+    bb = backbone("wavlm")
+    full = cached(bb, None)
+    full.prepare(utts)
+    budget = full.memory_bytes // 3
+    source = bounded(bb, tmp_path, disk_budget=budget, memory_budget=budget)
+    source.prepare(utts)
+    on_disk, in_memory = set(source.store.entries), set(source.memory)
+    assert source.disk_bytes() <= budget and 0 < source.memory_bytes <= budget
+    assert on_disk and in_memory and not on_disk & in_memory       # together they hold more than either
+    assert source.stats["live"] == len(utts) - len(on_disk | in_memory) > 0
+
+
+def test_a_damaged_shard_is_recomputed_and_the_others_kept(utts, tmp_path):
+    bb = backbone("wavlm")
+    first = cached(bb, tmp_path)
+    first.prepare(utts[:4])
+    first.prepare(utts[4:])                 # two prepare calls, two shards
+    shards = sorted(first.store.folder.glob("shard-*.bin"))
+    truncated = first.store.entries[first._key(utts[0].path)][0]
+    kept = next(p for p in shards if p != truncated)
+    assert len(shards) == 2
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    second = cached(bb, tmp_path)
+    second.prepare(utts)
+    assert second.stats == {"computed": 4, "from_disk": 4, "from_memory": 0, "live": 0}
+    assert kept.is_file() and not truncated.exists() and len(list(first.store.folder.glob("shard-*.bin"))) == 2
+    assert all(torch.equal(second.get(u), first.get(u)) for u in utts)
+
+    flipped = bytearray(kept.read_bytes())  # same size, one byte of data changed: caught by its checksum
+    flipped[-1] ^= 0xFF
+    kept.write_bytes(bytes(flipped))
+    third = cached(bb, tmp_path)
+    third.prepare(utts)
+    assert third.stats["from_disk"] == len(utts)
+    assert all(fp16_close(third.get(u), first.get(u)) for u in utts)  # the damaged ones computed again, alone
+    assert not kept.exists()
+
+
+FILL_CACHE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import torch
+from model.backbones import build_backbone
+from utils.data import Utterance
+from utils.features import AudioBank, CachedFeatures
+torch.set_num_threads(1)
+bb = build_backbone("wavlm", random_init=True, tiny=True)
+utts = [Utterance(p, "s", "F", p, 0) for p in sys.argv[3:]]
+source = CachedFeatures(bb, AudioBank(2, skip_bad=False), torch.device("cpu"), 8, Path(sys.argv[2]), 0, 1 << 30)
+source.prepare(utts)
+print(json.dumps(source.stats))
+"""
+
+
+def test_two_processes_filling_one_cache_at_once(utts, tmp_path):
+    command = [sys.executable, "-c", FILL_CACHE, str(REPO), str(tmp_path), *(u.path for u in utts)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    stats = sorted((json.loads(out.splitlines()[-1]) for out, _ in outputs), key=lambda s: s["computed"])
+    assert [s["computed"] for s in stats] == [0, len(utts)] and stats[0]["from_disk"] == len(utts)
+    reader = cached(backbone("wavlm"), tmp_path)
+    reader.prepare(utts)
+    assert reader.stats["from_disk"] == len(utts) and len(reader.store.entries) == len(utts)
+    assert len(list(reader.store.folder.glob("shard-*.bin"))) == 1
+    fresh = cached(backbone("wavlm"), None)
+    fresh.prepare(utts)
+    assert all(torch.equal(reader.get(u), fresh.get(u)) for u in utts)
+
+
+def test_a_cache_of_the_per_utterance_layout_is_moved_into_shards(utts, tmp_path):
+    bb = backbone("wavlm")
+    fresh = cached(bb, None)
+    fresh.prepare(utts)
+    folder = tmp_path / bb.name / CachedFeatures.kind
+    for u in utts:                         # the earlier layout: <key[:2]>/<key>.pt, torch.save'd fp16 [L, F, D]
+        key = fresh._key(u.path)
+        save_torch(folder / key[:2] / f"{key}.pt", fresh.get(u))
+    (folder / fresh._key(utts[3].path)[:2] / f"{fresh._key(utts[3].path)}.pt").write_bytes(b"PK damaged")
+    source = cached(bb, tmp_path)
+    source.prepare(utts)
+    assert source.stats == {"computed": 1, "from_disk": len(utts) - 1, "from_memory": 0, "live": 0}
+    assert not list(folder.glob("**/*.pt")) and len(source.store.entries) == len(utts)
+    assert all(torch.equal(source.get(u), fresh.get(u)) for i, u in enumerate(utts) if i != 3)
+    assert fp16_close(source.get(utts[3]), fresh.get(utts[3]))     # computed again, alone

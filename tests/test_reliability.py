@@ -471,13 +471,43 @@ def test_scale_out_scripts_parse_and_map_tasks(tmp_path):
     proc = _bash("slurm_array.sh", "--dataset", "demo", "--hidden_size", "64", SLURM_ARRAY_TASK_ID="4",
                  BACKBONES="apc tera", FOLDS="1 2 3", DRY_RUN="1")
     commands = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
-    assert proc.returncode == 0 and "task 4 of 6: backbone tera, fold 2" in proc.stdout
-    assert all("--pretrain_model tera --folds 2 --dataset demo --hidden_size 64" in c for c in commands)
+    assert proc.returncode == 0 and "task 4 of 6: corpus demo, backbone tera, fold 2" in proc.stdout
+    assert all("--dataset demo --pretrain_model tera --folds 2 --dataset demo --hidden_size 64" in c for c in commands)
     assert [c.split()[2].split("/")[-1] for c in commands] == [
         "finetune_single_thread.py", "fairness_evaluation.py", "adversarial_attack.py"]  # fold 2: no privacy/FLOPs
 
     proc = _bash("slurm_array.sh", SLURM_ARRAY_TASK_ID="6", BACKBONES="apc tera", FOLDS="1 2 3")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--array=0-5" in proc.stderr
+    assert "#SBATCH --open-mode=append" in text and "#SBATCH --output=logs/" in text
+    assert (REPO / "logs" / ".gitignore").is_file()
+
+
+def test_corpora_list_spans_corpus_backbone_and_each_corpus_folds():
+    """CORPORA: tasks corpus by corpus, backbone by backbone, over each corpus' own folds (utils/datasets.py)."""
+    env = dict(CORPORA="demo msp-podcast", BACKBONES="apc tera")
+    assert _bash("slurm_array.sh", "--num_tasks", **env).stdout.strip() == "12"     # (5 + 1) folds x 2
+    assert _bash("slurm_array.sh", "--last_task", **env).stdout.strip() == "11"
+    proc = _bash("slurm_array.sh", "--hidden_size", "64", SLURM_ARRAY_TASK_ID="11", DRY_RUN="1", **env)
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    assert "task 11 of 12: corpus msp-podcast, backbone tera, fold 1" in proc.stdout
+    assert all("--dataset msp-podcast --pretrain_model tera --folds 1 --hidden_size 64" in c for c in commands)
+    assert commands[-1].split()[2].endswith("sustainability.py")     # the first (only) fold of this corpus
+    proc = _bash("slurm_array.sh", "--dataset", "demo", "--num_tasks", **env)
+    assert proc.returncode == 2 and "not both" in proc.stderr
+
+
+def test_aggregating_skips_runs_that_were_never_trained(tmp_path):
+    fake = tmp_path / "python"     # finetune says what it says for an untrained backbone, the rest succeed
+    fake.write_text('#!/bin/sh\ncase "$1" in -c) exec python3 "$@";; *finetune_single_thread.py) case "$*" in '
+                    '*tera*) echo "error: no finished folds in /x; nothing to aggregate" >&2; exit 2;; esac;; esac\n'
+                    'exit 0\n')
+    fake.chmod(0o755)
+    proc = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", BACKBONES="apc tera", PYTHON=str(fake))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipping tera on demo: no finished folds to aggregate" in proc.stdout
+    ran = [line.split()[2].split("/")[-1] + " " + line.split()[6] for line in proc.stdout.splitlines()
+           if line.startswith("+ ")]
+    assert "fairness_evaluation.py apc" in ran and "fairness_evaluation.py tera" not in ran
 
 
 def test_a_failing_stage_fails_the_task_but_not_the_other_stages(tmp_path):

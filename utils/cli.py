@@ -42,6 +42,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--folds", default=None, help="folds to run, e.g. '3' or '1,2' (default: all)")
     p.add_argument("--device", default=_D.device)
     p.add_argument("--no_cache", action="store_true", help="recompute the frozen backbone every epoch (no feature cache)")
+    p.add_argument("--cache_gb", type=float, default=None,
+                   help="disk the feature cache may take, in GiB (default: 80%% of the free space); what does not fit is recomputed every epoch")
+    p.add_argument("--memory_gb", type=float, default=None,
+                   help="GPU (or host) memory holding cached features, in GiB (default: 60%% of free GPU / 30%% of available host memory)")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable audio files (counted in results)")
     p.add_argument("--overwrite", action="store_true", help="redo folds whose outputs already exist")
     p.add_argument("--aggregate_only", action="store_true", help="rebuild results.json from per-fold files")

@@ -3,6 +3,8 @@ of a trainable last layer, or a live backbone."""
 import hashlib
 import logging
 import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import torch
 from utils.audio import BadAudioError, load_utterance
 from utils.data import Utterance, length_sorted_batches, pad_features, pad_waveforms
 from utils.errors import TrustSerError
-from utils.io import load_torch, save_torch
+from utils.io import load_torch
+from utils.progress import progress
+from utils.shards import SHARD_BYTES, ShardStore
 
 log = logging.getLogger("trust-ser")
 
@@ -54,34 +58,77 @@ class LiveFeatures:
     def length(self, u: Utterance) -> int:
         return len(self.audio.get(u.path))
 
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded waveforms on the device (what can be read ahead of the batch before)."""
         wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
+        return _to_device(wav, self.device), lengths.to(self.device)
+
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        wav, lengths = fetched
         with torch.set_grad_enabled(grad), (nullcontext() if grad else autocast_for(self.device)):
-            hidden, _, mask = self.backbone(wav.to(self.device), lengths.to(self.device))
+            hidden, _, mask = self.backbone(wav, lengths)
         if self.round_like_cache:
             hidden = hidden.to(torch.float16)
         return hidden.float(), mask
 
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.finish(self.fetch(utts), grad)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to the device; through pinned memory on CUDA, so the copy overlaps compute."""
+    if device.type != "cuda" or t.is_cuda:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def prefetched(source, groups: list[list[Utterance]], grad: bool = False):
+    """(utterances, (hidden, mask)) for each group in turn, while a background thread reads the next group
+    (disk -> memory -> device, and any frozen features that are computed live). Only the trainable part
+    (source.finish) runs in the caller's thread, after the previous step, so results do not change."""
+    if not hasattr(source, "fetch"):          # a source without a read-ahead part
+        yield from ((g, source.batch(g, grad)) for g in groups)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(source.fetch, groups[0]) if groups else None
+        for i, group in enumerate(groups):
+            fetched = pending.result()
+            if i + 1 < len(groups):
+                pending = pool.submit(source.fetch, groups[i + 1])
+            yield group, source.finish(fetched, grad)
+
 
 class _StoredFeatures:
-    """What a frozen backbone pass gives per utterance, computed once in length-sorted batches and reused
-    across epochs, folds and scripts: in memory (on the device while it fits) and on disk as fp16, keyed by
-    what is stored (`kind`), backbone weights, audio file (path, size, mtime), crop length and precision.
+    """What a frozen backbone pass gives per utterance ([L, F, D] as fp16), computed once in length-sorted
+    batches and reused across epochs, folds and scripts, keyed by what is stored (`kind`), backbone weights,
+    audio file (path, size, mtime), crop length and precision. Three tiers, filled in the order utterances are
+    prepared (the stage scripts prepare the training split first: it is read most): disk shards
+    (utils/shards.py) up to `disk_budget_bytes` for the whole cache, memory (on the device) up to
+    `memory_budget_bytes` (what is on disk nowhere first, then copies of disk entries), and for what fits in neither, the same frozen pass run live whenever a batch needs it (eval mode, no_grad,
+    fp16-rounded, length-sorted within the batch).
 
-    Subclasses say what is stored ([L, F, D] per utterance, from `_encode`) and how a batch is made of it."""
+    Subclasses say what is stored (`_encode`) and how a batch is made of it (`finish`)."""
 
     kind: str   # names the disk folder and enters the key, so different stored things never mix
 
     def __init__(self, backbone, audio: AudioBank, device: torch.device, batch_size: int,
-                 cache_root: Path | None, memory_budget_bytes: int):
+                 cache_root: Path | None, memory_budget_bytes: int, disk_budget_bytes: int | None = None):
         self.backbone, self.audio, self.device, self.batch_size = backbone, audio, device, batch_size
         self.cache_root = cache_root
         self.memory_budget = memory_budget_bytes
         self.memory: dict[str, torch.Tensor] = {}
         self.keys: dict[str, str] = {}
+        self.frames: dict[str, int] = {}      # key -> frames, for every prepared utterance, stored or live
         self.memory_bytes = 0
         self.precision = "bf16" if device.type == "cuda" else "fp32"
-        self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0}
+        self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0, "live": 0}   # live: kept nowhere
+        self.live: set[str] = set()
+        self.disk_copies: list[str] = []      # keys in memory that are also on disk
+        self.store = None
+        if cache_root is not None:
+            if disk_budget_bytes is None:
+                disk_budget_bytes = shutil.disk_usage(_existing(cache_root)).free
+            self.store = ShardStore(self._folder(), cache_root, disk_budget_bytes)
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored tensors [L, B, F, D] and frame lengths [B] of a padded batch."""
@@ -98,78 +145,159 @@ class _StoredFeatures:
     def _folder(self) -> Path:
         return self.cache_root / self.backbone.name / self.kind
 
-    def _disk_path(self, key: str) -> Path:
-        return self._folder() / key[:2] / f"{key}.pt"
-
-    def _remember(self, key: str, stored: torch.Tensor) -> torch.Tensor:
-        size = stored.numel() * stored.element_size()
-        on_device = self.memory_bytes + size <= self.memory_budget
-        if on_device or self.cache_root is None:
-            stored = stored.to(self.device)
-            self.memory[key] = stored
-            self.memory_bytes += size
-        return stored
+    def _remember(self, key: str, stored: torch.Tensor, on_disk: bool) -> bool:
+        """Keep it in memory if it fits; an utterance stored nowhere else may push out copies of disk entries,
+        so that memory and disk together hold as much as they can."""
+        size = _nbytes(stored)
+        while not on_disk and self.memory_bytes + size > self.memory_budget and self.disk_copies:
+            self.memory_bytes -= _nbytes(self.memory.pop(self.disk_copies.pop()))
+        if self.memory_bytes + size > self.memory_budget:
+            return False
+        self.memory[key] = stored.to(self.device)
+        self.memory_bytes += size
+        if on_disk:
+            self.disk_copies.append(key)
+        return True
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
-        """Make sure every utterance has its stored tensors; returns those whose audio is readable."""
-        missing = []
-        for u in utts:
-            if u.path in self.audio.bad:
-                continue
-            if not os.path.isfile(u.path):
-                self.audio.get(u.path)      # raises, or records it as bad with --skip_bad
-                continue
-            key = self._key(u.path)
-            if key in self.memory:
-                self.stats["from_memory"] += 1
-            elif self.cache_root is not None and self._disk_path(key).is_file():
-                self.stats["from_disk"] += 1
-            else:
-                missing.append(u)
-        self._compute(missing)
+        """Make sure every utterance is stored, or known to be computed live; returns those whose audio is
+        readable. One process at a time fills a cache folder; the next finds the work done."""
+        with self.store.filling() if self.store else nullcontext():
+            if self.store:
+                self.store.refresh()
+                self._read_old_layout()
+            missing = []
+            for u in utts:
+                if u.path in self.audio.bad:
+                    continue
+                if not os.path.isfile(u.path):
+                    self.audio.get(u.path)      # raises, or records it as bad with --skip_bad
+                    continue
+                key = self._key(u.path)
+                if key in self.memory:
+                    self.stats["from_memory"] += 1
+                elif self.store and key in self.store:
+                    self.stats["from_disk"] += 1
+                    self.frames[key] = self.store.frames(key)
+                elif key not in self.live:
+                    missing.append(u)
+            self._compute(missing)
         return [u for u in utts if u.path not in self.audio.bad]
 
-    def _compute(self, utts: list[Utterance]) -> None:
-        unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
-        lengths = [len(self.audio.get(u.path)) for u in unique]
-        self.backbone.eval()
+    def _frozen_pass(self, utts: list[Utterance]):
+        """(utterance, stored fp16 tensor [L, F, D]) for each utterance, in length-sorted batches."""
+        lengths = [len(self.audio.get(u.path)) for u in utts]
         for idx in length_sorted_batches(lengths, self.batch_size):
-            batch_utts = [unique[i] for i in idx]
+            batch_utts = [utts[i] for i in idx]
             wav, wav_len = pad_waveforms([self.audio.get(u.path) for u in batch_utts])
             with torch.no_grad(), autocast_for(self.device):
-                stored, n_frames = self._encode(wav.to(self.device), wav_len.to(self.device))
+                stored, n_frames = self._encode(_to_device(wav, self.device), wav_len.to(self.device))
             stored = stored.to(torch.float16)
             for i, u in enumerate(batch_utts):
-                one = stored[:, i, : int(n_frames[i])].contiguous()
-                key = self._key(u.path)
-                if self.cache_root is not None:
-                    save_torch(self._disk_path(key), one.cpu())
-                self._remember(key, one)
-            self.stats["computed"] += len(batch_utts)
+                yield u, stored[:, i, : int(n_frames[i])].contiguous()
 
-    def get(self, u: Utterance) -> torch.Tensor:
-        key = self.keys.get(u.path) or self._key(u.path)
+    def _compute(self, utts: list[Utterance]) -> None:
+        """The frozen pass over utterances not stored yet: disk shards, then memory, else live."""
+        unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
+        if not unique:
+            return
+        self.backbone.eval()
+        pending, pending_bytes = [], 0
+        passes = self._frozen_pass(unique)
+        desc = f"{self.backbone.name} {self.kind} features"
+        for u, one in progress(passes, total=len(unique), desc=desc):
+            key = self.keys[u.path]
+            self.frames[key] = one.shape[1]
+            self.stats["computed"] += 1
+            if self.store:
+                pending.append((key, one.cpu()))
+                pending_bytes += one.numel() * 2
+                if pending_bytes >= SHARD_BYTES:
+                    self._write(pending)
+                    pending, pending_bytes = [], 0
+            elif not self._remember(key, one, on_disk=False):
+                self._run_live(key)
+        self._write(pending)
+
+    def _write(self, pending: list[tuple[str, torch.Tensor]]) -> None:
+        """Disk shards for what the budget allows; memory for what fits; the rest will run live."""
+        written = self.store.write(pending) if pending else set()
+        for key, one in pending:
+            if not self._remember(key, one, on_disk=key in written) and key not in written:
+                self._run_live(key)
+
+    def _run_live(self, key: str) -> None:
+        self.live.add(key)
+        self.stats["live"] = len(self.live)
+
+    def _read_old_layout(self) -> None:
+        """A cache of the earlier layout (one .pt per utterance, same keys) is moved into shards, within the
+        budget; its files are deleted either way."""
+        old = sorted(self._folder().glob("??/*.pt"))
+        if not old:
+            return
+        log.info(f"moving {len(old)} per-utterance feature files of the old cache layout in {self._folder()} "
+                 f"into shards")
+        pending, pending_bytes = [], 0
+        for i, path in enumerate(old):
+            try:
+                if path.stem not in self.store:
+                    pending.append((path.stem, load_torch(path)))
+                    pending_bytes += _nbytes(pending[-1][1])
+            except TrustSerError as err:
+                log.warning(f"dropping unreadable old cache entry: {err}")
+            if pending and (pending_bytes >= SHARD_BYTES or i == len(old) - 1):
+                self.store.write(pending)
+                pending, pending_bytes = [], 0
+        for path in old:
+            path.unlink(missing_ok=True)
+        for folder in {p.parent for p in old}:
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+    def _stored(self, key: str) -> torch.Tensor | None:
         if key in self.memory:
             return self.memory[key]
-        try:
-            return self._remember(key, load_torch(self._disk_path(key)))
-        except TrustSerError as err:          # a damaged cache entry is recomputed, not fatal
-            log.warning(f"recomputing damaged cache entry: {err}")
-            self._disk_path(key).unlink(missing_ok=True)
-            self._compute([u])
-            return self.memory[key] if key in self.memory else load_torch(self._disk_path(key))
+        if self.store and key in self.store:
+            stored = self.store.read(key)
+            if stored is not None:       # None: a damaged shard, deleted; computed live from now on
+                kept = self._remember(key, stored, on_disk=True)
+                return self.memory[key] if kept else _to_device(stored, self.device)
+        return None
+
+    def get(self, u: Utterance) -> torch.Tensor:
+        return self.fetch_stored([u])[0]
+
+    def fetch_stored(self, utts: list[Utterance]) -> list[torch.Tensor]:
+        """Each utterance's stored tensor on the device; what is not stored runs through the frozen pass now."""
+        found = [self._stored(self.keys.get(u.path) or self._key(u.path)) for u in utts]
+        live = [u for u, f in zip(utts, found) if f is None]
+        computed = dict(self._frozen_pass(live)) if live else {}
+        return [f if f is not None else computed[u] for u, f in zip(utts, found)]
 
     def length(self, u: Utterance) -> int:
-        return self.get(u).shape[1]
+        key = self.keys.get(u.path) or self._key(u.path)
+        return self.frames[key] if key in self.frames else self.get(u).shape[1]
 
-    def _padded(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+    def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored fp16 tensors of a batch, zero-padded to [L, B, F, D], and the mask [B, F]."""
-        return pad_features([self.get(u).to(self.device) for u in utts])
+        return pad_features(self.fetch_stored(utts))
+
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.finish(self.fetch(utts), grad)
 
     def disk_bytes(self) -> int:
-        if self.cache_root is None or not self._folder().is_dir():
-            return 0
-        return sum(p.stat().st_size for p in self._folder().rglob("*.pt"))
+        return self.store.used_bytes(self._folder()) if self.store else 0
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 class CachedFeatures(_StoredFeatures):
@@ -181,8 +309,8 @@ class CachedFeatures(_StoredFeatures):
         hidden, n_frames, _ = self.backbone(wav, lengths)
         return hidden, n_frames
 
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, mask = self._padded(utts)
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = fetched
         return hidden.float(), mask
 
 
@@ -200,9 +328,38 @@ class LastLayerFeatures(_StoredFeatures):
         lower, last_input, n_frames, _ = self.backbone.forward_until_last(wav, lengths)
         return torch.cat([lower, last_input.unsqueeze(0)]), n_frames
 
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        stored, mask = self._padded(utts)
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        stored, mask = fetched
         # as LiveFeatures: fp32 while training, autocast (bf16 on CUDA) for evaluation
         with torch.set_grad_enabled(grad), (nullcontext() if grad else autocast_for(self.device)):
             last = self.backbone.run_last_layer(stored[-1].float(), mask)
         return torch.cat([stored[:-1], last.float().unsqueeze(0)]), mask   # fp16 lower states promoted to fp32
+
+
+GiB = 2 ** 30
+_logged_budgets: set = set()
+
+
+def feature_budgets(cache_gb: float | None, memory_gb: float | None, device: torch.device,
+                    cache_root: Path) -> tuple[int, int]:
+    """Bytes of (memory, disk) the cached features may take: --memory_gb / --cache_gb, or what is free with a
+    margin: 60% of free GPU memory (CUDA) or 30% of available host memory; the cache's present size plus
+    80% of the free disk space. Logged once per process."""
+    if memory_gb is not None:
+        memory = int(memory_gb * GiB)
+    elif device.type == "cuda":
+        memory = int(0.6 * torch.cuda.mem_get_info(device)[0])
+    else:
+        memory = int(0.3 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if cache_gb is not None:
+        disk = int(cache_gb * GiB)
+    else:
+        in_use = ShardStore(cache_root, cache_root, 0).used_bytes()
+        disk = in_use + int(0.8 * shutil.disk_usage(_existing(cache_root)).free)
+    line = (f"feature cache budgets: {memory / GiB:.1f} GiB of {device.type} memory"
+            f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {disk / GiB:.1f} GiB on disk "
+            f"under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
+    if line not in _logged_budgets:
+        _logged_budgets.add(line)
+        log.info(line)
+    return memory, disk

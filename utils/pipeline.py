@@ -1,7 +1,6 @@
 """Shared by the stage scripts: logging, the models of a run, their feature source, results files."""
 import fcntl
 import logging
-import os
 import shlex
 import sys
 from argparse import ArgumentParser, Namespace
@@ -18,7 +17,7 @@ from utils.cli import parse_folds
 from utils.config import REPO_ROOT, load_config
 from utils.datasets import Corpus, get_corpus
 from utils.errors import TrustSerError
-from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures
+from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures, feature_budgets
 from utils.io import load_torch, read_json, write_json
 from utils.metrics import mean_std
 from utils.paths import cache_dir
@@ -102,13 +101,10 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
     if run.no_cache or (grad_backbone and not last_layer_only):
         return protocol_source(run, backbone, LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone),
                                device)
-    if device.type == "cuda":
-        budget = int(0.6 * torch.cuda.mem_get_info(device)[0])
-    else:
-        budget = int(0.3 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    memory, disk = feature_budgets(run.cache_gb, run.memory_gb, device, cache_dir(project_dir))
     store = LastLayerFeatures if last_layer_only else CachedFeatures
     return protocol_source(run, backbone, store(backbone, audio, device, run.eval_batch_size, cache_dir(project_dir),
-                                                budget), device)
+                                                memory, disk), device)
 
 
 def finetune_command(run: RunConfig) -> str:

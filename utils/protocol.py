@@ -110,18 +110,34 @@ class TrainModeFeatures:
             raise AttributeError(name)
         return getattr(self.eval_source, name)
 
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.backbone.training and not self.live_eval_fp32:
-            return self.eval_source.batch(utts, grad)
+    def _from_eval_source(self) -> bool:
+        return not self.backbone.training and not self.live_eval_fp32
+
+    def fetch(self, utts: list[Utterance]):
+        """What can be read ahead of the batch (utils.features.prefetched): the eval source's part, or the stored
+        front ends / waveforms that the live train-mode pass starts from."""
+        if self._from_eval_source():
+            return self.eval_source.fetch(utts)
+        if self.front_ends and self.backbone.training:
+            return self.front_ends.fetch(utts)
+        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
+        return wav.to(self.device), lengths.to(self.device)
+
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's hidden states; the live pass runs here, in the caller's thread, so dropout draws in order."""
+        if self._from_eval_source():
+            return self.eval_source.finish(fetched, grad)
         fp32 = grad or not self.backbone.training
         with torch.set_grad_enabled(grad), (nullcontext() if fp32 else autocast_for(self.device)):
             if self.front_ends and self.backbone.training:
-                front, mask = self.front_ends.batch(utts)
-                hidden, _, mask = self.backbone.forward_from_front_end(front, mask.sum(1))
+                front, mask = fetched
+                hidden, _, mask = self.backbone.forward_from_front_end(front[0].float(), mask.sum(1))
             else:
-                wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
-                hidden, _, mask = self.backbone(wav.to(self.device), lengths.to(self.device))
+                hidden, _, mask = self.backbone(*fetched)
         return hidden.float(), mask
+
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.finish(self.fetch(utts), grad)
 
 
 class FrontEndFeatures(_StoredFeatures):
@@ -135,8 +151,8 @@ class FrontEndFeatures(_StoredFeatures):
         front, n_frames = self.backbone.front_end(wav, lengths)
         return front.unsqueeze(0), n_frames
 
-    def batch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
-        stored, mask = self._padded(utts)
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        stored, mask = fetched
         return stored[0].float(), mask
 
 

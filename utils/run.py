@@ -29,6 +29,8 @@ class RunConfig:
     eval_batch_size: int = 32
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     no_cache: bool = False
+    cache_gb: float | None = None       # disk the feature cache may take (default: from free space)
+    memory_gb: float | None = None      # host/GPU memory holding features (default: from free memory)
     skip_bad: bool = False
     overwrite: bool = False
 

@@ -8,6 +8,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from utils.data import Utterance, length_sorted_batches
+from utils.features import prefetched
 from utils.metrics import classification_scores
 
 log = logging.getLogger("trust-ser")
@@ -49,9 +50,8 @@ def train_epoch(head: nn.Module, backbone: nn.Module, source, train: list[Uttera
     n_batches = max(len(order) // batch_size, 1)
     losses, y_true, y_pred = [], [], []
     device = next(head.parameters()).device
-    for b in range(n_batches):
-        utts = [train[i] for i in order[b * batch_size:(b + 1) * batch_size]]
-        hidden, mask = source.batch(utts, grad=trains_backbone)
+    groups = [[train[i] for i in order[b * batch_size:(b + 1) * batch_size]] for b in range(n_batches)]
+    for utts, (hidden, mask) in prefetched(source, groups, grad=trains_backbone):
         labels = torch.tensor([u.label for u in utts], device=device)
         log_probs = torch.log_softmax(head(hidden, mask), dim=1)
         loss = criterion(log_probs, labels)
@@ -71,8 +71,8 @@ def evaluate(head: nn.Module, backbone: nn.Module, source, utts: list[Utterance]
     head.eval()
     backbone.eval()
     log_probs = torch.zeros(len(utts), num_classes)
-    for idx in length_sorted_batches([source.length(u) for u in utts], batch_size):
-        hidden, mask = source.batch([utts[i] for i in idx])
+    batches = length_sorted_batches([source.length(u) for u in utts], batch_size)
+    for idx, (_, (hidden, mask)) in zip(batches, prefetched(source, [[utts[i] for i in idx] for idx in batches])):
         log_probs[idx] = torch.log_softmax(head(hidden, mask), dim=1).float().cpu()
     labels = torch.tensor([u.label for u in utts])
     # The original evaluated one utterance per batch, where the class-weighted NLL reduces to plain NLL.

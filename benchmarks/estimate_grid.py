@@ -1,0 +1,82 @@
+"""Extrapolate the paper's whole grid (7 backbones x 6 corpora x their folds, 30 epochs, every evaluation) on one
+H100 from a measured `benchmark_finetune.py --preset iemocap` JSON: the original's loop against this repository.
+
+Assumptions (printed with the table): every backbone costs what WavLM base+ costs (APC, TERA, Whisper tiny/base
+cost less; wav2vec2 base and Whisper small about the same); backbone time scales with audio seconds, head time
+with utterances; corpus sizes and mean durations below are approximate (after the 4-class label maps); fold
+structure from utils/datasets.py (k folds: one session tests, one is dev, the rest train; one split: 60/20/20).
+The cache keeps a corpus whole when it fits `--cache_gb` (default 60 GiB here); the rest is computed live in
+every epoch at the measured feature-pass rate. Evaluations: fairness and privacy read the cache; FGSM on each
+test fold at the measured rates; sustainability (a few forward passes) is neglected.
+
+  python benchmarks/estimate_grid.py benchmarks/results/h100_iemocap_wavlm.json
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.datasets import get_corpus  # noqa: E402
+
+BACKBONES = 7
+EPOCHS = 30
+CROP_S = 6.0
+# corpus: (utterances after the label map, mean seconds after cropping at 6 s) -- approximate
+CORPORA = {"iemocap": (5531, 3.8), "crema_d": (4900, 2.5), "msp-improv": (7800, 3.9), "msp-podcast": (150000, 5.0),
+           "meld": (11350, 3.0), "ravdess": (1440, 3.7)}
+
+
+def corpus_costs(name: str, m: dict, cache_gb: float) -> tuple[float, float]:
+    """(original seconds, ours seconds) for one backbone on one corpus, all folds, every evaluation."""
+    n, seconds = CORPORA[name]
+    folds = get_corpus(name).num_folds
+    runs, train_share = (folds, (folds - 2) / folds) if folds else (1, 0.6)
+    scale = seconds / m["seconds_per_utt"]       # backbone cost relative to the measured corpus
+    train, evaluated = n * train_share, n * (1 - train_share)
+    original = runs * EPOCHS * (train / 64 * m["orig_batch"] * scale + evaluated * m["orig_eval"] * scale)
+    fgsm_orig = runs * evaluated / 2 * m["fgsm_orig"] * scale    # the test half of dev + test
+    cache_bytes = n * seconds * m["bytes_per_audio_s"]
+    cached = min(1.0, cache_gb * 2**30 / cache_bytes)
+    feature_pass = n * seconds * m["pass_per_audio_s"]
+    live = runs * EPOCHS * (1 - cached) * (train + evaluated) * seconds * m["pass_per_audio_s"]
+    head = runs * EPOCHS * (train / 64 * m["ours_batch"] + evaluated * m["ours_eval"])
+    fgsm = runs * evaluated / 2 * m["fgsm_ours"] * scale
+    privacy = head / EPOCHS * 20 / runs                       # one fold, the gender head's epochs, cached input
+    return original + fgsm_orig, feature_pass + live + head + fgsm + privacy
+
+
+def measured(path: Path) -> dict:
+    r = json.loads(path.read_text())
+    cfg, orig, ours, fgsm = r["config"], r["per_epoch"], r["ours"], r["fgsm"]
+    audio_s = cfg["audio_hours"] * 3600
+    return {"seconds_per_utt": cfg["mean_seconds_cropped"], "orig_batch": orig["seconds_per_training_batch"],
+            "orig_eval": orig["seconds_per_evaluated_utterance"], "ours_batch": ours["seconds_per_training_batch"],
+            "ours_eval": ours["seconds_per_evaluated_utterance"], "pass_per_audio_s": ours["stages"]["feature pass"] / audio_s,
+            "bytes_per_audio_s": ours["cache"]["bytes"] / audio_s,
+            "fgsm_orig": fgsm["batch_1"]["seconds"] / fgsm["test_utterances"],
+            "fgsm_ours": fgsm["batched"]["seconds"] / fgsm["test_utterances"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("json", type=Path, help="benchmark_finetune.py --preset iemocap --json output (one H100)")
+    p.add_argument("--cache_gb", type=float, default=60.0, help="disk cache budget (GiB)")
+    args = p.parse_args()
+    m = measured(args.json)
+    print(f"| corpus (utterances, mean s) | folds | original loop, {BACKBONES} backbones | ours, {BACKBONES} backbones "
+          f"(cache {args.cache_gb:g} GiB) | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    total_o = total_u = 0.0
+    for name, (n, seconds) in CORPORA.items():
+        o, u = (BACKBONES * c for c in corpus_costs(name, m, args.cache_gb))
+        total_o, total_u = total_o + o, total_u + u
+        print(f"| {name} ({n}, {seconds:g} s) | {get_corpus(name).num_folds or 1} | {o / 3600:.1f} h | "
+              f"{u / 3600:.2f} h | {o / u:.0f}x |")
+    print(f"| **grid** | | **{total_o / 3600:.0f} h ({total_o / 86400:.1f} days)** | **{total_u / 3600:.1f} h** | "
+          f"**{total_o / total_u:.0f}x** |")
+
+
+if __name__ == "__main__":
+    main()
