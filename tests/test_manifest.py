@@ -20,7 +20,7 @@ from utils.manifest import manifest_corpus
 APC = ["--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "1",
        "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8", "--learning_rate",
        "0.005"]
-RUN = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_randinit"
+RUN = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_tiny_randinit"
 
 
 def _config(root):

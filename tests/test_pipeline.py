@@ -14,7 +14,7 @@ from utils.run import RunConfig
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
          "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
          "--conv_layers", "2", "--pooling", "mean", "--hidden_size", "32", "--batch_size", "8"]
-RUN = "lr0005_ep1_cnn_conv2_hid32_mean_frozen_randinit"
+RUN = "lr0005_ep1_cnn_conv2_hid32_mean_frozen_tiny_randinit"
 N_TEST = 80    # 2 test speakers x 4 emotions x 10 utterances
 RUN_CONFIG = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, tiny=True, learning_rate=0.005,
                        num_epochs=1, conv_layers=2, pooling="mean", hidden_size=32, batch_size=8, device="cpu")

@@ -30,6 +30,8 @@ def run_name(run: RunConfig) -> str:
             f"_conv{run.conv_layers}_hid{run.hidden_size}_{run.pooling}_{run.finetune}")
     if run.audio_duration != 6:
         name += f"_ad{run.audio_duration}"
+    if run.tiny:
+        name += "_tiny"
     if run.random_init:
         name += "_randinit"
     if run.protocol != "fixed":

@@ -125,4 +125,4 @@ def is_random_init(project_dir: str | Path, run: RunId) -> bool:
     """The run's backbone had random weights: its results.json says so, or its folder name does."""
     path = STAGE["uar"].result_path(project_dir, run)
     flags = dig(read_json(path), ["meta", "flags"]) if path.is_file() else None
-    return run.name.endswith("_randinit") or (isinstance(flags, dict) and flags.get("random_init") is True)
+    return "_randinit" in run.name or (isinstance(flags, dict) and flags.get("random_init") is True)
