@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
-from model.backbones.base import SAMPLE_RATE, Backbone, load_weights, read_s3prl_checkpoint, s3prl_download
+from model.backbones.base import SAMPLE_RATE, Backbone, S3prlBackbone, load_weights, read_s3prl_checkpoint
 from utils.errors import TrustSerError
 
 # s3prl's pretraining configs (pretrain/apc/config_model.yaml; tera logMelBase-T-F-M with the "drop1" dropout).
@@ -20,7 +20,7 @@ TINY_APC = {"model": {"paras": {"num_layers": 3, "hidden_size": 32, "dropout": 0
             "data": {"audio": _APC_AUDIO}}
 
 
-class APCBackbone(Backbone):
+class APCBackbone(S3prlBackbone):
     """s3prl's APC: fbank + CMVN per clip, unidirectional GRU layers over packed sequences."""
 
     def __init__(self, name: str, apc: nn.Module, preprocessor: nn.Module, audio: dict, weights_id: str,
@@ -40,10 +40,6 @@ class APCBackbone(Backbone):
         return paras["hidden_size"], paras["num_layers"]
 
     @classmethod
-    def random(cls, name: str, config: dict, weights_id: str, finetune: str) -> Backbone:
-        return cls._build(name, config, None, weights_id, finetune)
-
-    @classmethod
     def from_local(cls, name: str, path: Path, weights_id: str, finetune: str) -> Backbone:
         checkpoint = read_s3prl_checkpoint(path, name)
         try:
@@ -54,10 +50,6 @@ class APCBackbone(Backbone):
         except (KeyError, TypeError) as err:
             raise TrustSerError(f"{path} is not an s3prl APC checkpoint ({{'config', 'model'}} expected; "
                                 f"{type(err).__name__}: {err})") from None
-
-    @classmethod
-    def from_hub(cls, name: str, hub_id: str, weights_id: str, finetune: str) -> Backbone:
-        return cls.from_local(name, s3prl_download(name, hub_id), weights_id, finetune)
 
     @classmethod
     def _build(cls, name, config, state, weights_id, finetune, path=None) -> Backbone:

@@ -218,6 +218,23 @@ def hub_failure(name: str, source: str, err: Exception) -> str:
             f"random weights")
 
 
+class S3prlBackbone(Backbone):
+    """APC and TERA: built from an s3prl config and state dict (`_build`), read from an s3prl checkpoint file."""
+
+    @classmethod
+    def _build(cls, name: str, config: dict, state: dict | None, weights_id: str, finetune: str,
+               path: Path | None = None) -> Backbone:
+        raise NotImplementedError
+
+    @classmethod
+    def random(cls, name: str, config: dict, weights_id: str, finetune: str) -> Backbone:
+        return cls._build(name, config, None, weights_id, finetune)
+
+    @classmethod
+    def from_hub(cls, name: str, hub_id: str, weights_id: str, finetune: str) -> Backbone:
+        return cls.from_local(name, s3prl_download(name, hub_id), weights_id, finetune)
+
+
 def read_s3prl_checkpoint(path: Path, name: str) -> dict:
     """weights_only load; s3prl pretraining runs also pickle their argparse arguments, which are allowed."""
     if not path.is_file():

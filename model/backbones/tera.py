@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from model.backbones.base import SAMPLE_RATE, Backbone, load_weights, read_s3prl_checkpoint, s3prl_download
+from model.backbones.base import SAMPLE_RATE, Backbone, S3prlBackbone, load_weights, read_s3prl_checkpoint
 from utils.errors import TrustSerError
 
 _TERA_FEATURE = {"feat_type": "mel", "log": True, "delta": 0, "cmvn": True}
@@ -30,7 +30,7 @@ TERA_URL = ("https://huggingface.co/s3prl/tera/resolve/main/"
              "tera_logMelBase_T_F_M_AdamW_b32_1m_960hr_drop1/states-1000000.ckpt")
 
 
-class TERABackbone(Backbone):
+class TERABackbone(S3prlBackbone):
     """s3prl's TERA: decibel-normalised log-mel + CMVN per clip, transformer layers with a padding mask."""
 
     hidden_includes_input = True
@@ -52,10 +52,6 @@ class TERABackbone(Backbone):
         return transformer["hidden_size"], transformer["num_hidden_layers"] + 1
 
     @classmethod
-    def random(cls, name: str, config: dict, weights_id: str, finetune: str) -> Backbone:
-        return cls._build(name, config, None, weights_id, finetune)
-
-    @classmethod
     def from_local(cls, name: str, path: Path, weights_id: str, finetune: str) -> Backbone:
         checkpoint = read_s3prl_checkpoint(path, name)
         # s3prl's layouts: new runs keep the model config under 'Upstream_Config', legacy ones under 'Config'
@@ -68,10 +64,6 @@ class TERABackbone(Backbone):
             return cls._build(name, config, checkpoint["Transformer"], weights_id, finetune, path)
         except (KeyError, TypeError, ValueError) as err:
             raise TrustSerError(f"{path}: unusable TERA config ({type(err).__name__}: {err})") from None
-
-    @classmethod
-    def from_hub(cls, name: str, hub_id: str, weights_id: str, finetune: str) -> Backbone:
-        return cls.from_local(name, s3prl_download(name, hub_id), weights_id, finetune)
 
     @classmethod
     def _build(cls, name, config, state, weights_id, finetune, path=None) -> Backbone:
