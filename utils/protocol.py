@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from utils.data import Utterance, pad_waveforms
-from utils.features import LiveFeatures, _StoredFeatures, autocast_for
+from utils.features import FrontEndFeatures, LiveFeatures, _StoredFeatures, autocast_for
 from utils.run import RunConfig
 
 
@@ -138,22 +138,6 @@ class TrainModeFeatures:
 
     def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.finish(self.fetch(utts), grad)
-
-
-class FrontEndFeatures(_StoredFeatures):
-    """The output of a backbone's deterministic front end (wav2vec 2.0 / WavLM: the CNN encoder, which has no
-    dropout and never trains), stored as the hidden states are: the same in train and eval mode, so training
-    batches need only run the rest of the backbone."""
-
-    kind = "front_end"
-
-    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        front, n_frames = self.backbone.front_end(wav, lengths)
-        return front.unsqueeze(0), n_frames
-
-    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        stored, mask = fetched
-        return stored[0].float(), mask
 
 
 @contextmanager
