@@ -323,8 +323,9 @@ def _existing(path: Path) -> Path:
 class FrontEndFeatures(_StoredFeatures):
     """The output of a backbone's deterministic front end (wav2vec 2.0 / WavLM / HuBERT / data2vec: the CNN
     encoder, which has no dropout and never trains), [1, F, C], stored as the hidden states are: the same in train
-    and eval mode, so a batch needs only run the rest of the backbone. Stored in fp32: fp16 front ends would move
-    the hidden states computed from them by about their own fp16 rounding."""
+    and eval mode, so a batch needs only run the rest of the backbone. Stored in fp32, so that what is computed
+    from it equals the unbounded cache as closely as a live pass does (fp16 front ends: 8e-7 probability
+    difference on the tiny CPU test against 6e-8)."""
 
     kind = "front_end"
     dtype = torch.float32

@@ -98,8 +98,10 @@ class TrainModeFeatures:
         self.audio = eval_source.audio
         self.front_ends = None
         if backbone.front_end_is_deterministic and isinstance(eval_source, _StoredFeatures):
-            self.front_ends = FrontEndFeatures(backbone, self.audio, device, eval_source.batch_size,
-                                               eval_source.cache_root, eval_source.memory_budget)
+            # the cache's own front-end tier where it has one; either way within the cache's memory budget
+            self.front_ends = getattr(eval_source, "front_ends", None) or FrontEndFeatures(
+                backbone, self.audio, device, eval_source.batch_size, eval_source.cache_root,
+                eval_source.memory_budget, memory=eval_source.pool)
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
         kept = self.eval_source.prepare(utts)
