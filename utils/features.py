@@ -355,7 +355,7 @@ class CachedFeatures(_StoredFeatures):
     after it run live. Each prepare call splits the room left in both budgets: the front ends of all its
     utterances first, then the hidden states of as many as the rest holds, in the order given (the training
     split first); the front ends of those are then not kept. Front ends save the most backbone time per byte
-    (the CNN is a third or more of the compute in a tenth of the bytes), so they come first."""
+    (a base model's CNN is about a third of its FLOPs in a ninth of the bytes), so they come first."""
 
     kind = "hidden"
 
