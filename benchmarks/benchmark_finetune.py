@@ -327,9 +327,9 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
                                memory_budget_bytes=budget_bytes, disk_budget_bytes=budget_bytes)
     source = protocol_source(protocol_run(args), backbone, cache, device)
     with clock.stage("feature pass"):
-        if budget_bytes is not None:
-            source.prepare(corpus.fold(1)["train"])     # the training split first: read most, kept first
-        source.prepare(corpus.utterances)
+        train = corpus.fold(1)["train"]      # the training split first, as the finetune script gives it
+        in_train = set(train)
+        source.prepare(train + [u for u in corpus.utterances if u not in in_train])
     spec = finetune.FitSpec([f"class{c}" for c in range(NUM_CLASSES)], 2e-4, args.epochs, class_weighted=True)
     batches = evaluated = 0
     with mock.patch.object(finetune, "train_epoch", clock.timed("head training", train_epoch)), \
@@ -350,9 +350,20 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
             "evaluated_utterances": evaluated, "precision": source.precision,
             "cache": {"bytes": cache.memory_bytes, "utterances": len(cache.memory), "where": str(device),
                       "dtype": "float16", "disk_bytes": cache.disk_bytes(), "budget_bytes": budget_bytes,
-                      "disk_utterances": len(cache.store.entries) if cache.store else 0, **cache.stats},
+                      "disk_utterances": len(cache.store.entries) if cache.store else 0, **cache.stats,
+                      **front_end_numbers(cache)},
             "memory": peak_memory(device)}
     return numbers, cache
+
+
+def front_end_numbers(cache: CachedFeatures) -> dict:
+    """What the front-end tier holds (fp32 CNN encoder outputs of utterances whose hidden states do not fit)."""
+    fronts = cache.front_ends
+    if fronts is None:
+        return {}
+    return {"front_end_bytes": fronts.memory_bytes, "front_end_utterances": len(fronts.memory),
+            "front_end_disk_bytes": fronts.disk_bytes(),
+            "front_end_disk_utterances": len(fronts.store.entries) if fronts.store else 0}
 
 
 def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path,
@@ -493,11 +504,13 @@ def bounded_report(results: dict) -> list[str]:
              f"{seconds_text(results['bounded']['stages']['feature pass'])} |",
              f"| total | {seconds_text(results['per_epoch']['stages']['total'])} (extrapolated) | "
              f"{seconds_text(results['ours']['stages']['total'])} | {seconds_text(results['bounded']['stages']['total'])} |",
-             f"| features on disk | none | none (memory only) | {gib(bounded['disk_bytes'])}, "
-             f"{bounded['disk_utterances']} utterances |",
+             f"| features on disk | none | none (memory only) | {gib(bounded['disk_bytes'])}: "
+             f"{tiers_text(bounded, 'disk_utterances', 'front_end_disk_utterances')} |",
              f"| features in memory | none | {gib(ours['bytes'])}, {ours['utterances']} utterances | "
-             f"{gib(bounded['bytes'])}, {bounded['utterances']} utterances |",
-             f"| computed live every epoch | all | none | {bounded['live']} utterances |",
+             f"{gib(bounded['bytes'] + bounded.get('front_end_bytes', 0))}: "
+             f"{tiers_text(bounded, 'utterances', 'front_end_utterances')} |",
+             f"| computed live every epoch | all | none | {bounded['live']} utterances"
+             f"{live_text(bounded)} |",
              f"| peak host RSS (process, so far) | {gib(results['per_epoch']['memory']['host_rss_peak_bytes'])} | "
              f"{gib(results['ours']['memory']['host_rss_peak_bytes'])} | "
              f"{gib(results['bounded']['memory']['host_rss_peak_bytes'])} |",
@@ -505,6 +518,18 @@ def bounded_report(results: dict) -> list[str]:
              f"**Per epoch: cache at {cfg['budget_fraction']:.0%} {results['epochs']['ratio_bounded_vs_per_epoch']:.1f}x "
              f"the original loop; unbounded cache {results['epochs']['ratio_unbounded_vs_per_epoch']:.1f}x**"]
     return lines
+
+
+def tiers_text(cache: dict, hidden: str, front_end: str) -> str:
+    text = f"{cache[hidden]} utterances' hidden states"
+    return text + (f", {cache[front_end]} utterances' front ends" if front_end in cache else "")
+
+
+def live_text(cache: dict) -> str:
+    if "live_from_front_end" not in cache:
+        return ""
+    return (f" ({cache['live_from_front_end']} of them only the layers after the stored front end, "
+            f"{cache['live'] - cache['live_from_front_end']} the whole backbone)")
 
 
 def fgsm_report(f: dict) -> list[str]:

@@ -5,9 +5,14 @@ Assumptions (printed with the table): every backbone costs what WavLM base+ cost
 cost less; wav2vec2 base and Whisper small about the same); backbone time scales with audio seconds, head time
 with utterances; corpus sizes and mean durations below are approximate (after the 4-class label maps); fold
 structure from utils/datasets.py (k folds: one session tests, one is dev, the rest train; one split: 60/20/20).
-The cache keeps a corpus whole when it fits `--cache_gb` (default 60 GiB here); the rest is computed live in
-every epoch at the measured feature-pass rate. Evaluations: fairness and privacy read the cache; FGSM on each
-test fold at the measured rates; sustainability (a few forward passes) is neglected.
+The cache keeps a corpus whole when it fits `--cache_gb` (default 60 GiB here, disk only: no memory tier
+counted); otherwise, for the 2 backbones with a stored front end (WavLM, wav2vec 2.0), it keeps the CNN
+encoder's output (fp32, 512 x 50 values per second of audio) of as many utterances as fit, all of them first, then
+hidden states in the rest (utils/features.py CachedFeatures), and for the other 5 (Whisper x 3, TERA, APC) hidden
+states of as many as fit. Hidden states computed live cost the measured feature-pass rate per second of audio,
+times (1 - --cnn_share) when they start from a stored front end. --cnn_share is the CNN encoder's share of a WavLM base+ forward on the H100: not
+measured; 0.37 is its share of the FLOPs (give 0.25 and 0.5 for a range). Evaluations: fairness and privacy read
+the cache; FGSM on each test fold at the measured rates; sustainability (a few forward passes) is neglected.
 
   python benchmarks/estimate_grid.py benchmarks/results/h100_iemocap_wavlm.json
 """
@@ -21,14 +26,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.datasets import get_corpus  # noqa: E402
 
 BACKBONES = 7
+FRONT_END_BACKBONES = 2    # wavlm, wav2vec2_0: deterministic CNN front ends, stored as the cache's second tier
 EPOCHS = 30
 CROP_S = 6.0
+FRONT_END_BYTES_PER_S = 512 * 50 * 4   # WavLM base+'s CNN encoder output: 512 channels, 50 frames/s, fp32
 # corpus: (utterances after the label map, mean seconds after cropping at 6 s) -- approximate
 CORPORA = {"iemocap": (5531, 3.8), "crema_d": (4900, 2.5), "msp-improv": (7800, 3.9), "msp-podcast": (150000, 5.0),
            "meld": (11350, 3.0), "ravdess": (1440, 3.7)}
 
 
-def corpus_costs(name: str, m: dict, cache_gb: float) -> tuple[float, float]:
+def live_share(hidden_bytes: float, front_bytes: float, budget: float, cnn_share: float | None) -> float:
+    """Share of the full backbone cost that runs live in each epoch: front ends first, then hidden states
+    (cnn_share None: no front-end tier)."""
+    if budget >= hidden_bytes:
+        return 0.0
+    if cnn_share is None:
+        return 1 - budget / hidden_bytes
+    if budget < front_bytes:
+        with_front = budget / front_bytes
+        return with_front * (1 - cnn_share) + (1 - with_front)
+    with_hidden = (budget - front_bytes) / (hidden_bytes - front_bytes)
+    return (1 - with_hidden) * (1 - cnn_share)
+
+
+def corpus_costs(name: str, m: dict, cache_gb: float, cnn_share: float | None) -> tuple[float, float]:
     """(original seconds, ours seconds) for one backbone on one corpus, all folds, every evaluation."""
     n, seconds = CORPORA[name]
     folds = get_corpus(name).num_folds
@@ -37,10 +58,10 @@ def corpus_costs(name: str, m: dict, cache_gb: float) -> tuple[float, float]:
     train, evaluated = n * train_share, n * (1 - train_share)
     original = runs * EPOCHS * (train / 64 * m["orig_batch"] * scale + evaluated * m["orig_eval"] * scale)
     fgsm_orig = runs * evaluated / 2 * m["fgsm_orig"] * scale    # the test half of dev + test
-    cache_bytes = n * seconds * m["bytes_per_audio_s"]
-    cached = min(1.0, cache_gb * 2**30 / cache_bytes)
+    live = live_share(n * seconds * m["bytes_per_audio_s"], n * seconds * FRONT_END_BYTES_PER_S, cache_gb * 2**30,
+                      cnn_share)
     feature_pass = n * seconds * m["pass_per_audio_s"]
-    live = runs * EPOCHS * (1 - cached) * (train + evaluated) * seconds * m["pass_per_audio_s"]
+    live *= runs * EPOCHS * (train + evaluated) * seconds * m["pass_per_audio_s"]
     head = runs * EPOCHS * (train / 64 * m["ours_batch"] + evaluated * m["ours_eval"])
     fgsm = runs * evaluated / 2 * m["fgsm_ours"] * scale
     privacy = head / EPOCHS * 20 / runs                       # one fold, the gender head's epochs, cached input
@@ -63,14 +84,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path, help="benchmark_finetune.py --preset iemocap --json output (one H100)")
     p.add_argument("--cache_gb", type=float, default=60.0, help="disk cache budget (GiB)")
+    p.add_argument("--cnn_share", type=float, default=0.37,
+                   help="the CNN encoder's share of a backbone forward's time (not measured; 0.37: its FLOP share)")
     args = p.parse_args()
     m = measured(args.json)
     print(f"| corpus (utterances, mean s) | folds | original loop, {BACKBONES} backbones | ours, {BACKBONES} backbones "
-          f"(cache {args.cache_gb:g} GiB) | ratio |")
+          f"(cache {args.cache_gb:g} GiB, CNN share {args.cnn_share:g}) | ratio |")
     print("|---|---:|---:|---:|---:|")
     total_o = total_u = 0.0
     for name, (n, seconds) in CORPORA.items():
-        o, u = (BACKBONES * c for c in corpus_costs(name, m, args.cache_gb))
+        tiered, plain = (corpus_costs(name, m, args.cache_gb, share) for share in (args.cnn_share, None))
+        o = BACKBONES * plain[0]
+        u = FRONT_END_BACKBONES * tiered[1] + (BACKBONES - FRONT_END_BACKBONES) * plain[1]
         total_o, total_u = total_o + o, total_u + u
         print(f"| {name} ({n}, {seconds:g} s) | {get_corpus(name).num_folds or 1} | {o / 3600:.1f} h | "
               f"{u / 3600:.2f} h | {o / u:.0f}x |")

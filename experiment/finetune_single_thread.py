@@ -40,6 +40,7 @@ def main() -> None:
     for fold in todo:
         if initial is not None:
             backbone.load_state_dict(initial)   # every fold starts from the pretrained backbone
+        source.prepare([u for utts in splits[fold].values() for u in utts])   # one split of the cache budgets
         data = {split: source.prepare(utts) for split, utts in splits[fold].items()}
         for split, utts in data.items():
             if not utts:

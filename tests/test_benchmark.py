@@ -91,8 +91,12 @@ def test_podcast_preset_stays_within_its_cache_budget(tmp_path):
     full, bounded = res["ours"]["cache"], res["bounded"]["cache"]
     assert res["config"]["run_folds"] == 1 and 4.0 < res["config"]["mean_seconds_cropped"] <= 6.0
     assert bounded["budget_bytes"] == int(0.2 * full["bytes"]) > 0
-    assert 0 < bounded["disk_bytes"] <= bounded["budget_bytes"] and bounded["bytes"] <= bounded["budget_bytes"]
-    assert 0 < bounded["disk_utterances"] < 40 and 0 < bounded["live"] < 40 and full["utterances"] == 40
+    assert 0 < bounded["disk_bytes"] <= bounded["budget_bytes"]
+    assert bounded["bytes"] + bounded["front_end_bytes"] <= bounded["budget_bytes"]
+    # the tiny WavLM's fp32 front ends take half the bytes of its hidden states: at 20% most utterances keep one
+    assert 0 < bounded["front_end_disk_utterances"] + bounded["front_end_utterances"] == bounded["live_from_front_end"]
+    assert 0 < bounded["live_from_front_end"] < bounded["live"] <= 40 and full["utterances"] == 40
     per = res["epochs"]["seconds_per_epoch"]
-    assert res["epochs"]["ratio_bounded_vs_per_epoch"] == pytest.approx(per["per_epoch"] / per["bounded"], rel=1e-5)
+    assert res["epochs"]["ratio_bounded_vs_per_epoch"] == pytest.approx(per["per_epoch"] / per["bounded"], rel=1e-4)
     assert "| time per epoch |" in proc.stdout and "| computed live every epoch |" in proc.stdout
+    assert "only the layers after the stored front end" in proc.stdout

@@ -202,7 +202,7 @@ def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_
     bb = backbone("wavlm")
     first = cached(bb, tmp_path)
     first.prepare(utts)
-    assert first.stats == {"computed": len(utts), "from_disk": 0, "from_memory": 0, "live": 0}
+    assert first.stats == {"computed": len(utts), "from_disk": 0, "from_memory": 0, "live": 0, "live_from_front_end": 0}
     before = first.get(utts[2]).clone()
     first.prepare(utts)
     assert first.stats["from_memory"] == len(utts) and first.stats["computed"] == len(utts)
@@ -213,7 +213,8 @@ def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))       # only mtime
     second = cached(bb, tmp_path)
     second.prepare(utts)
-    assert second.stats == {"computed": 2, "from_disk": len(utts) - 2, "from_memory": 0, "live": 0}
+    assert second.stats == {"computed": 2, "from_disk": len(utts) - 2, "from_memory": 0, "live": 0,
+                            "live_from_front_end": 0}
     after = second.get(utts[2])
     assert after.shape[1] != before.shape[1]
     assert torch.equal(second.get(utts[0]), first.get(utts[0]))
@@ -305,9 +306,12 @@ def bounded(bb, cache_root: Path, disk_budget: int, memory_budget: int = 0):
     return CachedFeatures(bb, AudioBank(2, skip_bad=False), CPU, 8, cache_root, memory_budget, disk_budget)
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.2, 1.0])
-def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(fraction, utts, tmp_path):
-    bb = backbone("wavlm")
+@pytest.mark.parametrize("name, fraction", [("wavlm", 0.0), ("wavlm", 0.2), ("wavlm", 0.6), ("wavlm", 1.0),
+                                            ("whisper_tiny", 0.2)])
+def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(name, fraction, utts, tmp_path):
+    """WavLM keeps what does not fit as hidden states as CNN encoder outputs (the front-end tier; the tiny
+    model's are half the size of its hidden states), Whisper (no deterministic front end) runs it all live."""
+    bb = backbone(name)
     full = cached(bb, tmp_path / "full")
     full.prepare(utts)
     expected = trained_predictions(full, utts)
@@ -315,12 +319,16 @@ def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(f
     source = bounded(bb, tmp_path / "bounded", budget)      # nothing in memory: disk or live
     assert source.prepare(utts) == utts
     got = trained_predictions(source, utts)
-    stored = len(source.store.entries)
-    print(f"\nbudget {fraction:.0%} of {full.disk_bytes()} B: {source.disk_bytes()} B on disk, {stored} stored, "
-          f"{source.stats['live']} live; max probability difference "
+    hidden = len(source.store.entries)
+    fronts = len(source.front_ends.store.entries) if source.front_ends else 0
+    print(f"\n{name}, budget {fraction:.0%} of {full.disk_bytes()} B: {source.disk_bytes()} B on disk, {hidden} "
+          f"hidden states, {fronts} front ends, {source.stats['live']} live; max probability difference "
           f"{np.abs(got.probabilities - expected.probabilities).max():.2e}")
-    assert source.disk_bytes() <= budget and source.stats["live"] == len(utts) - stored
-    assert {0.0: stored == 0, 0.2: 0 < stored < len(utts), 1.0: stored == len(utts)}[fraction]
+    assert source.disk_bytes() <= budget and source.stats["live"] == len(utts) - hidden
+    assert source.stats.get("live_from_front_end", 0) == fronts
+    assert {0.0: hidden == fronts == 0, 0.2: 0 < hidden + fronts < len(utts), 0.6: hidden and fronts,
+            1.0: hidden == len(utts) and fronts == 0}[fraction]
+    assert (fronts > 0) == (name == "wavlm" and 0 < fraction < 1)
     assert np.array_equal(got.predictions, expected.predictions)
     assert np.abs(got.probabilities - expected.probabilities).max() <= 1e-4
 
@@ -332,10 +340,41 @@ def test_memory_holds_what_the_disk_cannot(utts, tmp_path):
     budget = full.memory_bytes // 3
     source = bounded(bb, tmp_path, disk_budget=budget, memory_budget=budget)
     source.prepare(utts)
-    on_disk, in_memory = set(source.store.entries), set(source.memory)
-    assert source.disk_bytes() <= budget and 0 < source.memory_bytes <= budget
-    assert on_disk and in_memory and not on_disk & in_memory       # together they hold more than either
-    assert source.stats["live"] == len(utts) - len(on_disk | in_memory) > 0
+    tiers = (source, source.front_ends)
+    on_disk = {k for t in tiers for k in t.store.entries}
+    in_memory = {k for t in tiers for k in t.memory}
+    assert source.disk_bytes() <= budget and 0 < source.pool.used == sum(t.memory_bytes for t in tiers) <= budget
+    assert on_disk and in_memory - on_disk       # memory holds what the disk cannot (and copies of disk entries)
+    hidden = len(source.store.entries) + len(source.memory)
+    assert source.stats["live"] == len(utts) - hidden and source.stats["live_from_front_end"] > 0
+
+
+def test_a_damaged_front_end_shard_is_recomputed(utts, tmp_path):
+    bb = backbone("wavlm")
+    full = cached(bb, None)
+    full.prepare(utts)
+    budget = int(0.6 * full.memory_bytes)      # every front end, and a few hidden states
+    first = bounded(bb, tmp_path, budget)
+    first.prepare(utts)
+    hidden, fronts = len(first.store.entries), len(first.front_ends.store.entries)
+    [shard] = first.front_ends.store.folder.glob("shard-*.bin")
+    assert hidden > 0 and fronts > 0 and first.stats["live_from_front_end"] == fronts
+    shard.write_bytes(shard.read_bytes()[:-100])
+    second = bounded(bb, tmp_path, budget)
+    second.prepare(utts)
+    assert not shard.exists() and second.stats["from_disk"] == hidden
+    assert second.stats["computed"] == len(utts) - hidden and second.stats["live_from_front_end"] > 0
+    assert second.disk_bytes() <= budget
+    assert all(fp16_close(second.get(u), full.get(u)) for u in utts)
+
+    [shard] = second.front_ends.store.folder.glob("shard-*.bin")
+    flipped = bytearray(shard.read_bytes())  # one byte of data changed: caught by its checksum when first read
+    flipped[-1] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    third = bounded(bb, tmp_path, budget)
+    third.prepare(utts)
+    assert all(fp16_close(third.get(u), full.get(u)) for u in utts)   # those of the damaged shard run whole
+    assert not shard.exists()
 
 
 def test_a_damaged_shard_is_recomputed_and_the_others_kept(utts, tmp_path):
@@ -350,7 +389,7 @@ def test_a_damaged_shard_is_recomputed_and_the_others_kept(utts, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:-100])
     second = cached(bb, tmp_path)
     second.prepare(utts)
-    assert second.stats == {"computed": 4, "from_disk": 4, "from_memory": 0, "live": 0}
+    assert second.stats == {"computed": 4, "from_disk": 4, "from_memory": 0, "live": 0, "live_from_front_end": 0}
     assert kept.is_file() and not truncated.exists() and len(list(first.store.folder.glob("shard-*.bin"))) == 2
     assert all(torch.equal(second.get(u), first.get(u)) for u in utts)
 
@@ -410,7 +449,8 @@ def test_a_cache_of_the_per_utterance_layout_is_moved_into_shards(utts, tmp_path
     (folder / fresh._key(utts[3].path)[:2] / f"{fresh._key(utts[3].path)}.pt").write_bytes(b"PK damaged")
     source = cached(bb, tmp_path)
     source.prepare(utts)
-    assert source.stats == {"computed": 1, "from_disk": len(utts) - 1, "from_memory": 0, "live": 0}
+    assert source.stats == {"computed": 1, "from_disk": len(utts) - 1, "from_memory": 0, "live": 0,
+                            "live_from_front_end": 0}
     assert not list(folder.glob("**/*.pt")) and len(source.store.entries) == len(utts)
     assert all(torch.equal(source.get(u), fresh.get(u)) for i, u in enumerate(utts) if i != 3)
     assert fp16_close(source.get(utts[3]), fresh.get(utts[3]))     # computed again, alone

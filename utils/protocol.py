@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from utils.data import Utterance, pad_waveforms
-from utils.features import LiveFeatures, _StoredFeatures, autocast_for
+from utils.features import FrontEndFeatures, LiveFeatures, _StoredFeatures, autocast_for
 from utils.run import RunConfig
 
 
@@ -98,8 +98,10 @@ class TrainModeFeatures:
         self.audio = eval_source.audio
         self.front_ends = None
         if backbone.front_end_is_deterministic and isinstance(eval_source, _StoredFeatures):
-            self.front_ends = FrontEndFeatures(backbone, self.audio, device, eval_source.batch_size,
-                                               eval_source.cache_root, eval_source.memory_budget)
+            # the cache's own front-end tier where it has one; either way within the cache's memory budget
+            self.front_ends = getattr(eval_source, "front_ends", None) or FrontEndFeatures(
+                backbone, self.audio, device, eval_source.batch_size, eval_source.cache_root,
+                eval_source.memory_budget, memory=eval_source.pool)
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
         kept = self.eval_source.prepare(utts)
@@ -138,22 +140,6 @@ class TrainModeFeatures:
 
     def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.finish(self.fetch(utts), grad)
-
-
-class FrontEndFeatures(_StoredFeatures):
-    """The output of a backbone's deterministic front end (wav2vec 2.0 / WavLM: the CNN encoder, which has no
-    dropout and never trains), stored as the hidden states are: the same in train and eval mode, so training
-    batches need only run the rest of the backbone."""
-
-    kind = "front_end"
-
-    def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        front, n_frames = self.backbone.front_end(wav, lengths)
-        return front.unsqueeze(0), n_frames
-
-    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        stored, mask = fetched
-        return stored[0].float(), mask
 
 
 @contextmanager

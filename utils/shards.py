@@ -1,7 +1,8 @@
-"""Feature shards: large contiguous files of fp16 tensors with an index, all under one disk budget.
+"""Feature shards: large contiguous files of fp16 or fp32 tensors with an index, all under one disk budget.
 
 A shard (shard-<random>.bin) is MAGIC, the index's length (8 bytes, little-endian), the index as JSON
-({"data_bytes": n, "entries": {key: [offset, shape, crc32]}}, padded to 64 bytes), then the fp16 data. It is
+({"data_bytes": n, "entries": {key: [offset, shape, crc32]}}, padded to 64 bytes; an fp32 entry has a fourth
+field, "float32"), then the data. It is
 written whole to a temporary file and renamed into place, and never changed afterwards, so readers need no lock
 and memory-map it. A shard whose size disagrees with its index (truncated) is deleted when found; an entry whose
 checksum fails (checked on its first read in a process) deletes its shard. Either way only that shard's
@@ -30,7 +31,7 @@ class ShardStore:
 
     def __init__(self, folder: Path, budget_root: Path, budget_bytes: int):
         self.folder, self.budget_root, self.budget = folder, budget_root, budget_bytes
-        self.entries: dict[str, tuple[Path, int, tuple, int]] = {}   # key -> shard, offset, shape, crc32
+        self.entries: dict[str, tuple[Path, int, tuple, int, str]] = {}   # key -> shard, offset, shape, crc32, dtype
         self.maps: dict[Path, np.memmap] = {}
         self.verified: set[str] = set()
 
@@ -68,13 +69,14 @@ class ShardStore:
             index = json.loads(bytes(data[16:16 + header_len]))
             if bytes(data[:8]) != MAGIC or len(data) != 16 + header_len + index["data_bytes"]:
                 raise ValueError(f"{len(data)} bytes, the index says {16 + header_len + index['data_bytes']}")
+            start = 16 + header_len
+            entries = {key: (path, start + offset, tuple(shape), crc, _dtype(*dtype))
+                       for key, (offset, shape, crc, *dtype) in index["entries"].items()}
         except (OSError, ValueError, KeyError, TypeError) as err:   # json errors are ValueErrors
             self._drop(path, f"unreadable or truncated ({err})")
             return
         self.maps[path] = data
-        start = 16 + header_len
-        for key, (offset, shape, crc) in index["entries"].items():
-            self.entries[key] = (path, start + offset, tuple(shape), crc)
+        self.entries.update(entries)
 
     def _drop(self, path: Path, why: str) -> None:
         log.warning(f"feature cache shard {path} is {why}: deleted, its utterances will be recomputed")
@@ -84,35 +86,37 @@ class ShardStore:
             del self.entries[key]
 
     def read(self, key: str) -> torch.Tensor | None:
-        """The stored fp16 tensor (a copy in memory), or None if its shard turned out damaged."""
-        path, offset, shape, crc = self.entries[key]
-        raw = np.array(self.maps[path][offset: offset + 2 * int(np.prod(shape))])
+        """The stored tensor (a copy in memory), or None if its shard turned out damaged."""
+        path, offset, shape, crc, dtype = self.entries[key]
+        raw = np.array(self.maps[path][offset: offset + np.dtype(dtype).itemsize * int(np.prod(shape))])
         if key not in self.verified:
             if zlib.crc32(raw) != crc:
                 self._drop(path, f"damaged (checksum of {key})")
                 return None
             self.verified.add(key)
-        return torch.from_numpy(raw.view(np.float16)).reshape(shape)
+        return torch.from_numpy(raw.view(dtype)).reshape(shape)
 
     def used_bytes(self, folder: Path | None = None) -> int:
         root = folder or self.budget_root
         return sum(p.stat().st_size for p in root.rglob("shard-*.bin")) if root.is_dir() else 0
 
     def write(self, items: list[tuple[str, torch.Tensor]]) -> set[str]:
-        """Write as many of `items` (in order) as the budget leaves room for into new shards; their keys."""
+        """Write as many of `items` (fp16 or fp32, in order) as the budget leaves room for into new shards;
+        their keys."""
         written = set()
         with FileLock(str(self.budget_root / ".budget.lock")):   # budget shared by every process and folder
             room = self.budget - self.used_bytes()
             shard = _Shard()
             for key, tensor in items:
-                raw = tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes()
-                if shard.entries and shard.size_with(key, raw, tensor.shape) > SHARD_BYTES:
+                dtype = "float32" if tensor.dtype == torch.float32 else "float16"
+                raw = tensor.detach().to("cpu", getattr(torch, dtype)).contiguous().numpy().tobytes()
+                if shard.entries and shard.size_with(key, raw, tensor.shape, dtype) > SHARD_BYTES:
                     room -= self._save(shard)
                     written.update(shard.entries)
                     shard = _Shard()
-                if shard.size_with(key, raw, tensor.shape) > room:
+                if shard.size_with(key, raw, tensor.shape, dtype) > room:
                     continue        # a shorter utterance further on may still fit
-                shard.add(key, raw, tensor.shape)
+                shard.add(key, raw, tensor.shape, dtype)
             if shard.entries:
                 self._save(shard)
                 written.update(shard.entries)
@@ -125,6 +129,12 @@ class ShardStore:
         return path.stat().st_size
 
 
+def _dtype(name: str = "float16") -> str:
+    if name not in ("float16", "float32"):
+        raise ValueError(f"unknown dtype {name!r}")
+    return name
+
+
 class _Shard:
     """A shard being assembled; knows its exact file size before it is written."""
 
@@ -135,16 +145,16 @@ class _Shard:
         self.entries_chars = 0     # length of the entries' JSON text, separators included
 
     @staticmethod
-    def _entry(key: str, raw: bytes, shape, offset: int) -> tuple[list, int]:
-        value = [offset, list(shape), zlib.crc32(raw)]
+    def _entry(key: str, raw: bytes, shape, dtype: str, offset: int) -> tuple[list, int]:
+        value = [offset, list(shape), zlib.crc32(raw)] + ([dtype] if dtype != "float16" else [])
         return value, len(json.dumps({key: value})) - 2
 
-    def size_with(self, key: str, raw: bytes, shape) -> int:
-        _, chars = self._entry(key, raw, shape, self.data_bytes)
+    def size_with(self, key: str, raw: bytes, shape, dtype: str) -> int:
+        _, chars = self._entry(key, raw, shape, dtype, self.data_bytes)
         return self._size(self.data_bytes + len(raw), self.entries_chars + chars + (2 if self.entries else 0))
 
-    def add(self, key: str, raw: bytes, shape) -> None:
-        value, chars = self._entry(key, raw, shape, self.data_bytes)
+    def add(self, key: str, raw: bytes, shape, dtype: str) -> None:
+        value, chars = self._entry(key, raw, shape, dtype, self.data_bytes)
         self.entries_chars += chars + (2 if self.entries else 0)
         self.entries[key] = value
         self.blobs.append(raw)

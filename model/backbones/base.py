@@ -41,6 +41,7 @@ class Backbone(nn.Module):
     hidden_includes_input = False  # TERA: s3prl's hidden states start with the layers' input
     frozen_parts_train = False     # set by utils/protocol.py for --protocol original
     front_end_is_deterministic = False   # front_end() has no dropout: its output may be stored in train mode too
+    front_end_dim = 0                    # channels of front_end()'s output, where there is one
 
     def __init__(self, name: str, weights_id: str, finetune: str):
         super().__init__()

@@ -41,6 +41,7 @@ class Wav2Vec2StyleBackbone(Backbone):
         self.stable_layer_norm = getattr(model.config, "do_stable_layer_norm", False)
         self.hidden_dim = model.config.hidden_size
         self.num_layers = model.config.num_hidden_layers
+        self.front_end_dim = model.config.conv_dim[-1]
         self._apply_finetune()
 
     @staticmethod
