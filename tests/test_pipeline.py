@@ -1,5 +1,6 @@
 """End to end on the synthetic corpus: every stage script run once as a subprocess, outputs checked by number."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,7 +65,18 @@ def test_original_readme_command_parses_and_explains_what_is_missing(tmp_path):
                       "--config", str(config), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
-    assert "iemocap_fold1.json not found" in proc.stderr and "train_split_gen" in proc.stderr
+    assert "iemocap_fold1.json not found" in proc.stderr
+    assert proc.stderr.strip().endswith("run first: python3 train_split_gen/iemocap.py")
+
+
+def test_split_command_names_each_corpus_script():
+    from utils.datasets import split_command
+    assert split_command("crema_d") == "python3 train_split_gen/crema-d.py"
+    assert split_command("crema_d_complete") == "python3 train_split_gen/crema-d.py"     # reads crema_d's splits
+    assert split_command("msp-podcast") == "python3 train_split_gen/msp-podcast.py"
+    assert split_command("demo") == "python3 train_split_gen/demo.py --generate"
+    for name in ("iemocap", "crema_d", "msp-improv", "msp-podcast", "meld", "ravdess", "demo"):
+        assert (Path(__file__).resolve().parents[1] / split_command(name).split()[1]).is_file(), name
 
 
 def model_predictions(config, fold: int) -> pd.DataFrame:

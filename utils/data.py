@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from utils.datasets import get_corpus, preprocessed_name
+from utils.datasets import get_corpus, preprocessed_name, split_command
 from utils.errors import TrustSerError
 from utils.io import read_json
 from utils.paths import audio_dir, split_path
@@ -29,7 +29,7 @@ def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, lis
     corpus = get_corpus(dataset, project_dir)
     path = split_path(project_dir, dataset, fold)
     if not path.is_file():
-        raise TrustSerError(f"split file {path} not found; run train_split_gen/ for {dataset} first")
+        raise TrustSerError(f"split file {path} not found; run first: {split_command(dataset)}")
     split_dict = read_json(path)
     folder = audio_dir(project_dir, dataset)
     fold_data, dropped_by_split = {}, {}

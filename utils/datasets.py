@@ -73,6 +73,14 @@ def files_name(dataset: str) -> str:
     return get_corpus(dataset).files_of or dataset
 
 
+def split_command(dataset: str) -> str:
+    """The command that writes the corpus' split files (its script is named as the corpus, with '-' for '_')."""
+    name = files_name(dataset)
+    if name not in CORPORA:
+        return f"python3 train_split_gen/manifest.py --manifest YOUR.csv --dataset {name}"
+    return f"python3 train_split_gen/{name.replace('_', '-')}.py" + (" --generate" if name == "demo" else "")
+
+
 def split_file_name(dataset: str, fold: int) -> str:
     """train_split/<name>_fold<k>.json, or <name>.json for corpora with one official split."""
     name = files_name(dataset)
