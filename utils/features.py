@@ -127,7 +127,6 @@ class _StoredFeatures:
         self.backbone, self.audio, self.device, self.batch_size = backbone, audio, device, batch_size
         self.cache_root = cache_root
         self.pool = memory or MemoryBudget(memory_budget_bytes)
-        self.memory_budget = self.pool.budget
         self.memory: dict[str, torch.Tensor] = {}
         self.keys: dict[str, str] = {}
         self.frames: dict[str, int] = {}      # key -> frames, for every prepared utterance, stored or live

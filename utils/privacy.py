@@ -8,7 +8,6 @@ Two probes:
   sees), over all utterances of the fold's split file, with speaker-grouped stratified cross-validation (no speaker
   in both the training and the held-out part), so that its UAR rests on every speaker, not on a 2-speaker dev set.
 """
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from utils.data import SPLITS, Utterance, length_sorted_batches, load_fold
 from utils.errors import TrustSerError
-from utils.finetune import FitSpec, fold_finished, predictions_path, train_fold
+from utils.finetune import FitSpec, fold_finished, predictions_path, read_predictions, train_fold
 from utils.io import read_json, write_json
 from utils.paths import finetune_dir
 from utils.pipeline import load_trained, make_source
@@ -51,8 +50,7 @@ def relabel_by_gender(utts: list[Utterance], where: str) -> list[Utterance]:
 
 def collapsed(predictions_csv: Path) -> bool:
     """Whether a probe predicted the same class for every test utterance."""
-    with predictions_csv.open(newline="") as f:
-        return len({row["prediction"] for row in csv.DictReader(f)}) == 1
+    return len({row["prediction"] for row in read_predictions(predictions_csv)}) == 1
 
 
 def collapsed_folds(out_dir: Path, folds: list[int]) -> list[int]:

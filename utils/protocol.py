@@ -101,7 +101,7 @@ class TrainModeFeatures:
             # the cache's own front-end tier where it has one; either way within the cache's memory budget
             self.front_ends = getattr(eval_source, "front_ends", None) or FrontEndFeatures(
                 backbone, self.audio, device, eval_source.batch_size, eval_source.cache_root,
-                eval_source.memory_budget, memory=eval_source.pool)
+                eval_source.pool.budget, memory=eval_source.pool)
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
         kept = self.eval_source.prepare(utts)
