@@ -27,7 +27,7 @@ from utils.data import Utterance  # noqa: E402
 from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
 from utils.pipeline import make_source  # noqa: E402
 from utils.synthetic import EMOTIONS, make_corpus, make_speaker, synthesize  # noqa: E402
-from utils.training import evaluate, set_seed, train_epoch  # noqa: E402
+from utils.training import evaluate, evaluate_heads, set_seed, train_epoch  # noqa: E402
 
 pytestmark = [  # library noise: s3prl's unused MFCC transform, HF WavLM's mixed mask types
     pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values"),
@@ -178,6 +178,22 @@ def test_batched_evaluation_equals_batch_of_one(kind, utts, trained_head, tmp_pa
     assert np.array_equal(one.predictions, batched.predictions)
     assert abs(one.loss - batched.loss) < 1e-5
     assert len(set(one.predictions)) > 2 and one.probabilities.max(1).min() > 0.5   # varied, confident
+
+
+def test_several_heads_share_one_feature_pass_and_score_as_alone(utts, trained_head):
+    """What scores every epoch's head on the test split after training (a frozen backbone)."""
+    bb = backbone("wavlm")
+    source = live(bb, round_like_cache=True)
+    utts = source.prepare(utts)
+    fetched, fetch = [], source.fetch
+    source.fetch = lambda batch: fetched.append(len(batch)) or fetch(batch)
+    other = head_for(bb)
+    together = evaluate_heads([trained_head, other], bb, source, utts, 3, 4)
+    assert fetched == [3, 3, 2]                    # one pass over the features for both heads
+    for head, result in zip([trained_head, other], together):
+        alone = evaluate(head, bb, source, utts, 3, 4)
+        assert np.array_equal(result.probabilities, alone.probabilities) and result.scores == alone.scores
+    assert not np.array_equal(together[0].probabilities, together[1].probabilities)
 
 
 def test_uncached_frozen_features_are_rounded_like_the_cache(utts, tmp_path):

@@ -160,6 +160,11 @@ def test_privacy_trains_a_gender_head_on_fold_1(project):
     losses = [history[str(epoch)]["train"]["loss"] for epoch in range(10)]
     print(f"gender head train loss: {losses[0]:.4f} -> {losses[-1]:.4f}")
     assert losses[-1] < losses[0]                                          # the gender head does train
+    # the test split is scored after training by every epoch's head (frozen backbone), which is then deleted
+    best = history["best"]
+    assert best["uar"] == history[str(best["best_epoch"])]["test"]["uar"]
+    assert len({history[str(epoch)]["test"]["loss"] for epoch in range(10)}) == 10
+    assert not list((out / "privacy" / "gender" / "demo" / "apc" / RUN).glob("fold_1_epoch_*"))
     preds = pd.read_csv(out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
     assert set(preds.label) == {0, 1} and list(preds.columns[-2:]) == ["prob_female", "prob_male"]
     assert 0.0 <= results["average"]["uar"] <= 100.0

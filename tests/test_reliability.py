@@ -127,6 +127,8 @@ def test_fold_killed_mid_training_resumes_to_the_identical_result(base, referenc
     assert last.is_file() and not fold_finished(run_dir, 1)
     epochs_done = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= epochs_done < 4 and not (run_dir / "fold_1_test_predictions.csv").exists()
+    heads = {p.name for p in run_dir.glob("fold_1_epoch_*_head.pt")}        # kept to score the test split at the end
+    assert heads >= {f"fold_1_epoch_{e}_head.pt" for e in range(epochs_done)}
 
     rerun = finetune(config, "--folds", "1")
     assert f"resuming after epoch {epochs_done}" in rerun.stderr

@@ -15,7 +15,7 @@ from utils.io import load_torch, read_json, save_torch, write_json, write_text
 from utils.pipeline import build_head, trainable_backbone_state
 from utils.protocol import protocol_of
 from utils.run import RunConfig
-from utils.training import EvalResult, evaluate, make_optimizer, set_seed, train_epoch
+from utils.training import EvalResult, evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch
 
 log = logging.getLogger("trust-ser")
 
@@ -83,7 +83,11 @@ class FitSpec:
 
 def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], backbone: nn.Module, source,
                run_dir: Path, device: torch.device, spec: FitSpec) -> dict:
-    """Best epoch by dev UAR; writes fold_k.pt (+ fold_k_backbone.pt), fold_k.json and test predictions."""
+    """Best epoch by dev UAR; writes fold_k.pt (+ fold_k_backbone.pt), fold_k.json and test predictions.
+
+    With a frozen backbone the test split is scored once, after the last epoch, by every epoch's head (kept in
+    fold_k_epoch_e_head.pt until then): the same scores as after each epoch, for one pass over the test features
+    instead of one per epoch (the costly part where a bounded cache computes them live)."""
     class_names, num_classes = spec.class_names, len(spec.class_names)
     set_seed(8 * fold)
     head = build_head(run, backbone, num_classes).to(device)
@@ -93,6 +97,7 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
     criterion = nn.NLLLoss(weights.to(device) if weights is not None else None)
     generator = torch.Generator().manual_seed(8 * fold)
     uar_classes = protocol_of(run).uar_classes
+    test_after_training = not any(p.requires_grad for p in backbone.parameters())
     state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
     last_path = run_dir / f"fold_{fold}_last.pt"
     if run.overwrite:
@@ -108,33 +113,46 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
                                 generator, num_classes, uar_classes)
         dev = evaluate(head, backbone, source, data["dev"], run.eval_batch_size, num_classes, uar_classes)
         scheduler.step(dev.loss)
-        test = evaluate(head, backbone, source, data["test"], run.eval_batch_size, num_classes, uar_classes)
-        state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary(), "test": test.summary(),
-                                        "lr": optimizer.param_groups[0]["lr"]}
+        entry = state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary(),
+                                                "lr": optimizer.param_groups[0]["lr"]}
+        if test_after_training:
+            save_torch(_epoch_head_path(run_dir, fold, epoch), head.state_dict())
+            test_line = ""
+        else:
+            test = evaluate(head, backbone, source, data["test"], run.eval_batch_size, num_classes, uar_classes)
+            entry["test"] = test.summary()
+            test_line = f"test UAR {test.scores['uar']:.2f}% | "
         if state["best"] is None or dev.scores["uar"] > state["best"]["dev_uar"]:
-            state["best"] = {"epoch": epoch, "dev_uar": dev.scores["uar"], "dev_acc": dev.scores["acc"],
-                             **test.scores}
+            state["best"] = {"epoch": epoch, "dev_uar": dev.scores["uar"], "dev_acc": dev.scores["acc"]}
             state["best_head"] = copy.deepcopy(head.state_dict())
             state["best_backbone"] = copy.deepcopy(trainable_backbone_state(backbone))
             save_torch(run_dir / f"fold_{fold}.pt", state["best_head"])
         log.info(f"fold {fold} epoch {epoch}: train loss {train_res['loss']:.3f} UAR {train_res['uar']:.2f}% | "
-                 f"dev UAR {dev.scores['uar']:.2f}% | test UAR {test.scores['uar']:.2f}% | "
-                 f"best epoch {state['best']['epoch']} (test UAR {state['best']['uar']:.2f}%)")
+                 f"dev UAR {dev.scores['uar']:.2f}% | {test_line}"
+                 f"best epoch {state['best']['epoch']} (dev UAR {state['best']['dev_uar']:.2f}%)")
         state["epoch"] = epoch + 1
         write_json(run_dir / f"fold_{fold}.json", state["history"])
         _save_resume(last_path, state, head, backbone, optimizer, scheduler, generator)
 
     return _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path,
-                        run.eval_batch_size, uar_classes)
+                        run.eval_batch_size, uar_classes, test_after_training)
+
+
+def _epoch_head_path(run_dir: Path, fold: int, epoch: int) -> Path:
+    return run_dir / f"fold_{fold}_epoch_{epoch}_head.pt"
 
 
 def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path, eval_batch_size,
-                 uar_classes) -> dict:
+                 uar_classes, test_after_training) -> dict:
     head.load_state_dict(state["best_head"])
     if state["best_backbone"]:
         backbone.load_state_dict(state["best_backbone"], strict=False)
         save_torch(run_dir / f"fold_{fold}_backbone.pt", state["best_backbone"])
-    test = evaluate(head, backbone, source, data["test"], eval_batch_size, len(class_names), uar_classes)
+    if test_after_training:
+        test = _score_epoch_heads(fold, data["test"], backbone, source, run_dir, head, state, eval_batch_size,
+                                  len(class_names), uar_classes)
+    else:
+        test = evaluate(head, backbone, source, data["test"], eval_batch_size, len(class_names), uar_classes)
     write_predictions(predictions_path(run_dir, fold), test, class_names)
     result = {"uar": test.scores["uar"], "acc": test.scores["acc"], "macro_f1": test.scores["macro_f1"],
               "dev_uar": state["best"]["dev_uar"], "dev_acc": state["best"]["dev_acc"],
@@ -142,9 +160,29 @@ def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state
               "weights": backbone.weights_id, "skipped_bad_audio": len(source.audio.bad)}
     write_json(run_dir / f"fold_{fold}.json", {**state["history"], "best": result})
     last_path.unlink(missing_ok=True)
+    for epoch in range(state["epoch"]):
+        _epoch_head_path(run_dir, fold, epoch).unlink(missing_ok=True)
     log.info(f"fold {fold} done: best epoch {result['best_epoch']}, test UAR {result['uar']:.2f}%, "
              f"ACC {result['acc']:.2f}%")
     return result
+
+
+def _score_epoch_heads(fold, test_utts, backbone, source, run_dir, head, state, eval_batch_size, num_classes,
+                       uar_classes) -> EvalResult:
+    """Every epoch's test scores into the history, from its saved head; the best epoch's result."""
+    heads = []
+    for epoch in range(state["epoch"]):
+        path = _epoch_head_path(run_dir, fold, epoch)
+        try:
+            heads.append(copy.deepcopy(head))
+            heads[-1].load_state_dict(load_torch(path))
+        except (TrustSerError, RuntimeError) as err:
+            raise TrustSerError(f"cannot score the test split with epoch {epoch}'s head ({err}); pass --overwrite "
+                                f"to train fold {fold} again") from None
+    results = evaluate_heads(heads, backbone, source, test_utts, eval_batch_size, num_classes, uar_classes)
+    for epoch, result in enumerate(results):
+        state["history"][str(epoch)]["test"] = result.summary()
+    return results[state["best"]["epoch"]]
 
 
 def _save_resume(path, state, head, backbone, optimizer, scheduler, generator) -> None:

@@ -64,20 +64,33 @@ def train_epoch(head: nn.Module, backbone: nn.Module, source, train: list[Uttera
     return {"loss": float(np.mean(losses)), **classification_scores(y_true, y_pred, num_classes, uar_classes)}
 
 
-@torch.no_grad()
 def evaluate(head: nn.Module, backbone: nn.Module, source, utts: list[Utterance], batch_size: int,
              num_classes: int, uar_classes: str = "labels") -> EvalResult:
     """Length-sorted padded batches with masks; the loss is the mean NLL over utterances."""
-    head.eval()
+    return evaluate_heads([head], backbone, source, utts, batch_size, num_classes, uar_classes)[0]
+
+
+@torch.no_grad()
+def evaluate_heads(heads: list[nn.Module], backbone: nn.Module, source, utts: list[Utterance], batch_size: int,
+                   num_classes: int, uar_classes: str = "labels") -> list[EvalResult]:
+    """evaluate() for several heads on one frozen backbone: each batch's features are made once (the costly
+    part when they are computed live) and every head scores them, so each result equals evaluate() alone."""
+    for head in heads:
+        head.eval()
     backbone.eval()
-    log_probs = torch.zeros(len(utts), num_classes)
+    log_probs = torch.zeros(len(heads), len(utts), num_classes)
     batches = length_sorted_batches([source.length(u) for u in utts], batch_size)
     for idx, (_, (hidden, mask)) in zip(batches, prefetched(source, [[utts[i] for i in idx] for idx in batches])):
-        log_probs[idx] = torch.log_softmax(head(hidden, mask), dim=1).float().cpu()
+        for h, head in enumerate(heads):
+            log_probs[h, idx] = torch.log_softmax(head(hidden, mask), dim=1).float().cpu()
     labels = torch.tensor([u.label for u in utts])
+    return [_eval_result(lp, labels, num_classes, uar_classes, utts) for lp in log_probs]
+
+
+def _eval_result(log_probs: torch.Tensor, labels: torch.Tensor, num_classes: int, uar_classes: str,
+                 utts: list[Utterance]) -> EvalResult:
     # The original evaluated one utterance per batch, where the class-weighted NLL reduces to plain NLL.
     loss = nn.functional.nll_loss(log_probs, labels).item()
     preds = log_probs.argmax(1).numpy()
     return EvalResult(loss, classification_scores(labels.numpy(), preds, num_classes, uar_classes), preds,
                       log_probs.exp().numpy(), list(utts))
-
