@@ -113,8 +113,7 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
                                 generator, num_classes, uar_classes)
         dev = evaluate(head, backbone, source, data["dev"], run.eval_batch_size, num_classes, uar_classes)
         scheduler.step(dev.loss)
-        entry = state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary(),
-                                                "lr": optimizer.param_groups[0]["lr"]}
+        entry = state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary()}
         if test_after_training:
             save_torch(_epoch_head_path(run_dir, fold, epoch), head.state_dict())
             test_line = ""
@@ -122,6 +121,7 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
             test = evaluate(head, backbone, source, data["test"], run.eval_batch_size, num_classes, uar_classes)
             entry["test"] = test.summary()
             test_line = f"test UAR {test.scores['uar']:.2f}% | "
+        entry["lr"] = optimizer.param_groups[0]["lr"]
         if state["best"] is None or dev.scores["uar"] > state["best"]["dev_uar"]:
             state["best"] = {"epoch": epoch, "dev_uar": dev.scores["uar"], "dev_acc": dev.scores["acc"]}
             state["best_head"] = copy.deepcopy(head.state_dict())
@@ -181,7 +181,8 @@ def _score_epoch_heads(fold, test_utts, backbone, source, run_dir, head, state, 
                                 f"to train fold {fold} again") from None
     results = evaluate_heads(heads, backbone, source, test_utts, eval_batch_size, num_classes, uar_classes)
     for epoch, result in enumerate(results):
-        state["history"][str(epoch)]["test"] = result.summary()
+        entry = state["history"][str(epoch)]
+        entry.update(test=result.summary(), lr=entry.pop("lr"))     # the key order of the per-epoch path
     return results[state["best"]["epoch"]]
 
 
