@@ -51,7 +51,7 @@ from utils.pipeline import build_head, load_state  # noqa: E402
 from utils.protocol import apply_to_backbone, protocol_source  # noqa: E402
 from utils.run import RunConfig  # noqa: E402
 from utils.safety import AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
-from utils.training import evaluate, make_optimizer, set_seed, train_epoch  # noqa: E402
+from utils.training import evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch  # noqa: E402
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5
@@ -327,19 +327,21 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
                                memory_budget_bytes=budget_bytes, disk_budget_bytes=budget_bytes)
     source = protocol_source(protocol_run(args), backbone, cache, device)
     with clock.stage("feature pass"):
-        train = corpus.fold(1)["train"]      # the training split first, as the finetune script gives it
-        in_train = set(train)
-        source.prepare(train + [u for u in corpus.utterances if u not in in_train])
+        first = corpus.fold(1)               # train, dev, test: the finetune script's order (most read first)
+        ordered = first["train"] + first["dev"] + first["test"]
+        in_fold = set(ordered)
+        source.prepare(ordered + [u for u in corpus.utterances if u not in in_fold])
     spec = finetune.FitSpec([f"class{c}" for c in range(NUM_CLASSES)], 2e-4, args.epochs, class_weighted=True)
     batches = evaluated = 0
     with mock.patch.object(finetune, "train_epoch", clock.timed("head training", train_epoch)), \
-            mock.patch.object(finetune, "evaluate", clock.timed("evaluation", evaluate)):
+            mock.patch.object(finetune, "evaluate", clock.timed("evaluation", evaluate)), \
+            mock.patch.object(finetune, "evaluate_heads", clock.timed("evaluation", evaluate_heads)):
         for k in range(1, args.run_folds + 1):
             with clock.stage("folds"):
                 data = {split: source.prepare(utts) for split, utts in corpus.fold(k).items()}
                 finetune.train_fold(head_run(args), k, data, backbone, source, run_dir, device, spec)
             batches += args.epochs * training_batches(data, args.batch_size)
-            evaluated += args.epochs * (len(data["dev"]) + len(data["test"])) + len(data["test"])
+            evaluated += args.epochs * len(data["dev"]) + len(data["test"])   # test: once, by every epoch's head
     seconds = clock.seconds
     stages = {"feature pass": seconds["feature pass"], "head training": seconds["head training"],
               "evaluation": seconds["evaluation"],
