@@ -1,5 +1,6 @@
 """End to end on the synthetic corpus: every stage script run once as a subprocess, outputs checked by number."""
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from synthetic_project import make_project, run_script
 from utils.fairness import fairness_report
 from utils.metrics import classification_scores
+from utils.cli import base_parser
+from utils.pipeline import finetune_command
 from utils.run import RunConfig
 
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
@@ -222,6 +225,13 @@ def test_trust_profile_plot_reads_the_runs(project):
     assert "apc" in (out / "profile" / "trust_profile.md").read_text().lower()
 
 
+def test_the_finetune_command_of_a_hint_describes_the_same_run():
+    run = RunConfig(pretrain_path="/my models/wavlm", batch_size=32, tiny=True, protocol="original", hidden_size=64,
+                    config="/a b/config.yml")
+    argv = shlex.split(finetune_command(run))[2:]
+    assert RunConfig.from_args(base_parser("").parse_args(argv)).defining_flags() == run.defining_flags()
+
+
 def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_command(project):
     config, _ = project
     flags = _flags(config)
@@ -231,6 +241,7 @@ def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_comman
     line = proc.stderr.strip()
     assert "\n" not in line and "hid64" in line and "fold_1.pt not found" in line
     assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
+    assert "--batch_size 8" in line                         # not the default: it names the run folder too
     proc = run_script("trustworthy/fairness/fairness_evaluation.py", *flags, check=False)
     assert proc.returncode == 2
     line = proc.stderr.strip()

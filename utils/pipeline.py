@@ -108,14 +108,16 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
 
 
 def finetune_command(run: RunConfig) -> str:
-    """The finetune command that makes the checkpoints an evaluation needs."""
-    flags = ["dataset", "pretrain_model", "learning_rate", "downstream_model", "num_epochs", "conv_layers",
-             "pooling", "hidden_size", "finetune", "audio_duration"]
+    """The finetune command that makes the checkpoints an evaluation needs: every flag that defines the run,
+    the usual ones always, the others (--pretrain_path, --batch_size, --protocol, ...) where not the default."""
+    always = {"dataset", "pretrain_model", "learning_rate", "downstream_model", "num_epochs", "conv_layers",
+              "pooling", "hidden_size", "finetune", "audio_duration"}
     cmd = [sys.executable, str(REPO_ROOT / "experiment" / "finetune_single_thread.py")]
-    cmd += [f"--{f} {getattr(run, f)}" for f in flags]
-    cmd += [f"--{f}" for f in ("random_init", "tiny") if getattr(run, f)]
-    if run.protocol != RunConfig.protocol:
-        cmd.append(f"--protocol {run.protocol}")
+    for name, value in run.defining_flags().items():
+        if isinstance(value, bool):
+            cmd += [f"--{name}"] if value else []
+        elif name in always or value != getattr(RunConfig, name):
+            cmd.append(f"--{name} {shlex.quote(str(value))}")
     if run.config:
         cmd.append(f"--config {shlex.quote(str(run.config))}")
     return " ".join(cmd)
