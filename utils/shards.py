@@ -23,6 +23,8 @@ from utils.io import write_bytes
 log = logging.getLogger("trust-ser")
 MAGIC = b"TSERSHD1"
 SHARD_BYTES = 256 << 20      # large files: few opens per epoch, cheap on network file systems
+ENTRY_BYTES = 256            # at most what a tensor adds to a shard besides its data: its index entry (~100 bytes),
+                             # and the shard's magic, header and padding (~120) where it is the shard's only entry
 
 
 class ShardStore:
