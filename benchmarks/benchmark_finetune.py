@@ -359,13 +359,15 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
 
 
 def front_end_numbers(cache: CachedFeatures) -> dict:
-    """What the front-end tier holds (fp32 CNN encoder outputs of utterances whose hidden states do not fit)."""
+    """What the front-end tier holds (CNN encoder outputs, fp32 on CPU and bf16 on CUDA, of utterances whose hidden
+    states do not fit)."""
     fronts = cache.front_ends
     if fronts is None:
         return {}
+    on_disk = set(fronts.store.entries) if fronts.store else set()
     return {"front_end_bytes": fronts.memory_bytes, "front_end_utterances": len(fronts.memory),
-            "front_end_disk_bytes": fronts.disk_bytes(),
-            "front_end_disk_utterances": len(fronts.store.entries) if fronts.store else 0}
+            "front_end_disk_bytes": fronts.disk_bytes(), "front_end_disk_utterances": len(on_disk),
+            "front_end_kept_utterances": len(on_disk | set(fronts.memory))}   # memory holds copies of disk ones too
 
 
 def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path,

@@ -94,7 +94,9 @@ def test_podcast_preset_stays_within_its_cache_budget(tmp_path):
     assert 0 < bounded["disk_bytes"] <= bounded["budget_bytes"]
     assert bounded["bytes"] + bounded["front_end_bytes"] <= bounded["budget_bytes"]
     # the tiny WavLM's fp32 front ends take half the bytes of its hidden states: at 20% most utterances keep one
-    assert 0 < bounded["front_end_disk_utterances"] + bounded["front_end_utterances"] == bounded["live_from_front_end"]
+    kept = bounded["front_end_kept_utterances"]     # memory may hold copies of disk entries: counted once
+    assert 0 < kept == bounded["live_from_front_end"]
+    assert kept <= bounded["front_end_disk_utterances"] + bounded["front_end_utterances"]
     assert 0 < bounded["live_from_front_end"] < bounded["live"] <= 40 and full["utterances"] == 40
     per = res["epochs"]["seconds_per_epoch"]
     assert res["epochs"]["ratio_bounded_vs_per_epoch"] == pytest.approx(per["per_epoch"] / per["bounded"], rel=1e-4)

@@ -26,6 +26,7 @@ from utils.run import RunConfig  # noqa: E402
 from utils.data import Utterance  # noqa: E402
 from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
 from utils.pipeline import make_source  # noqa: E402
+from utils.shards import ENTRY_BYTES, ShardStore  # noqa: E402
 from utils.synthetic import EMOTIONS, make_corpus, make_speaker, synthesize  # noqa: E402
 from utils.training import evaluate, evaluate_heads, set_seed, train_epoch  # noqa: E402
 
@@ -332,6 +333,8 @@ def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(n
     full.prepare(utts)
     expected = trained_predictions(full, utts)
     budget = int(fraction * full.disk_bytes())
+    if fraction == 1:       # the full cache as the split counts it: ENTRY_BYTES for each index entry (~100 used)
+        budget += len(utts) * ENTRY_BYTES
     source = bounded(bb, tmp_path / "bounded", budget)      # nothing in memory: disk or live
     assert source.prepare(utts) == utts
     got = trained_predictions(source, utts)
@@ -347,6 +350,76 @@ def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(n
     assert (fronts > 0) == (name == "wavlm" and 0 < fraction < 1)
     assert np.array_equal(got.predictions, expected.predictions)
     assert np.abs(got.probabilities - expected.probabilities).max() <= 1e-4
+
+
+def test_a_shard_keeps_fp16_bf16_and_fp32_bit_for_bit(tmp_path):
+    torch.manual_seed(0)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, 3e38, -2.5e-3])
+    tensors = {"bf16": torch.cat([special, torch.randn(97)]).reshape(1, 15, 7).bfloat16(),
+               "fp16": torch.randn(2, 4, 3).half(), "fp32": torch.randn(1, 6, 2),
+               "empty": torch.zeros(1, 0, 5).bfloat16()}
+    assert ShardStore(tmp_path, tmp_path, 1 << 20).write(list(tensors.items())) == set(tensors)
+    reader = ShardStore(tmp_path, tmp_path, 1 << 20)    # a fresh index, as another process reads it
+    reader.refresh()
+    assert {k: e[4] for k, e in reader.entries.items()} == {"bf16": "bfloat16", "fp16": "float16",
+                                                            "fp32": "float32", "empty": "bfloat16"}
+    for key, tensor in tensors.items():
+        got = reader.read(key)
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape
+        assert torch.equal(got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), key
+
+
+def test_bf16_front_ends_count_2_bytes_a_value_and_predict_as_the_unbounded_cache(utts, tmp_path):
+    """CUDA's front-end type, forced on CPU: a disk budget that holds every bf16 front end (fp32 ones take twice
+    as much) and the hidden states of the first utterance instead of its front end keeps exactly that, and
+    training and evaluation through it give the unbounded cache's predictions."""
+    bb = backbone("wavlm")
+    full = cached(bb, None)
+    full.prepare(utts)
+    frames = [full.length(u) for u in utts]
+    front_bytes = [n * bb.front_end_dim * 2 for n in frames]
+    hidden_bytes = frames[0] * bb.num_layers * bb.hidden_dim * 2
+    budget = sum(front_bytes) + hidden_bytes - front_bytes[0] + ENTRY_BYTES * len(utts)
+    assert budget < 2 * sum(front_bytes)
+    source = CachedFeatures(bb, AudioBank(2, skip_bad=False), CPU, 8, tmp_path, 0, budget,
+                            front_end_dtype=torch.bfloat16)
+    source.prepare(utts)
+    fronts = source.front_ends
+    assert set(source.store.entries) == {source.keys[utts[0].path]}
+    assert set(fronts.store.entries) == {fronts.keys[u.path] for u in utts[1:]}
+    assert {e[4] for e in fronts.store.entries.values()} == {"bfloat16"} and source.disk_bytes() <= budget
+    assert source.stats["live"] == source.stats["live_from_front_end"] == len(utts) - 1
+
+    scale = max(full.get(u).float().abs().max().item() for u in utts)
+    error = max((source.get(u).float() - full.get(u).float()).abs().max().item() for u in utts) / scale
+    expected, got = trained_predictions(full, utts), trained_predictions(source, utts)
+    diff = np.abs(got.probabilities - expected.probabilities).max()
+    print(f"\nbf16 front ends: hidden states within {error:.1e} of their scale, max probability difference "
+          f"{diff:.2e}")
+    assert 0 < error <= 1e-2
+    assert np.array_equal(got.predictions, expected.predictions) and diff <= 5e-4
+
+
+@pytest.mark.parametrize("where", ["disk", "memory"])
+def test_front_ends_are_kept_in_the_given_order_when_not_all_fit(where, utts, tmp_path):
+    """A budget that holds the front ends of the first 4 utterances (in the order given, not by length) keeps
+    exactly those; the rest run whole, and are not computed in prepare."""
+    bb = backbone("wavlm")
+    utts = [utts[i] for i in (3, 0, 6, 2, 7, 1, 5, 4)]
+    full = cached(bb, None)
+    full.prepare(utts)
+    budget = sum(full.length(u) * bb.front_end_dim * 4 + ENTRY_BYTES for u in utts[:4])
+    source = bounded(bb, tmp_path, *((budget, 0) if where == "disk" else (0, budget)))
+    source.prepare(utts)
+    fronts = source.front_ends
+    kept = set(fronts.store.entries) | set(fronts.memory)
+    assert kept == {fronts.keys[u.path] for u in utts[:4]} and not source.store.entries and not source.memory
+    assert source.disk_bytes() <= budget and source.pool.used <= budget
+    assert source.stats["computed"] == source.stats["live_from_front_end"] == 4 and source.stats["live"] == len(utts)
+    expected, got = trained_predictions(full, utts), trained_predictions(source, utts)
+    diff = np.abs(got.probabilities - expected.probabilities).max()
+    print(f"\nfront ends of the first 4 in {where}: max probability difference {diff:.2e}")
+    assert np.array_equal(got.predictions, expected.predictions) and diff <= 1e-4
 
 
 def test_memory_holds_what_the_disk_cannot(utts, tmp_path):

@@ -6,6 +6,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from utils.data import Utterance, length_sorted_batches, pad_features, pad_wavef
 from utils.errors import TrustSerError
 from utils.io import load_torch
 from utils.progress import progress
-from utils.shards import SHARD_BYTES, ShardStore
+from utils.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
 
 log = logging.getLogger("trust-ser")
 
@@ -322,12 +323,19 @@ def _existing(path: Path) -> Path:
 class FrontEndFeatures(_StoredFeatures):
     """The output of a backbone's deterministic front end (wav2vec 2.0 / WavLM / HuBERT / data2vec: the CNN
     encoder, which has no dropout and never trains), [1, F, C], stored as the hidden states are: the same in train
-    and eval mode, so a batch needs only run the rest of the backbone. Stored in fp32, so that what is computed
-    from it equals the unbounded cache as closely as a live pass does (fp16 front ends: 8e-7 probability
-    difference on the tiny CPU test against 6e-8)."""
+    and eval mode, so a batch needs only run the rest of the backbone. Stored in the type the frozen pass gives
+    it in: bf16 under CUDA's autocast (the base models' CNN ends in a bf16 convolution and GELU, so fp32 would
+    double the bytes and add no precision; a layer-norm CNN, in large models, ends in fp32 there, and its bf16
+    rounding is about that of the bf16 projection after it), fp32 on CPU, so that what is computed from it there
+    equals the unbounded cache as closely as a live pass does (fp16 front ends: 8e-7 probability difference on
+    the tiny CPU test against 6e-8)."""
 
     kind = "front_end"
-    dtype = torch.float32
+
+    def __init__(self, *args, dtype: torch.dtype | None = None, **kwargs):
+        """As _StoredFeatures; `dtype` overrides the stored type (tests: bf16 on CPU)."""
+        super().__init__(*args, **kwargs)
+        self.dtype = dtype or (torch.bfloat16 if self.precision == "bf16" else torch.float32)   # bf16 on CUDA
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         front, n_frames = self.backbone.front_end(wav, lengths)
@@ -350,21 +358,25 @@ class CachedFeatures(_StoredFeatures):
 
     Backbones with a deterministic front end (front_end_is_deterministic) get a second tier in the same disk and
     memory budgets: what does not fit as hidden states is kept as the front end's output (FrontEndFeatures; for
-    base models 512 fp32 values per frame against 12 x 768 fp16 ones, 1/9 of the bytes), and only the layers
-    after it run live. Each prepare call splits the room left in both budgets: the front ends of all its
-    utterances first, then the hidden states of as many as the rest holds, in the order given (the training
-    split first); the front ends of those are then not kept. Front ends save the most backbone time per byte
-    (a base model's CNN is about a third of its FLOPs in a ninth of the bytes), so they come first."""
+    base models 512 values per frame, bf16 on CUDA and fp32 on CPU (`front_end_dtype` overrides it), against
+    12 x 768 fp16 ones: 1/18 of the bytes on CUDA, 1/9 on CPU), and only the layers after it run live. Each
+    prepare call splits the room left in both budgets in the order given (the training split first: it is read
+    most): front ends while they fit, then hidden states in place of front ends while the rest holds them; the
+    utterances after those whose front ends fit run the whole backbone live, and are not computed in prepare.
+    Front ends save the most backbone time per byte (a base model's CNN is about a third of its FLOPs in a ninth
+    or less of the bytes), so they come first."""
 
     kind = "hidden"
 
     def __init__(self, backbone, audio: AudioBank, device: torch.device, batch_size: int,
-                 cache_root: Path | None, memory_budget_bytes: int, disk_budget_bytes: int | None = None):
+                 cache_root: Path | None, memory_budget_bytes: int, disk_budget_bytes: int | None = None,
+                 front_end_dtype: torch.dtype | None = None):
         super().__init__(backbone, audio, device, batch_size, cache_root, memory_budget_bytes, disk_budget_bytes)
         self.front_ends = None
         if backbone.front_end_is_deterministic:
             self.front_ends = FrontEndFeatures(backbone, audio, device, batch_size, cache_root, memory_budget_bytes,
-                                               self.store.budget if self.store else None, memory=self.pool)
+                                               self.store.budget if self.store else None, memory=self.pool,
+                                               dtype=front_end_dtype)
             self.stats["live_from_front_end"] = 0   # of the live ones, those that start from a stored front end
         self.from_front_end: set[str] = set()
 
@@ -395,36 +407,47 @@ class CachedFeatures(_StoredFeatures):
             else:                       # kept as a front end by an earlier call or process
                 self.frames[self.keys[u.path]] = frames
                 self._run_live(self.keys[u.path], from_front_end=True)
-        if todo:
-            self._compute_tiers(todo, self._hidden_kept(todo))
+        if not todo:
+            return
+        frames = self.backbone.frame_lengths(torch.tensor([len(self.audio.get(u.path)) for u in todo])).tolist()
+        self.frames.update((self.keys[u.path], n) for u, n in zip(todo, frames))
+        kept, hidden_kept = self._plan_tiers(todo, frames)
+        for u in todo[kept:]:           # room for neither: the whole backbone runs live, nothing is computed now
+            self._run_live(self.keys[u.path])
+        if kept:
+            self._compute_tiers(todo[:kept], hidden_kept)
 
-    def _hidden_kept(self, utts: list[Utterance]) -> set[str]:
-        """Paths whose hidden states fit in the room left once every utterance's front end is counted."""
+    def _plan_tiers(self, utts: list[Utterance], frames: list[int]) -> tuple[int, set[str]]:
+        """What the room left in both budgets holds, in the order given (the training split first): the front ends
+        of the first `kept` utterances, the longest run of them that fits, then, in the same order, the hidden
+        states of as many of those as the rest holds in place of their front ends (`hidden_kept`, paths).
+        Every entry counts ENTRY_BYTES for its shard index, also in memory, where it takes none."""
         backbone = self.backbone
-        frames = backbone.frame_lengths(torch.tensor([len(self.audio.get(u.path)) for u in utts])).tolist()
-        front_per_frame = backbone.front_end_dim * _bytes_per_value(FrontEndFeatures.dtype)
-        hidden_per_frame = backbone.num_layers * backbone.hidden_dim * _bytes_per_value(self.dtype)
+        front_per_frame = backbone.front_end_dim * self.front_ends.dtype.itemsize
+        hidden_per_frame = backbone.num_layers * backbone.hidden_dim * self.dtype.itemsize
         room = self.pool.budget - self.pool.used
         if self.store:
             room += self.store.budget - self.store.used_bytes()
-        need = sum(n * front_per_frame for n in frames)    # shard indexes not counted: ~100 bytes per utterance
-        kept = set()
-        for u, n in zip(utts, frames):
+        sizes = [n * front_per_frame + ENTRY_BYTES for n in frames]
+        kept = sum(1 for need in accumulate(sizes) if need <= room)
+        need, hidden_kept = sum(sizes[:kept]), set()
+        for u, n in zip(utts[:kept], frames):
             more = n * (hidden_per_frame - front_per_frame)
             if need + more <= room:
-                kept.add(u.path)
+                hidden_kept.add(u.path)
                 need += more
-        return kept
+        return kept, hidden_kept
 
     def _compute_tiers(self, utts: list[Utterance], hidden_kept: set[str]) -> None:
         """One pass (front end, then the layers from it) over utts: hidden states for `hidden_kept`, front ends
-        for the others (and for hidden states that turn out not to fit), stored as far as the budgets go."""
+        for the others (and for hidden states that turn out not to fit), stored as far as the budgets go (the plan
+        leaves room to spare; only where the disk's and memory's rests are each too small for an utterance that
+        fits their sum does one run whole)."""
         self.backbone.eval()
         hidden_items, front_items, pending_bytes = [], [], 0
         desc = f"{self.backbone.name} {self.kind} features (+ {FrontEndFeatures.kind})"
         for u, front, hidden in progress(self._two_tier_pass(utts), total=len(utts), desc=desc):
             key, front_key = self.keys[u.path], self.front_ends._key(u.path)
-            self.frames[key] = hidden.shape[1]
             self.stats["computed"] += 1
             if u.path in hidden_kept:
                 hidden_items.append((key, hidden.cpu(), front_key, front.cpu()))
@@ -447,7 +470,7 @@ class CachedFeatures(_StoredFeatures):
             with torch.no_grad(), autocast_for(self.device):
                 front, n_frames = self.backbone.front_end(_to_device(wav, self.device), wav_len.to(self.device))
                 hidden, _, _ = self.backbone.forward_from_front_end(front, n_frames)
-            front, hidden = front.to(FrontEndFeatures.dtype), hidden.to(self.dtype)
+            front, hidden = front.to(self.front_ends.dtype), hidden.to(self.dtype)
             for i, u in enumerate(batch_utts):
                 n = int(n_frames[i])
                 yield u, front[i, :n].unsqueeze(0).contiguous(), hidden[:, i, :n].contiguous()
@@ -499,10 +522,6 @@ class CachedFeatures(_StoredFeatures):
     def disk_bytes(self) -> int:
         front = self.front_ends.disk_bytes() if self.front_ends else 0
         return super().disk_bytes() + front
-
-
-def _bytes_per_value(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 class LastLayerFeatures(_StoredFeatures):

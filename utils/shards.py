@@ -1,12 +1,12 @@
-"""Feature shards: large contiguous files of fp16 or fp32 tensors with an index, all under one disk budget.
+"""Feature shards: large contiguous files of fp16, bf16 or fp32 tensors with an index, all under one disk budget.
 
 A shard (shard-<random>.bin) is MAGIC, the index's length (8 bytes, little-endian), the index as JSON
-({"data_bytes": n, "entries": {key: [offset, shape, crc32]}}, padded to 64 bytes; an fp32 entry has a fourth
-field, "float32"), then the data. It is
-written whole to a temporary file and renamed into place, and never changed afterwards, so readers need no lock
-and memory-map it. A shard whose size disagrees with its index (truncated) is deleted when found; an entry whose
-checksum fails (checked on its first read in a process) deletes its shard. Either way only that shard's
-utterances are recomputed."""
+({"data_bytes": n, "entries": {key: [offset, shape, crc32]}}, padded to 64 bytes; an entry of another type than
+fp16 has a fourth field naming it, "float32" or "bfloat16"), then the data: each tensor's raw bytes (numpy has no
+bfloat16, so they are viewed as their torch type, not a numpy one). It is written whole to a temporary file and
+renamed into place, and never changed afterwards, so readers need no lock and memory-map it. A shard whose size
+disagrees with its index (truncated) is deleted when found; an entry whose checksum fails (checked on its first
+read in a process) deletes its shard. Either way only that shard's utterances are recomputed."""
 import json
 import logging
 import uuid
@@ -23,6 +23,8 @@ from utils.io import write_bytes
 log = logging.getLogger("trust-ser")
 MAGIC = b"TSERSHD1"
 SHARD_BYTES = 256 << 20      # large files: few opens per epoch, cheap on network file systems
+ENTRY_BYTES = 256            # at most what a tensor adds to a shard besides its data: its index entry (~100 bytes),
+                             # and the shard's magic, header and padding (~120) where it is the shard's only entry
 
 
 class ShardStore:
@@ -88,28 +90,29 @@ class ShardStore:
     def read(self, key: str) -> torch.Tensor | None:
         """The stored tensor (a copy in memory), or None if its shard turned out damaged."""
         path, offset, shape, crc, dtype = self.entries[key]
-        raw = np.array(self.maps[path][offset: offset + np.dtype(dtype).itemsize * int(np.prod(shape))])
+        dtype = getattr(torch, dtype)
+        raw = np.array(self.maps[path][offset: offset + dtype.itemsize * int(np.prod(shape))])
         if key not in self.verified:
             if zlib.crc32(raw) != crc:
                 self._drop(path, f"damaged (checksum of {key})")
                 return None
             self.verified.add(key)
-        return torch.from_numpy(raw.view(dtype)).reshape(shape)
+        return torch.from_numpy(raw.view(f"i{dtype.itemsize}")).view(dtype).reshape(shape)   # same-sized ints
 
     def used_bytes(self, folder: Path | None = None) -> int:
         root = folder or self.budget_root
         return sum(p.stat().st_size for p in root.rglob("shard-*.bin")) if root.is_dir() else 0
 
     def write(self, items: list[tuple[str, torch.Tensor]]) -> set[str]:
-        """Write as many of `items` (fp16 or fp32, in order) as the budget leaves room for into new shards;
+        """Write as many of `items` (fp16, bf16 or fp32, in order) as the budget leaves room for into new shards;
         their keys."""
         written = set()
         with FileLock(str(self.budget_root / ".budget.lock")):   # budget shared by every process and folder
             room = self.budget - self.used_bytes()
             shard = _Shard()
             for key, tensor in items:
-                dtype = "float32" if tensor.dtype == torch.float32 else "float16"
-                raw = tensor.detach().to("cpu", getattr(torch, dtype)).contiguous().numpy().tobytes()
+                dtype = _dtype(str(tensor.dtype).removeprefix("torch."))
+                raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                 if shard.entries and shard.size_with(key, raw, tensor.shape, dtype) > SHARD_BYTES:
                     room -= self._save(shard)
                     written.update(shard.entries)
@@ -130,7 +133,7 @@ class ShardStore:
 
 
 def _dtype(name: str = "float16") -> str:
-    if name not in ("float16", "float32"):
+    if name not in ("float16", "float32", "bfloat16"):
         raise ValueError(f"unknown dtype {name!r}")
     return name
 
