@@ -422,6 +422,26 @@ def test_front_ends_are_kept_in_the_given_order_when_not_all_fit(where, utts, tm
     assert np.array_equal(got.predictions, expected.predictions) and diff <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["whisper_tiny", "apc"])
+def test_hidden_states_are_kept_in_the_given_order_when_not_all_fit(name, utts, tmp_path):
+    """Backbones without a stored front end: the first 3 utterances in the order given (not by length) are stored,
+    the rest run live and are not computed in prepare."""
+    bb = backbone(name)
+    utts = [utts[i] for i in (3, 0, 6, 2, 7, 1, 5, 4)]
+    full = cached(bb, None)
+    full.prepare(utts)
+    stored = [full.memory[full.keys[u.path]] for u in utts[:3]]
+    budget = sum(t.numel() * t.element_size() + ENTRY_BYTES for t in stored)
+    source = bounded(bb, tmp_path, budget)
+    assert source.prepare(utts) == utts
+    assert set(source.store.entries) == {source.keys[u.path] for u in utts[:3]} and source.disk_bytes() <= budget
+    assert source.stats["computed"] == 3 and source.stats["live"] == 5
+    assert [source.length(u) for u in utts] == [full.length(u) for u in utts]
+    expected, got = trained_predictions(full, utts), trained_predictions(source, utts)
+    assert np.array_equal(got.predictions, expected.predictions)
+    assert np.abs(got.probabilities - expected.probabilities).max() <= 1e-4
+
+
 def test_memory_holds_what_the_disk_cannot(utts, tmp_path):
     bb = backbone("wavlm")
     full = cached(bb, None)

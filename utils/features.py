@@ -217,8 +217,15 @@ class _StoredFeatures:
                 yield u, stored[:, i, : int(n_frames[i])].contiguous()
 
     def _compute(self, utts: list[Utterance]) -> None:
-        """The frozen pass over utterances not stored yet: disk shards, then memory, else live."""
+        """The frozen pass over utterances not stored yet: disk shards, then memory, for those that fit the room
+        left, in the order given (the training split first); the rest run live, and are not computed now."""
         unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
+        frames = self.backbone.frame_lengths(torch.tensor([len(self.audio.get(u.path)) for u in unique])).tolist()
+        kept = _fitting(self._room(), [n * self._bytes_per_frame() + ENTRY_BYTES for n in frames])
+        for u, n in zip(unique[kept:], frames[kept:]):
+            self.frames[self.keys[u.path]] = n
+            self._run_live(self.keys[u.path])
+        unique = unique[:kept]
         if not unique:
             return
         self.backbone.eval()
@@ -238,6 +245,15 @@ class _StoredFeatures:
             elif not self._remember(key, one, on_disk=False):
                 self._run_live(key)
         self._write(pending)
+
+    def _bytes_per_frame(self) -> int:
+        """What one frame of a stored tensor takes ([L, F, D]: L hidden states of D values)."""
+        return self.backbone.num_layers * self.backbone.hidden_dim * self.dtype.itemsize
+
+    def _room(self) -> int:
+        """Bytes left in the memory and disk budgets together."""
+        room = self.pool.budget - self.pool.used
+        return room + (self.store.budget - self.store.used_bytes() if self.store else 0)
 
     def _write(self, pending: list[tuple[str, torch.Tensor]]) -> None:
         """Disk shards for what the budget allows; memory for what fits; the rest will run live."""
@@ -310,6 +326,11 @@ class _StoredFeatures:
         return self.store.used_bytes(self._folder()) if self.store else 0
 
 
+def _fitting(room: int, sizes: list[int]) -> int:
+    """How many of the first sizes fit in room together."""
+    return sum(1 for need in accumulate(sizes) if need <= room)
+
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -336,6 +357,9 @@ class FrontEndFeatures(_StoredFeatures):
         """As _StoredFeatures; `dtype` overrides the stored type (tests: bf16 on CPU)."""
         super().__init__(*args, **kwargs)
         self.dtype = dtype or (torch.bfloat16 if self.precision == "bf16" else torch.float32)   # bf16 on CUDA
+
+    def _bytes_per_frame(self) -> int:
+        return self.backbone.front_end_dim * self.dtype.itemsize
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         front, n_frames = self.backbone.front_end(wav, lengths)
@@ -422,14 +446,10 @@ class CachedFeatures(_StoredFeatures):
         of the first `kept` utterances, the longest run of them that fits, then, in the same order, the hidden
         states of as many of those as the rest holds in place of their front ends (`hidden_kept`, paths).
         Every entry counts ENTRY_BYTES for its shard index, also in memory, where it takes none."""
-        backbone = self.backbone
-        front_per_frame = backbone.front_end_dim * self.front_ends.dtype.itemsize
-        hidden_per_frame = backbone.num_layers * backbone.hidden_dim * self.dtype.itemsize
-        room = self.pool.budget - self.pool.used
-        if self.store:
-            room += self.store.budget - self.store.used_bytes()
+        front_per_frame, hidden_per_frame = self.front_ends._bytes_per_frame(), self._bytes_per_frame()
+        room = self._room()
         sizes = [n * front_per_frame + ENTRY_BYTES for n in frames]
-        kept = sum(1 for need in accumulate(sizes) if need <= room)
+        kept = _fitting(room, sizes)
         need, hidden_kept = sum(sizes[:kept]), set()
         for u, n in zip(utts[:kept], frames):
             more = n * (hidden_per_frame - front_per_frame)
