@@ -19,7 +19,7 @@ leave-one-session-out folds with the last remaining session as dev, as IEMOCAP),
 
   python benchmarks/benchmark_finetune.py                         # tiny preset, CPU, well under a minute
   python benchmarks/benchmark_finetune.py --preset iemocap --pretrain_model wavlm --json bench.json   # GPU
-  python benchmarks/benchmark_finetune.py --preset podcast_h100 --json podcast_h100.json         # GPU, ~5 min
+  python benchmarks/benchmark_finetune.py --preset podcast_h100 --json podcast_h100.json         # GPU, ~4.5 min (estimated)
 """
 import argparse
 import os
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
                         "iemocap: full-size random-init backbone, 5.5k utterances of mean 4.5 s cropped at 6 s; "
                         "podcast: MSP-Podcast's durations, one split, and a run with the cache budget at 20%%; "
                         "podcast_h100: the issue's MSP-Podcast target at 1/20 scale with the full-size backbone "
-                        "(7500 utterances, 3 GiB of disk, no memory for features; one GPU, ~5 min)")
+                        "(7500 utterances, 3 GiB of disk, no memory for features; one H100: ~4.5 min, estimated)")
     p.add_argument("--pretrain_model", default="wavlm", choices=list(BACKBONES))
     p.add_argument("--num_utterances", type=int, help="corpus size (preset default)")
     p.add_argument("--mean_seconds", type=float, help="mean utterance duration before cropping (preset default)")
