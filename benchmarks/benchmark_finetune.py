@@ -19,6 +19,7 @@ leave-one-session-out folds with the last remaining session as dev, as IEMOCAP),
 
   python benchmarks/benchmark_finetune.py                         # tiny preset, CPU, well under a minute
   python benchmarks/benchmark_finetune.py --preset iemocap --pretrain_model wavlm --json bench.json   # GPU
+  python benchmarks/benchmark_finetune.py --preset podcast_h100 --json podcast_h100.json         # GPU, ~4.5 min (estimated)
 """
 import argparse
 import os
@@ -60,6 +61,9 @@ GAMMA_SHAPE = 2.0       # IEMOCAP's durations: mean about 4.5 s, std about 3.2 s
 # right tail: 2.75 s plus a gamma tail (shape 2) of mean 2.85 s, cut at 11 s, then cropped like every corpus.
 PODCAST_SECONDS = (2.75, 11.0)
 BOUNDED_FRACTION = 0.2  # the podcast preset's cache budget, as a fraction of what the full cache takes
+PODCAST_UTTERANCES = 150_000   # MSP-Podcast's size in the issue: the podcast presets extrapolate to it
+PODCAST_EPOCHS = 30
+GiB = 2 ** 30
 NUM_CLASSES = 4
 PER_EPOCH_FOLD = 1      # the fold whose epochs the per_epoch mode times
 STAGES = ["feature pass", "head training", "evaluation", "bookkeeping", "total"]
@@ -73,8 +77,15 @@ PRESETS = {
                     hidden_size=256, tiny=False, threads=None),
     # one official split (fold 1 of 5 sessions: 60% train, 20% dev, 20% test); a few epochs: time per epoch counts
     "podcast": dict(num_utterances=3000, mean_seconds=5.6, max_seconds=6.0, folds=5, epochs=3, per_epoch_epochs=1,
-                    hidden_size=32, tiny=True, threads=1, run_folds=1, budget_fraction=BOUNDED_FRACTION),
+                    hidden_size=32, tiny=True, threads=1, run_folds=1, podcast_durations=True,
+                    budget_fraction=BOUNDED_FRACTION),
+    # the issue's H100 target at 1/20 scale (150k utterances, 60 GiB of disk, no GPU memory for features) with the
+    # full-size WavLM base+: time per epoch is proportional to the audio, so it extrapolates linearly
+    "podcast_h100": dict(num_utterances=7500, mean_seconds=5.6, max_seconds=6.0, folds=5, epochs=3,
+                         per_epoch_epochs=1, hidden_size=256, tiny=False, threads=None, run_folds=1,
+                         podcast_durations=True, cache_gb=3.0, memory_gb=0.0, no_fgsm=True),
 }
+BUDGET_FLAGS = ("budget_fraction", "cache_gb", "memory_gb")
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -82,7 +93,9 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--preset", default="tiny", choices=list(PRESETS),
                    help="tiny: tiny random-init backbone, 400 utterances of ~1.3 s (CPU, < 1 min); "
                         "iemocap: full-size random-init backbone, 5.5k utterances of mean 4.5 s cropped at 6 s; "
-                        "podcast: MSP-Podcast's durations, one split, and a run with the cache budget at 20%%")
+                        "podcast: MSP-Podcast's durations, one split, and a run with the cache budget at 20%%; "
+                        "podcast_h100: the issue's MSP-Podcast target at 1/20 scale with the full-size backbone "
+                        "(7500 utterances, 3 GiB of disk, no memory for features; one H100: ~4.5 min, estimated)")
     p.add_argument("--pretrain_model", default="wavlm", choices=list(BACKBONES))
     p.add_argument("--num_utterances", type=int, help="corpus size (preset default)")
     p.add_argument("--mean_seconds", type=float, help="mean utterance duration before cropping (preset default)")
@@ -91,6 +104,12 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--run_folds", type=int, help="how many of the folds are run (default: all; podcast: 1)")
     p.add_argument("--budget_fraction", type=float,
                    help="also run with disk and memory budgets at this fraction of the full cache (podcast: 0.2)")
+    p.add_argument("--cache_gb", type=float,
+                   help="also run with this many GiB of disk for features (podcast_h100: 3); --memory_gb "
+                        "defaults to 0 then; not with --budget_fraction")
+    p.add_argument("--memory_gb", type=float,
+                   help="also run with this many GiB of (device) memory for features (podcast_h100: 0); "
+                        "--cache_gb defaults to 0 then; not with --budget_fraction")
     p.add_argument("--epochs", type=int, help="epochs per fold (preset default)")
     p.add_argument("--per_epoch_epochs", type=int,
                    help="epochs of fold 1 the per_epoch mode runs before extrapolating to folds x epochs "
@@ -103,17 +122,24 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     p.add_argument("--protocol", default="fixed", choices=["fixed", "original"],
                    help="original: training features in train mode, live every batch (README: the two protocols)")
     p.add_argument("--snr", type=float, default=45.0, help="FGSM perturbation SNR in dB")
-    p.add_argument("--no_fgsm", action="store_true", help="skip the FGSM timing")
+    p.add_argument("--no_fgsm", action="store_true", default=None, help="skip the FGSM timing (podcast_h100: skipped)")
+    p.add_argument("--fgsm", dest="no_fgsm", action="store_false", help="time FGSM where the preset skips it")
     p.add_argument("--threads", type=int, help="torch intra-op threads (tiny preset: 1; otherwise torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
+    given_budgets = [f"--{k}" for k in BUDGET_FLAGS if getattr(args, k) is not None]
+    if "--budget_fraction" in given_budgets and len(given_budgets) > 1:
+        raise TrustSerError(f"{' and '.join(given_budgets)}: give either --budget_fraction or --cache_gb/--memory_gb")
     for key, value in PRESETS[args.preset].items():
-        if getattr(args, key, None) is None:
+        if getattr(args, key, None) is None and not (key in BUDGET_FLAGS and given_budgets):
             setattr(args, key, value)
     args.run_folds = args.run_folds or args.folds
-    args.podcast_durations = args.preset == "podcast"
+    args.podcast_durations = bool(getattr(args, "podcast_durations", False))
+    args.no_fgsm = bool(args.no_fgsm)
+    if args.cache_gb is not None or args.memory_gb is not None:
+        args.cache_gb, args.memory_gb = args.cache_gb or 0.0, args.memory_gb or 0.0
     check_args(args)
     return args
 
@@ -126,6 +152,9 @@ def check_args(args: Namespace) -> None:
         raise TrustSerError(f"benchmark flags must be positive: {', '.join(bad)}")
     if args.budget_fraction is not None and not 0 <= args.budget_fraction <= 1:
         raise TrustSerError(f"--budget_fraction {args.budget_fraction}: must be between 0 and 1")
+    negative = [f"--{k} {getattr(args, k)}" for k in ("cache_gb", "memory_gb") if (getattr(args, k) or 0) < 0]
+    if negative:
+        raise TrustSerError(f"benchmark budgets must not be negative: {', '.join(negative)}")
     if not 1 <= args.run_folds <= args.folds:
         raise TrustSerError(f"--run_folds {args.run_folds}: must be between 1 and --folds ({args.folds})")
     if args.folds < 3:
@@ -311,20 +340,37 @@ def run_per_epoch(args: Namespace, corpus: SyntheticCorpus, backbone, device: to
             "memory": peak_memory(device)}
 
 
+def bounded_budgets(args: Namespace, full_cache_bytes: int) -> tuple[int, int] | None:
+    """(memory, disk) bytes of the bounded run: --memory_gb / --cache_gb, or --budget_fraction of the full cache
+    each; None: no bounded run."""
+    if args.budget_fraction is not None:
+        budget = int(args.budget_fraction * full_cache_bytes)
+        return budget, budget
+    if args.cache_gb is None:
+        return None
+    return int(args.memory_gb * GiB), int(args.cache_gb * GiB)
+
+
+def budget_text(fraction: float | None, memory_bytes: int, disk_bytes: int) -> str:
+    at = f" (budgets at {fraction:.0%} of the full cache)" if fraction is not None else ""
+    return f"{gib(disk_bytes)} disk + {gib(memory_bytes)} memory{at}"
+
+
 def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path,
-               budget_bytes: int | None = None) -> tuple[dict, CachedFeatures]:
+               budgets: tuple[int, int] | None = None) -> tuple[dict, CachedFeatures]:
     """Feature pass once, then utils.finetune.train_fold for every fold, all epochs; (numbers, the cache).
 
-    Without a budget every feature stays in memory on the device; with one, disk shards (under run_dir) and
-    memory each hold at most budget_bytes, and the rest is computed live in every epoch."""
+    Without budgets every feature stays in memory on the device; with (memory, disk) bytes, memory and disk
+    shards (under run_dir) hold at most that much each, and the rest is computed live in every epoch."""
     clock = StageClock(device)
     reset_peak_memory(device)
-    if budget_bytes is None:
+    memory_budget, disk_budget = budgets or (None, None)
+    if budgets is None:
         cache = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, cache_root=None,
                                memory_budget_bytes=1 << 62)
     else:
         cache = CachedFeatures(backbone, corpus.audio, device, args.eval_batch_size, run_dir / "cache",
-                               memory_budget_bytes=budget_bytes, disk_budget_bytes=budget_bytes)
+                               memory_budget_bytes=memory_budget, disk_budget_bytes=disk_budget)
     source = protocol_source(protocol_run(args), backbone, cache, device)
     with clock.stage("feature pass"):
         first = corpus.fold(1)               # train, dev, test: the finetune script's order (most read first)
@@ -351,7 +397,8 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
             "seconds_per_evaluated_utterance": seconds["evaluation"] / evaluated, "training_batches": batches,
             "evaluated_utterances": evaluated, "precision": source.precision,
             "cache": {"bytes": cache.memory_bytes, "utterances": len(cache.memory), "where": str(device),
-                      "dtype": "float16", "disk_bytes": cache.disk_bytes(), "budget_bytes": budget_bytes,
+                      "dtype": "float16", "disk_bytes": cache.disk_bytes(), "memory_budget_bytes": memory_budget,
+                      "disk_budget_bytes": disk_budget,
                       "disk_utterances": len(cache.store.entries) if cache.store else 0, **cache.stats,
                       **front_end_numbers(cache)},
             "memory": peak_memory(device)}
@@ -424,6 +471,8 @@ def machine_info(device: torch.device) -> dict:
 
 
 def gib(n: float) -> str:
+    if n == 0:
+        return "0 GiB"
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
@@ -498,9 +547,9 @@ def bounded_report(results: dict) -> list[str]:
     cfg, per = results["config"], results["epochs"]["seconds_per_epoch"]
     ours, bounded = results["ours"]["cache"], results["bounded"]["cache"]
     n = cfg["num_utterances"]
-    budget = bounded["budget_bytes"]
+    budgets = budget_text(cfg["budget_fraction"], bounded["memory_budget_bytes"], bounded["disk_budget_bytes"])
     lines = [f"| {cfg['run_folds']} fold(s) x {cfg['epochs']} epochs, {n} utterances | original loop | "
-             f"unbounded cache | cache at {cfg['budget_fraction']:.0%} ({gib(budget)} disk + {gib(budget)} memory) |",
+             f"unbounded cache | bounded cache: {budgets} |",
              "|---|---:|---:|---:|",
              f"| time per epoch | {seconds_text(per['per_epoch'])} | {seconds_text(per['ours'])} | "
              f"{seconds_text(per['bounded'])} |",
@@ -519,9 +568,35 @@ def bounded_report(results: dict) -> list[str]:
              f"{gib(results['ours']['memory']['host_rss_peak_bytes'])} | "
              f"{gib(results['bounded']['memory']['host_rss_peak_bytes'])} |",
              "",
-             f"**Per epoch: cache at {cfg['budget_fraction']:.0%} {results['epochs']['ratio_bounded_vs_per_epoch']:.1f}x "
+             f"**Per epoch: bounded cache {results['epochs']['ratio_bounded_vs_per_epoch']:.1f}x "
              f"the original loop; unbounded cache {results['epochs']['ratio_unbounded_vs_per_epoch']:.1f}x**"]
+    if "extrapolated" in results:
+        lines += ["", extrapolation_text(results["extrapolated"])]
     return lines
+
+
+def extrapolate_to_podcast(results: dict) -> dict:
+    """The bounded run scaled linearly to MSP-Podcast's size (budgets scaled with it): time per epoch and the
+    feature pass are proportional to the audio where the same share of it is stored, which equal scaling keeps."""
+    cfg, per = results["config"], results["epochs"]["seconds_per_epoch"]
+    scale = PODCAST_UTTERANCES / cfg["num_utterances"]
+    cache = results["bounded"]["cache"]
+    feature_pass = scale * results["bounded"]["stages"]["feature pass"]
+    epoch, original_epoch = scale * per["bounded"], scale * per["per_epoch"]
+    return {"utterances": PODCAST_UTTERANCES, "from_utterances": cfg["num_utterances"], "scale": scale,
+            "epochs": PODCAST_EPOCHS, "disk_budget_bytes": scale * cache["disk_budget_bytes"],
+            "memory_budget_bytes": scale * cache["memory_budget_bytes"], "feature_pass_seconds": feature_pass,
+            "seconds_per_epoch": epoch, "hours": (feature_pass + PODCAST_EPOCHS * epoch) / 3600,
+            "per_epoch_seconds_per_epoch": original_epoch, "per_epoch_hours": PODCAST_EPOCHS * original_epoch / 3600}
+
+
+def extrapolation_text(x: dict) -> str:
+    return (f"**Linear extrapolation from {x['from_utterances']} to {x['utterances']} utterances (x{x['scale']:g}; "
+            f"cache {gib(x['disk_budget_bytes'])} disk + {gib(x['memory_budget_bytes'])} memory at full scale): "
+            f"feature pass {seconds_text(x['feature_pass_seconds'])}, {seconds_text(x['seconds_per_epoch'])} per "
+            f"epoch, {x['epochs']} epochs {x['hours']:.2f} h; the original loop "
+            f"{seconds_text(x['per_epoch_seconds_per_epoch'])} per epoch, {x['per_epoch_hours']:.2f} h.** "
+            f"Not measured at full scale.")
 
 
 def tiers_text(cache: dict, hidden: str, front_end: str) -> str:
@@ -587,12 +662,13 @@ def main() -> None:
         ours, cache = run_cached(args, corpus, backbone, device, tmp / "run")
         progress(f"ours: total {ours['stages']['total']:.1f} s")
         bounded = None
-        if args.budget_fraction is not None:
-            budget = int(args.budget_fraction * ours["cache"]["bytes"])
-            progress(f"bounded: the same with disk and memory budgets of {gib(budget)} "
-                     f"({args.budget_fraction:.0%} of the full cache) ...")
+        budgets = bounded_budgets(args, ours["cache"]["bytes"])
+        if budgets:
+            if args.no_fgsm:
+                cache = None    # the unbounded cache's device memory is not in the bounded run's peak
+            progress(f"bounded: the same with {budget_text(args.budget_fraction, *budgets)} ...")
             (tmp / "bounded").mkdir()
-            bounded, _ = run_cached(args, corpus, backbone, device, tmp / "bounded", budget)
+            bounded, _ = run_cached(args, corpus, backbone, device, tmp / "bounded", budgets)
             progress(f"bounded: total {bounded['stages']['total']:.1f} s")
         fgsm = None
         if not args.no_fgsm:
@@ -608,6 +684,8 @@ def main() -> None:
                "fgsm": fgsm, "bounded": bounded}
     if bounded:
         results["epochs"] = epoch_times(results)
+        if args.podcast_durations:
+            results["extrapolated"] = extrapolate_to_podcast(results)
     print()
     print(markdown_report(results))
     if args.json:

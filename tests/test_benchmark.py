@@ -1,10 +1,14 @@
 """Smoke test of benchmarks/benchmark_finetune.py: the tiny preset end to end on CPU, as a subprocess."""
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from utils.errors import TrustSerError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "benchmark_finetune.py"
@@ -90,9 +94,9 @@ def test_podcast_preset_stays_within_its_cache_budget(tmp_path):
     res = json.loads(out.read_text())
     full, bounded = res["ours"]["cache"], res["bounded"]["cache"]
     assert res["config"]["run_folds"] == 1 and 4.0 < res["config"]["mean_seconds_cropped"] <= 6.0
-    assert bounded["budget_bytes"] == int(0.2 * full["bytes"]) > 0
-    assert 0 < bounded["disk_bytes"] <= bounded["budget_bytes"]
-    assert bounded["bytes"] + bounded["front_end_bytes"] <= bounded["budget_bytes"]
+    assert bounded["memory_budget_bytes"] == bounded["disk_budget_bytes"] == int(0.2 * full["bytes"]) > 0
+    assert 0 < bounded["disk_bytes"] <= bounded["disk_budget_bytes"]
+    assert bounded["bytes"] + bounded["front_end_bytes"] <= bounded["memory_budget_bytes"]
     # the tiny WavLM's fp32 front ends take half the bytes of its hidden states: at 20% most utterances keep one
     kept = bounded["front_end_kept_utterances"]     # memory may hold copies of disk entries: counted once
     assert 0 < kept == bounded["live_from_front_end"]
@@ -102,3 +106,71 @@ def test_podcast_preset_stays_within_its_cache_budget(tmp_path):
     assert res["epochs"]["ratio_bounded_vs_per_epoch"] == pytest.approx(per["per_epoch"] / per["bounded"], rel=1e-4)
     assert "| time per epoch |" in proc.stdout and "| computed live every epoch |" in proc.stdout
     assert "only the layers after the stored front end" in proc.stdout
+    assert "bounded cache: " in proc.stdout and "(budgets at 20% of the full cache)" in proc.stdout
+
+
+MiB = 2 ** 20
+
+
+@pytest.mark.parametrize("memory_mib", [0.2, 0])
+def test_podcast_preset_keeps_explicit_disk_and_memory_budgets(tmp_path, memory_mib):
+    """--cache_gb / --memory_gb bound disk and memory apart (0: nothing in memory); the extrapolation to
+    MSP-Podcast's 150k utterances is the bounded run's numbers times 150000 / 40."""
+    out = tmp_path / "podcast.json"
+    proc = run_benchmark("--preset", "podcast", "--num_utterances", "40", "--epochs", "1", "--no_fgsm",
+                         "--cache_gb", str(0.5 * MiB / 2**30), "--memory_gb", str(memory_mib * MiB / 2**30),
+                         "--device", "cpu", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    bounded = res["bounded"]["cache"]
+    assert bounded["disk_budget_bytes"] == int(0.5 * MiB) and bounded["memory_budget_bytes"] == int(memory_mib * MiB)
+    assert 0 < bounded["disk_bytes"] <= bounded["disk_budget_bytes"]   # hidden states and front ends on disk
+    in_memory = bounded["bytes"] + bounded["front_end_bytes"]
+    assert in_memory <= bounded["memory_budget_bytes"] and (in_memory > 0) == (memory_mib > 0)
+    if memory_mib == 0:
+        assert bounded["utterances"] == bounded["front_end_utterances"] == 0 and bounded["from_memory"] == 0
+    # 0.5 MiB of disk (+ memory) holds not all of the 1.2 MiB of hidden states: the rest runs live, mostly from front ends
+    assert 0 < bounded["live_from_front_end"] <= bounded["live"] <= 40
+    header = f"bounded cache: 0.5 MiB disk + {'0 GiB' if memory_mib == 0 else '0.2 MiB'} memory |"
+    assert header in proc.stdout and "budgets at" not in proc.stdout
+
+    x, scale = res["extrapolated"], 150000 / 40
+    per = res["epochs"]["seconds_per_epoch"]
+    assert x["scale"] == scale and x["epochs"] == 30
+    assert x["seconds_per_epoch"] == pytest.approx(scale * per["bounded"], rel=1e-4)
+    assert x["per_epoch_seconds_per_epoch"] == pytest.approx(scale * per["per_epoch"], rel=1e-4)
+    assert x["feature_pass_seconds"] == pytest.approx(scale * res["bounded"]["stages"]["feature pass"], rel=1e-4)
+    assert x["hours"] == pytest.approx((x["feature_pass_seconds"] + 30 * x["seconds_per_epoch"]) / 3600, rel=1e-4)
+    assert x["disk_budget_bytes"] == scale * int(0.5 * MiB)
+    line = re.search(r"Linear extrapolation from 40 to 150000 utterances \(x3750; cache (.+?) disk \+ (.+?) memory "
+                     r"at full scale\): .*?, 30 epochs ([\d.]+) h; the original loop .*?, ([\d.]+) h", proc.stdout)
+    assert line, proc.stdout[-2000:]
+    assert line.group(1) == "1.83 GiB" and float(line.group(3)) == pytest.approx(x["hours"], abs=0.006)
+    assert float(line.group(4)) == pytest.approx(30 * scale * per["per_epoch"] / 3600, abs=0.006)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_finetune", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_podcast_h100_preset_is_the_issue_at_one_twentieth():
+    args = load_script().parse_args(["--preset", "podcast_h100", "--device", "cpu"])
+    assert (args.num_utterances, args.run_folds, args.epochs, args.per_epoch_epochs) == (7500, 1, 3, 1)
+    assert (args.tiny, args.hidden_size, args.podcast_durations, args.no_fgsm) == (False, 256, True, True)
+    assert (args.cache_gb, args.memory_gb, args.budget_fraction) == (3.0, 0.0, None)
+    assert 150000 / args.num_utterances * args.cache_gb == 60.0    # the issue's 60 GiB at full scale
+
+
+def test_budget_flags_override_the_preset_and_exclude_each_other():
+    parse_args = load_script().parse_args
+    args = parse_args(["--preset", "podcast", "--cache_gb", "1", "--device", "cpu"])
+    assert (args.budget_fraction, args.cache_gb, args.memory_gb, args.no_fgsm) == (None, 1.0, 0.0, False)
+    args = parse_args(["--preset", "podcast_h100", "--budget_fraction", "0.5", "--fgsm", "--device", "cpu"])
+    assert (args.budget_fraction, args.cache_gb, args.memory_gb, args.no_fgsm) == (0.5, None, None, False)
+    assert parse_args(["--device", "cpu"]).podcast_durations is False
+    with pytest.raises(TrustSerError, match="^--budget_fraction and --memory_gb: give either --budget_fraction "
+                                            "or --cache_gb/--memory_gb$"):
+        parse_args(["--budget_fraction", "0.2", "--memory_gb", "1", "--device", "cpu"])
