@@ -14,8 +14,8 @@
 #   original loop, 1 epoch: 70 batches x 165 ms x 1.31 = 15 s; 3000 dev+test utterances x 27.5 ms x 1.31 = 108 s
 #                                                                     ~125 s
 #   unbounded cache: feature pass 37.5k s x 0.547 ms = 20 s; 3 epochs of head ~4 s        ~25 s
-#   bounded (3 GiB disk holds the front ends of ~84% of the utterances, no hidden states): feature pass and
-#   shard writes ~25 s; each epoch runs the backbone (its layers only, for 84%) over 30k s of train+dev audio:
+#   bounded (3 GiB disk holds the bf16 front ends of all utterances, 1.8 GiB, and hidden states of ~3%): feature
+#   pass and shard writes ~25 s; each epoch runs the backbone's layers over ~29k s of train+dev audio:
 #   10-13 s per epoch (CNN 50%-25% of the forward), x3, plus the test split once (~4 s)    ~65 s
 # GPU memory: the unbounded run holds ~32 GiB of fp16 hidden states (iemocap: 18 GiB, 32 GiB peak).
 set -euo pipefail
