@@ -160,8 +160,8 @@ def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state
               "weights": backbone.weights_id, "skipped_bad_audio": len(source.audio.bad)}
     write_json(run_dir / f"fold_{fold}.json", {**state["history"], "best": result})
     last_path.unlink(missing_ok=True)
-    for epoch in range(state["epoch"]):
-        _epoch_head_path(run_dir, fold, epoch).unlink(missing_ok=True)
+    for epoch_head in run_dir.glob(f"fold_{fold}_epoch_*_head.pt"):
+        epoch_head.unlink()
     log.info(f"fold {fold} done: best epoch {result['best_epoch']}, test UAR {result['uar']:.2f}%, "
              f"ACC {result['acc']:.2f}%")
     return result
