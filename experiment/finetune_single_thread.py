@@ -15,8 +15,8 @@ from utils.data import load_fold  # noqa: E402
 from utils.errors import TrustSerError, run_main  # noqa: E402
 from utils.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
 from utils.paths import finetune_dir  # noqa: E402
-from utils.pipeline import (aggregate, make_backbone, make_source, resolve_device, run_flags,  # noqa: E402
-                            start_stage)
+from utils.pipeline import (aggregate, make_backbone, make_source, prepare_splits, resolve_device,  # noqa: E402
+                            run_flags, start_stage)
 
 log = logging.getLogger("trust-ser")
 
@@ -40,8 +40,7 @@ def main() -> None:
     for fold in todo:
         if initial is not None:
             backbone.load_state_dict(initial)   # every fold starts from the pretrained backbone
-        source.prepare([u for utts in splits[fold].values() for u in utts])   # one split of the cache budgets
-        data = {split: source.prepare(utts) for split, utts in splits[fold].items()}
+        data = prepare_splits(source, splits[fold])
         for split, utts in data.items():
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")

@@ -107,6 +107,13 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
                                                 memory, disk), device)
 
 
+def prepare_splits(source, splits: dict[str, list]) -> dict[str, list]:
+    """Each split's readable utterances. All of them are prepared in one call first, in split order (train, dev,
+    test: the most read first), so that they share the cache budgets by that order, not by which split came first."""
+    source.prepare([u for utts in splits.values() for u in utts])
+    return {split: source.prepare(utts) for split, utts in splits.items()}
+
+
 def finetune_command(run: RunConfig) -> str:
     """The finetune command that makes the checkpoints an evaluation needs: every flag that defines the run,
     the usual ones always, the others (--pretrain_path, --batch_size, --protocol, ...) where not the default."""

@@ -23,7 +23,7 @@ from utils.errors import TrustSerError
 from utils.finetune import FitSpec, fold_finished, predictions_path, read_predictions, train_fold
 from utils.io import read_json, write_json
 from utils.paths import finetune_dir
-from utils.pipeline import load_trained, make_source
+from utils.pipeline import load_trained, make_source, prepare_splits
 from utils.run import RunConfig
 
 GENDER_CLASSES = ["female", "male"]
@@ -128,8 +128,8 @@ def privacy_fold(run: RunConfig, fold: int, project_dir: str, out_dir: Path, dev
     backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
     where = f"{run.dataset} fold {fold}"
-    data = {s: relabel_by_gender(source.prepare(u), f"{where} {s}")
-            for s, u in load_fold(project_dir, run.dataset, fold).items()}
+    data = {s: relabel_by_gender(u, f"{where} {s}")
+            for s, u in prepare_splits(source, load_fold(project_dir, run.dataset, fold)).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     if run.overwrite or not fold_finished(out_dir, fold):
         train_fold(run, fold, data, backbone, source, out_dir, device,
