@@ -1,4 +1,5 @@
 """A prepared project on the synthetic corpus (corpus -> splits -> 16 kHz audio), built by the real scripts."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -7,6 +8,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
        "OMP_NUM_THREADS": "1"}
+
+
+def load_script(script: str | Path):
+    """A repo script (path relative to the repo, or absolute) imported as a module, to call its functions."""
+    path = REPO / script
+    spec = importlib.util.spec_from_file_location(f"{path.stem.replace('-', '_')}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(script: str, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,5 +1,4 @@
 """Smoke test of benchmarks/benchmark_finetune.py: the tiny preset end to end on CPU, as a subprocess."""
-import importlib.util
 import json
 import re
 import subprocess
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from synthetic_project import load_script
 from utils.errors import TrustSerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,15 +146,8 @@ def test_podcast_preset_keeps_explicit_disk_and_memory_budgets(tmp_path):
     assert float(line.group(4)) == pytest.approx(30 * scale * per["per_epoch"] / 3600, abs=0.006)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_finetune", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_podcast_h100_preset_is_the_issue_at_one_twentieth():
-    args = load_script().parse_args(["--preset", "podcast_h100", "--device", "cpu"])
+    args = load_script(SCRIPT).parse_args(["--preset", "podcast_h100", "--device", "cpu"])
     assert (args.num_utterances, args.run_folds, args.epochs, args.per_epoch_epochs) == (7500, 1, 3, 1)
     assert (args.tiny, args.hidden_size, args.podcast_durations, args.no_fgsm) == (False, 256, True, True)
     assert (args.cache_gb, args.memory_gb, args.budget_fraction) == (3.0, 0.0, None)
@@ -162,7 +155,7 @@ def test_podcast_h100_preset_is_the_issue_at_one_twentieth():
 
 
 def test_budget_flags_override_the_preset_and_exclude_each_other():
-    parse_args = load_script().parse_args
+    parse_args = load_script(SCRIPT).parse_args
     args = parse_args(["--preset", "podcast", "--cache_gb", "1", "--device", "cpu"])
     assert (args.budget_fraction, args.cache_gb, args.memory_gb, args.no_fgsm) == (None, 1.0, 0.0, False)
     args = parse_args(["--preset", "podcast_h100", "--budget_fraction", "0.5", "--fgsm", "--device", "cpu"])

@@ -1,7 +1,6 @@
 """Feature sources: cached == live, batched == batch-of-one, cached last-layer input == full forward, cache keys.
 
 Tiny random-init backbones on 0.5-2 s clips (CPU, seconds); one test runs the finetune script twice."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from model.backbones import build_backbone  # noqa: E402
 from model.heads import CNNSelfAttention  # noqa: E402
+from synthetic_project import load_script  # noqa: E402
 from utils.audio import write_wav  # noqa: E402
 from utils.io import save_torch  # noqa: E402
 from utils.run import RunConfig  # noqa: E402
@@ -243,13 +243,6 @@ def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_
             for b, k in ((bb, CachedFeatures), (other, CachedFeatures), (bb, LastLayerFeatures))}
     assert len(keys) == 3
     assert cached(bb, tmp_path)._key(utts[0].path) == first._key(utts[0].path)
-
-
-def load_script(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem + "_script", REPO / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def prepared_project(root: Path) -> Path:

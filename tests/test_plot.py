@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,6 +7,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
+from synthetic_project import load_script
 from utils.errors import TrustSerError
 from utils.cli import profile_parser, profile_variant
 from utils.profile import RunProfile, load_profiles
@@ -54,10 +54,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def spider():
-    spec = importlib.util.spec_from_file_location("plot_spider", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _assert_image(path: Path) -> None:

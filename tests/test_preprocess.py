@@ -1,5 +1,4 @@
 """preprocess_audio/preprocess_audio.py on a small synthetic corpus (22.05 kHz, plus stereo and 8 kHz files)."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,12 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from synthetic_project import load_script  # noqa: E402
 from utils.errors import TrustSerError  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.synthetic import make_corpus  # noqa: E402
 
 SCRIPT = REPO / "preprocess_audio" / "preprocess_audio.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("preprocess_audio_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -100,20 +93,20 @@ def test_bad_input_fails_naming_it_unless_skip_bad(tmp_path):
 
 
 def test_missing_split_file_names_the_split_script(tmp_path):
-    script = load_script()
+    script = load_script(SCRIPT)
     with pytest.raises(TrustSerError, match=r"demo_fold1.json not found; run python3 train_split_gen/demo.py first"):
         script.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
 
 
 def test_malformed_split_file(tmp_path):
-    script = load_script()
+    script = load_script(SCRIPT)
     write_json(tmp_path / "demo_fold1.json", {"train": [["only", "two"]]})
     with pytest.raises(TrustSerError, match="is not \\[key, speaker, gender, path, label\\]"):
         script.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
 
 
 def test_meld_keeps_same_file_names_of_different_splits_apart(tmp_path):
-    script = load_script()
+    script = load_script(SCRIPT)
     rng = np.random.default_rng(1)
     split = {}
     for name in ("train", "dev", "test"):
@@ -132,7 +125,7 @@ def test_meld_keeps_same_file_names_of_different_splits_apart(tmp_path):
 
 
 def test_two_sources_for_one_output_name_is_an_error(tmp_path):
-    script = load_script()
+    script = load_script(SCRIPT)
     entries = [["a", "s1", "F", "/corpus/Session1/x.wav", "neu"], ["b", "s2", "M", "/corpus/Session2/x.wav", "ang"]]
     write_json(tmp_path / "iemocap_fold1.json", {"train": entries, "dev": [], "test": []})
     with pytest.raises(TrustSerError, match="Session1/x.wav and /corpus/Session2/x.wav would both be preprocessed to x.wav"):
@@ -140,7 +133,7 @@ def test_two_sources_for_one_output_name_is_an_error(tmp_path):
 
 
 def test_same_source_in_several_folds_is_written_once(tmp_path):
-    script = load_script()
+    script = load_script(SCRIPT)
     entry = ["a", "s1", "F", "/corpus/a.wav", "neu"]
     write_json(tmp_path / "f1.json", {"train": [entry], "dev": [], "test": []})
     write_json(tmp_path / "f2.json", {"train": [], "dev": [], "test": [entry]})
@@ -148,7 +141,7 @@ def test_same_source_in_several_folds_is_written_once(tmp_path):
 
 
 def test_unfinished_output_is_redone(tmp_path):
-    script = load_script()
+    script = load_script(SCRIPT)
     (tmp_path / "x.wav").write_bytes(b"RIFF")
     sf.write(tmp_path / "y.wav", np.zeros(100), 22050)
     sf.write(tmp_path / "z.wav", np.zeros(100), 16000)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic_project import ENV, REPO, make_project, run_script
+from synthetic_project import ENV, REPO, load_script, make_project, run_script
 from model.heads import CNNSelfAttention
 from utils.audio import write_wav
 from utils.cli import base_parser
@@ -280,10 +280,7 @@ def test_config_file_or_key_missing(tmp_path):
 
 
 def test_corpus_laid_out_differently_names_what_was_looked_for(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("demo_split", REPO / "train_split_gen" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("train_split_gen/demo.py")
     (tmp_path / "some_other_corpus").mkdir()
     with pytest.raises(TrustSerError, match="speakers.csv not found"):
         demo.read_speakers(tmp_path / "some_other_corpus")

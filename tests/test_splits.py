@@ -1,5 +1,4 @@
 """The six train_split_gen scripts, run as the user runs them, on tiny corpora in the distributed layouts."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ sys.path.insert(0, str(REPO))
 from corpus_fixtures import (make_crema_d, make_iemocap, make_meld, make_msp_improv,  # noqa: E402
                              make_msp_podcast, make_ravdess)
 from train_split_gen.common import kfold, kfold_indices, last_fifth, last_one  # noqa: E402
+from synthetic_project import load_script  # noqa: E402
 from utils.errors import TrustSerError  # noqa: E402
 
 SCRIPTS = REPO / "train_split_gen"
@@ -223,13 +223,6 @@ def test_missing_corpus_folder_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "project").exists()
 
 
-def _load_script(file_name: str):
-    spec = importlib.util.spec_from_file_location(f"split_{file_name[:-3].replace('-', '_')}", SCRIPTS / file_name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _unreadable_iemocap(root: Path) -> Path:
     corpus = make_iemocap(root, sessions=2)
     (corpus / "Session2" / "dialog" / "EmoEvaluation" / "Ses02F_impro01.txt").write_bytes(b"\xff\xfe[\x00bad\n")
@@ -272,7 +265,7 @@ def test_bad_corpus_gives_an_error_naming_the_path(tmp_path, monkeypatch, script
     corpus = build(tmp_path / "data" / name)
     monkeypatch.setattr(sys, "argv", [script, "--config", str(write_config(tmp_path, name, corpus))])
     with pytest.raises(TrustSerError) as err:
-        _load_script(script).main()
+        load_script(SCRIPTS / script).main()
     assert message in str(err.value) and str(corpus) in str(err.value) and "\n" not in str(err.value)
 
 

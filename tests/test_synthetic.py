@@ -1,5 +1,4 @@
 """utils/synthetic.py (the built-in corpus) and train_split_gen/demo.py (its splits)."""
-import importlib.util
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from synthetic_project import load_script  # noqa: E402
 from utils.errors import TrustSerError  # noqa: E402
 from utils.io import read_json  # noqa: E402
 from utils.synthetic import EMOTIONS, make_corpus, make_speaker  # noqa: E402
@@ -142,15 +142,8 @@ def test_split_script_generates_and_splits_by_speaker(tmp_path, corpus):
     assert again.returncode == 0 and "generating" not in again.stderr
 
 
-def load_split_script():
-    spec = importlib.util.spec_from_file_location("demo_split_script", SPLIT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_split_script_rejects_a_folder_that_is_not_the_corpus(tmp_path):
-    script = load_split_script()
+    script = load_script(SPLIT_SCRIPT)
     with pytest.raises(TrustSerError, match="speakers.csv not found.*--generate"):
         script.read_speakers(tmp_path)
     (tmp_path / "speakers.csv").write_text("speaker,gender\nspk01,F\n")
@@ -161,7 +154,7 @@ def test_split_script_rejects_a_folder_that_is_not_the_corpus(tmp_path):
 
 
 def test_dev_is_last_fifth_of_training_speakers():
-    script = load_split_script()
+    script = load_script(SPLIT_SCRIPT)
     folds = script.fold_speakers(list(range(1, 13)), 5)
     assert folds[0] == ([4, 5, 6, 7, 8, 9, 10], [11, 12], [1, 2, 3])
     assert folds[4] == ([1, 2, 3, 4, 5, 6, 7, 8], [9, 10], [11, 12])
