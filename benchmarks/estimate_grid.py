@@ -66,7 +66,7 @@ def corpus_costs(name: str, m: dict, budget_gb: float, cnn_share: float | None) 
     full_pass = m["pass_per_audio_s"]
     hidden, front, budget = audio * m["bytes_per_audio_s"], audio * FRONT_END_BYTES_PER_S, budget_gb * 2**30
     read = train_share + dev_share               # read every epoch; test once per fold
-    front_first = budget >= front if cnn_share is not None else False
+    front_first = cnn_share is not None and budget >= front
     budget_read = budget - (1 - read) * front if front_first else budget   # every front end is kept first
     epoch_live = live_share(read * hidden, read * front, budget_read, cnn_share)
     test_budget = max(budget_read - read * hidden, 0.0) + ((1 - read) * front if front_first else 0.0)

@@ -220,10 +220,9 @@ class _StoredFeatures:
         """The frozen pass over utterances not stored yet: disk shards, then memory, for those that fit the room
         left, in the order given (the training split first); the rest run live, and are not computed now."""
         unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
-        frames = self.backbone.frame_lengths(torch.tensor([len(self.audio.get(u.path)) for u in unique])).tolist()
+        frames = self._record_frames(unique)
         kept = _fitting(self._room(), [n * self._bytes_per_frame() + ENTRY_BYTES for n in frames])
-        for u, n in zip(unique[kept:], frames[kept:]):
-            self.frames[self.keys[u.path]] = n
+        for u in unique[kept:]:
             self._run_live(self.keys[u.path])
         unique = unique[:kept]
         if not unique:
@@ -234,7 +233,6 @@ class _StoredFeatures:
         desc = f"{self.backbone.name} {self.kind} features"
         for u, one in progress(passes, total=len(unique), desc=desc):
             key = self.keys[u.path]
-            self.frames[key] = one.shape[1]
             self.stats["computed"] += 1
             if self.store:
                 pending.append((key, one.cpu()))
@@ -245,6 +243,12 @@ class _StoredFeatures:
             elif not self._remember(key, one, on_disk=False):
                 self._run_live(key)
         self._write(pending)
+
+    def _record_frames(self, utts: list[Utterance]) -> list[int]:
+        """The frames the backbone gives each utterance (what its stored tensor or live pass will have), kept."""
+        frames = self.backbone.frame_lengths(torch.tensor([len(self.audio.get(u.path)) for u in utts])).tolist()
+        self.frames.update((self.keys[u.path], n) for u, n in zip(utts, frames))
+        return frames
 
     def _bytes_per_frame(self) -> int:
         """What one frame of a stored tensor takes ([L, F, D]: L hidden states of D values)."""
@@ -433,8 +437,7 @@ class CachedFeatures(_StoredFeatures):
                 self._run_live(self.keys[u.path], from_front_end=True)
         if not todo:
             return
-        frames = self.backbone.frame_lengths(torch.tensor([len(self.audio.get(u.path)) for u in todo])).tolist()
-        self.frames.update((self.keys[u.path], n) for u, n in zip(todo, frames))
+        frames = self._record_frames(todo)
         kept, hidden_kept = self._plan_tiers(todo, frames)
         for u in todo[kept:]:           # room for neither: the whole backbone runs live, nothing is computed now
             self._run_live(self.keys[u.path])
