@@ -8,13 +8,13 @@ leave-one-session-out folds with the last remaining session as dev, as IEMOCAP),
              --per_epoch_epochs epochs of fold 1 are run; the totals are extrapolated per training batch and per
              evaluated utterance to all folds x epochs, and the output says so.
   ours       CachedFeatures (one length-sorted feature pass, bf16 autocast on CUDA, kept in memory) and
-             utils.finetune.train_fold for every fold (batched evaluation, checkpoints and logs included).
+             utils.training.finetune.train_fold for every fold (batched evaluation, checkpoints and logs included).
   fgsm       the safety stage's attack_fold over fold 1's test set: the original (batch 1, fp32, live clean pass)
              vs batched fp32 (same successes) vs the stage's default (batched, clean predictions from the
              feature cache, bf16 autocast on CUDA).
 
   --protocol original: both modes train the head on train-mode backbone features (dropout, LayerDrop); ours
-             then runs the backbone live on every training batch (utils/protocol.py) and keeps only evaluation
+             then runs the backbone live on every training batch (utils/training/protocol.py) and keeps only evaluation
              cached. The head keeps the preset's shape; FGSM is timed as under the default protocol.
 
   python benchmarks/benchmark_finetune.py                         # tiny preset, CPU, well under a minute
@@ -43,16 +43,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.backbones import BACKBONES, build_backbone  # noqa: E402
-from utils import finetune  # noqa: E402
-from utils.data import Utterance, class_weights, pad_waveforms  # noqa: E402
-from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.features import AudioBank, CachedFeatures, LiveFeatures  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.pipeline import build_head, load_state  # noqa: E402
-from utils.protocol import apply_to_backbone, protocol_source  # noqa: E402
-from utils.run import RunConfig  # noqa: E402
-from utils.safety import AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
-from utils.training import evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch  # noqa: E402
+from utils.training import finetune  # noqa: E402
+from utils.data.utterances import Utterance, class_weights, pad_waveforms  # noqa: E402
+from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.features.cache import AudioBank, CachedFeatures, LiveFeatures  # noqa: E402
+from utils.core.io import write_json  # noqa: E402
+from utils.training.pipeline import build_head, load_state  # noqa: E402
+from utils.training.protocol import apply_to_backbone, protocol_source  # noqa: E402
+from utils.runs.identity import RunConfig  # noqa: E402
+from utils.trust.safety import AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
+from utils.training.loop import evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch  # noqa: E402
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5
@@ -358,7 +358,7 @@ def budget_text(fraction: float | None, memory_bytes: int, disk_bytes: int) -> s
 
 def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path,
                budgets: tuple[int, int] | None = None) -> tuple[dict, CachedFeatures]:
-    """Feature pass once, then utils.finetune.train_fold for every fold, all epochs; (numbers, the cache).
+    """Feature pass once, then utils.training.finetune.train_fold for every fold, all epochs; (numbers, the cache).
 
     Without budgets every feature stays in memory on the device; with (memory, disk) bytes, memory and disk
     shards (under run_dir) hold at most that much each, and the rest is computed live in every epoch."""

@@ -5,12 +5,12 @@ H100 from a measured `benchmark_finetune.py --preset iemocap` JSON: the original
 Assumptions (printed with the table): every backbone costs what WavLM base+ costs (APC, TERA, Whisper tiny/base
 cost less; wav2vec2 base and Whisper small about the same); backbone time scales with audio seconds, head time
 with utterances; corpus sizes and mean durations below are approximate (after the 4-class label maps); fold
-structure from utils/datasets.py (k folds: one session tests, one is dev, the rest train; one split: 60/20/20).
+structure from utils/data/corpora.py (k folds: one session tests, one is dev, the rest train; one split: 60/20/20).
 The original scores dev and test after every epoch; here dev after every epoch and test once per fold (frozen
-backbones, utils/finetune.py). The cache keeps a corpus whole when it fits `--cache_gb` + `--memory_gb`
+backbones, utils/training/finetune.py). The cache keeps a corpus whole when it fits `--cache_gb` + `--memory_gb`
 (defaults 60 GiB of disk, no memory); otherwise, for the 2 backbones with a stored front end (WavLM, wav2vec 2.0),
 it keeps the CNN encoder's output (bf16 on CUDA: 512 x 50 x 2 bytes per second of audio) of as many utterances
-as fit, all of them first, then hidden states in the rest, training and dev utterances first (utils/features.py
+as fit, all of them first, then hidden states in the rest, training and dev utterances first (utils/features/cache.py
 CachedFeatures; read every epoch, while test is read once), and for the other 5 (Whisper x 3, TERA, APC) hidden
 states of as many as fit. Hidden states computed live cost the measured feature-pass rate per second of audio,
 times (1 - --cnn_share) when they start from a stored front end. --cnn_share is the CNN encoder's share of a
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.datasets import get_corpus  # noqa: E402
+from utils.data.corpora import get_corpus  # noqa: E402
 
 BACKBONES = 7
 FRONT_END_BACKBONES = 2    # wavlm, wav2vec2_0: deterministic CNN front ends, stored as the cache's second tier

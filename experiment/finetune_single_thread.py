@@ -10,12 +10,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import base_parser  # noqa: E402
-from utils.data import load_fold  # noqa: E402
-from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
-from utils.paths import finetune_dir  # noqa: E402
-from utils.pipeline import (aggregate, make_backbone, make_source, prepare_splits, resolve_device,  # noqa: E402
+from utils.runs.cli import base_parser  # noqa: E402
+from utils.data.utterances import load_fold  # noqa: E402
+from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.training.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
+from utils.runs.paths import finetune_dir  # noqa: E402
+from utils.training.pipeline import (aggregate, make_backbone, make_source, prepare_splits, resolve_device,  # noqa: E402
                             run_flags, start_stage)
 
 log = logging.getLogger("trust-ser")

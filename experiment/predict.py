@@ -9,10 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import base_parser  # noqa: E402
-from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.predict import EmotionRecognizer, find_audio, write_predictions_csv  # noqa: E402
-from utils.pipeline import start_stage  # noqa: E402
+from utils.runs.cli import base_parser  # noqa: E402
+from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.training.predict import EmotionRecognizer, find_audio, write_predictions_csv  # noqa: E402
+from utils.training.pipeline import start_stage  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.datasets import CORPORA, get_corpus  # noqa: E402
-from utils.errors import run_main  # noqa: E402
+from utils.data.corpora import CORPORA, get_corpus  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     if args.dataset in CORPORA:  # no config needed
         corpus = get_corpus(args.dataset)
     else:
-        from utils.config import load_config
+        from utils.core.config import load_config
         corpus = get_corpus(args.dataset, load_config(args.config)["project_dir"])
     print(" ".join(str(f) for f in corpus.fold_ids()))
 

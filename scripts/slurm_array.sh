@@ -8,10 +8,10 @@
 #   sbatch --array=0-$(( 7 * 5 - 1 ))%8 scripts/slurm_array.sh --dataset iemocap --learning_rate 0.0005 \
 #       --num_epochs 30 --conv_layers 2 --pooling mean --hidden_size 128
 #   CORPORA="iemocap crema_d" sbatch --array=0-$(CORPORA="iemocap crema_d" bash scripts/slurm_array.sh --last_task) \
-#       scripts/slurm_array.sh --num_epochs 30 ...       # several corpora: their folds come from utils/datasets.py
+#       scripts/slurm_array.sh --num_epochs 30 ...       # several corpora: their folds come from utils/data/corpora.py
 #
 # Every flag after the script name goes to every stage script, so give only the shared ones (those of
-# utils/cli.py: --dataset, --learning_rate, --hidden_size, --batch_size, --config, ...). The #SBATCH --array
+# utils/runs/cli.py: --dataset, --learning_rate, --hidden_size, --batch_size, --config, ...). The #SBATCH --array
 # below covers the default lists; pass --array=0-(backbones x folds - 1) on the command line when you change them.
 # Tasks are independent and may run at the same time: each writes only its own fold's files, results.json is
 # rebuilt under a lock after every fold. A task that is killed, preempted or requeued resumes from the last

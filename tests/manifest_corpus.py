@@ -1,4 +1,4 @@
-"""The synthetic corpus (utils/synthetic.py) written as a manifest CSV, some files as 44.1 kHz stereo FLAC."""
+"""The synthetic corpus (utils/data/synthetic.py) written as a manifest CSV, some files as 44.1 kHz stereo FLAC."""
 import csv
 from pathlib import Path
 
@@ -11,8 +11,8 @@ import torchaudio
 def write_manifest_corpus(root: Path, n_speakers: int = 6, utts_per_emotion: int = 2, split: bool = False,
                           gender: bool = True) -> Path:
     """root/corpus/... audio and root/manifest.csv with paths relative to it; returns the manifest."""
-    from utils.audio import read_audio
-    from utils.synthetic import make_corpus
+    from utils.data.audio import read_audio
+    from utils.data.synthetic import make_corpus
     corpus = make_corpus(root / "corpus", n_speakers=n_speakers, utts_per_emotion=utts_per_emotion, sr=22050)
     genders = dict(line.split(",") for line in (corpus / "speakers.csv").read_text().split()[1:])
     rows = []

@@ -30,7 +30,7 @@ def run_script(script: str, *args: str, cwd: Path | None = None, check: bool = T
 
 def make_project(root: Path, n_speakers: int = 10, utts_per_emotion: int = 4) -> Path:
     """Synthetic corpus, its 5-fold splits and preprocessed audio under root; returns the config path."""
-    from utils.synthetic import make_corpus
+    from utils.data.synthetic import make_corpus
     make_corpus(root / "corpus", n_speakers=n_speakers, utts_per_emotion=utts_per_emotion, sr=22050)
     config = root / "config.yml"
     config.write_text(f"data_dir:\n  demo: {root / 'corpus'}\nproject_dir: {root / 'project'}\n")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.attacks import (attack_success_rate, fgsm, gaussian_noise, measured_snr_db, pgd, scale_to_snr,
+from utils.trust.attacks import (attack_success_rate, fgsm, gaussian_noise, measured_snr_db, pgd, scale_to_snr,
                            valid_mask)
 
 SAMPLE_RATE, NUM_SAMPLES = 8000, 2400
@@ -155,9 +155,9 @@ def test_attack_success_rate_counts_only_correct_utterances():
 def test_attack_fold_attacks_only_what_its_own_clean_pass_gets_right(trained):
     """Given clean predictions that call every utterance correct (as a stale cache could), the fold attacks only
     those its own clean pass classifies correctly: the same outcome as letting it compute the clean pass."""
-    from utils.data import Utterance
-    from utils.features import AudioBank
-    from utils.safety import AttackSpec, attack_fold
+    from utils.data.utterances import Utterance
+    from utils.features.cache import AudioBank
+    from utils.trust.safety import AttackSpec, attack_fold
 
     model, wav, lengths, labels = trained
     model = copy.deepcopy(model).float()

@@ -1,4 +1,4 @@
-"""utils/audio.py: error cases of read_audio, resampling to 16 kHz mono, atomic writes, load_utterance."""
+"""utils/data/audio.py: error cases of read_audio, resampling to 16 kHz mono, atomic writes, load_utterance."""
 import sys
 from pathlib import Path
 
@@ -8,8 +8,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.audio import BadAudioError, load_utterance, read_audio, to_16k_mono, write_wav  # noqa: E402
-from utils.errors import TrustSerError  # noqa: E402
+from utils.data.audio import BadAudioError, load_utterance, read_audio, to_16k_mono, write_wav  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
 
 
 def sine(freq: float, sr: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:

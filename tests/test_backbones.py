@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.backbones import BACKBONES, build_backbone  # noqa: E402
 from model.whisper_frontend import WhisperLogMel, mel_filters  # noqa: E402
-from utils.errors import TrustSerError  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
 
 pytestmark = [  # library noise: s3prl's unused MFCC transform (reference model), HF WavLM's mixed mask types
     pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from synthetic_project import load_script
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "benchmark_finetune.py"

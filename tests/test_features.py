@@ -20,15 +20,15 @@ sys.path.insert(0, str(REPO))
 from model.backbones import build_backbone  # noqa: E402
 from model.heads import CNNSelfAttention  # noqa: E402
 from synthetic_project import load_script  # noqa: E402
-from utils.audio import write_wav  # noqa: E402
-from utils.io import save_torch  # noqa: E402
-from utils.run import RunConfig  # noqa: E402
-from utils.data import Utterance  # noqa: E402
-from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
-from utils.pipeline import make_source  # noqa: E402
-from utils.shards import ENTRY_BYTES, ShardStore  # noqa: E402
-from utils.synthetic import EMOTIONS, make_corpus, make_speaker, synthesize  # noqa: E402
-from utils.training import evaluate, evaluate_heads, set_seed, train_epoch  # noqa: E402
+from utils.data.audio import write_wav  # noqa: E402
+from utils.core.io import save_torch  # noqa: E402
+from utils.runs.identity import RunConfig  # noqa: E402
+from utils.data.utterances import Utterance  # noqa: E402
+from utils.features.cache import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
+from utils.training.pipeline import make_source  # noqa: E402
+from utils.features.shards import ENTRY_BYTES, ShardStore  # noqa: E402
+from utils.data.synthetic import EMOTIONS, make_corpus, make_speaker, synthesize  # noqa: E402
+from utils.training.loop import evaluate, evaluate_heads, set_seed, train_epoch  # noqa: E402
 
 pytestmark = [  # library noise: s3prl's unused MFCC transform, HF WavLM's mixed mask types
     pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values"),
@@ -511,8 +511,8 @@ sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 import torch
 from model.backbones import build_backbone
-from utils.data import Utterance
-from utils.features import AudioBank, CachedFeatures
+from utils.data.utterances import Utterance
+from utils.features.cache import AudioBank, CachedFeatures
 torch.set_num_threads(1)
 bb = build_backbone("wavlm", random_init=True, tiny=True)
 utts = [Utterance(p, "s", "F", p, 0) for p in sys.argv[3:]]

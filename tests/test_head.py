@@ -2,7 +2,7 @@
 import torch
 
 from model.heads import CNNSelfAttention, masked_mean
-from utils.data import pad_features
+from utils.data.utterances import pad_features
 
 
 def _head(pooling: str, conv_layers: int = 2, hidden: int = 16) -> CNNSelfAttention:

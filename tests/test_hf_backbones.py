@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_models import TINY_CONFIGS, save_tiny_model  # noqa: E402
 from model.backbones import backbone_spec, build_backbone  # noqa: E402
 from model.backbones.hf import hf_classes  # noqa: E402
-from utils.errors import TrustSerError  # noqa: E402
-from utils.paths import backbone_dir_name  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
+from utils.runs.paths import backbone_dir_name  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask and attn_mask")
 FAMILIES = list(TINY_CONFIGS)

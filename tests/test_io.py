@@ -1,4 +1,4 @@
-"""utils/io.py: atomic writes honour the umask, JSON floats are rounded; utils/progress.py: plain lines in logs."""
+"""utils/core/io.py: atomic writes honour the umask, JSON floats are rounded; utils/core/progress.py: plain lines in logs."""
 import json
 import logging
 import math
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.io import save_torch, write_bytes, write_json, write_text
-from utils.progress import progress
+from utils.core.io import save_torch, write_bytes, write_json, write_text
+from utils.core.progress import progress
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from hf_models import save_tiny_model
 from manifest_corpus import write_manifest_corpus
 from synthetic_project import ENV, REPO, run_script
-from utils.audio import audio_info
-from utils.errors import TrustSerError
-from utils.manifest import manifest_corpus
+from utils.data.audio import audio_info
+from utils.core.errors import TrustSerError
+from utils.data.manifest import manifest_corpus
 
 APC = ["--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "1",
        "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8", "--learning_rate",

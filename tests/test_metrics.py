@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from utils.metrics import classification_scores, mean_std
+from utils.training.metrics import classification_scores, mean_std
 
 
 @pytest.mark.parametrize("seed", range(20))

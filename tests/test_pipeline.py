@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from synthetic_project import make_project, run_script
-from utils.fairness import fairness_report
-from utils.metrics import classification_scores
-from utils.cli import base_parser
-from utils.pipeline import finetune_command
-from utils.run import RunConfig
+from utils.trust.fairness import fairness_report
+from utils.training.metrics import classification_scores
+from utils.runs.cli import base_parser
+from utils.training.pipeline import finetune_command
+from utils.runs.identity import RunConfig
 
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
          "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
@@ -73,7 +73,7 @@ def test_original_readme_command_parses_and_explains_what_is_missing(tmp_path):
 
 
 def test_split_command_names_each_corpus_script():
-    from utils.datasets import split_command
+    from utils.data.corpora import split_command
     assert split_command("crema_d") == "python3 train_split_gen/crema-d.py"
     assert split_command("crema_d_complete") == "python3 train_split_gen/crema-d.py"     # reads crema_d's splits
     assert split_command("msp-podcast") == "python3 train_split_gen/msp-podcast.py"
@@ -84,10 +84,10 @@ def test_split_command_names_each_corpus_script():
 
 def model_predictions(config, fold: int) -> pd.DataFrame:
     """The trained model's test predictions recomputed here from its checkpoint (the path fairness no longer takes)."""
-    from utils.data import load_fold
-    from utils.paths import finetune_dir
-    from utils.pipeline import load_trained, make_source
-    from utils.training import evaluate
+    from utils.data.utterances import load_fold
+    from utils.runs.paths import finetune_dir
+    from utils.training.pipeline import load_trained, make_source
+    from utils.training.loop import evaluate
 
     project = str(config.parent / "project")
     backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), fold, torch.device("cpu"), 4)
@@ -187,10 +187,10 @@ def direct_linear_probe(config) -> float:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from utils.data import load_fold
-    from utils.paths import finetune_dir
-    from utils.pipeline import load_trained, make_source
-    from utils.privacy import pooled_embeddings
+    from utils.data.utterances import load_fold
+    from utils.runs.paths import finetune_dir
+    from utils.training.pipeline import load_trained, make_source
+    from utils.trust.privacy import pooled_embeddings
 
     project = str(config.parent / "project")
     backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), 1, torch.device("cpu"), 4)

@@ -8,11 +8,11 @@ import matplotlib.image as mpimg
 import pytest
 
 from synthetic_project import load_script
-from utils.errors import TrustSerError
-from utils.cli import profile_parser, profile_variant
-from utils.profile import RunProfile, load_profiles
-from utils.radar import Point, _value_text, axis_ranges, natural_range, nice_step, place, ticks
-from utils.stages import STAGE
+from utils.core.errors import TrustSerError
+from utils.runs.cli import profile_parser, profile_variant
+from utils.reporting.profile import RunProfile, load_profiles
+from utils.reporting.radar import Point, _value_text, axis_ranges, natural_range, nice_step, place, ticks
+from utils.runs.stages import STAGE
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "trustworthy" / "plot_spider.py"
@@ -134,7 +134,7 @@ def test_axis_missing_for_every_run(tmp_path, spider):
 
 
 def test_snr_given_as_float_reads_the_writers_folder(tmp_path, spider):
-    from utils.paths import RunId, attack_dir
+    from utils.runs.paths import RunId, attack_dir
     run = RunId("iemocap", "wavlm", RUN)
     assert attack_dir(tmp_path, run, "fgsm", 45) == attack_dir(tmp_path, run, "fgsm", 45.0) \
         == tmp_path / "attack" / "fgsm" / "45" / "iemocap" / "wavlm" / RUN
@@ -237,8 +237,8 @@ def test_zoom_gives_tight_round_ranges_for_close_runs(tmp_path):
 
 
 def _profile_with(**values):
-    from utils.paths import RunId
-    from utils.stages import STAGES, Measurement
+    from utils.runs.paths import RunId
+    from utils.runs.stages import STAGES, Measurement
     return RunProfile(RunId("iemocap", "m", "r"), "m",
                              measurements={s.key: Measurement(values.get(s.key)) for s in STAGES})
 

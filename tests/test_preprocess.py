@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from synthetic_project import load_script  # noqa: E402
-from utils.errors import TrustSerError  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.synthetic import make_corpus  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
+from utils.core.io import write_json  # noqa: E402
+from utils.data.synthetic import make_corpus  # noqa: E402
 
 SCRIPT = REPO / "preprocess_audio" / "preprocess_audio.py"
 

@@ -1,4 +1,4 @@
-"""utils/privacy.py: the linear gender probe against a direct scikit-learn computation, collapse flag, embeddings."""
+"""utils/trust/privacy.py: the linear gender probe against a direct scikit-learn computation, collapse flag, embeddings."""
 import numpy as np
 import pytest
 import torch
@@ -9,8 +9,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model.heads import CNNSelfAttention
-from utils.data import Utterance
-from utils.privacy import collapsed, linear_probe, pooled_embeddings
+from utils.data.utterances import Utterance
+from utils.trust.privacy import collapsed, linear_probe, pooled_embeddings
 
 
 def embeddings(gender_shift: float, n_speakers: int = 12, per_speaker: int = 10, seed: int = 0):
@@ -75,7 +75,7 @@ class FakeSource:
         return self.feats[u.key].shape[1]
 
     def batch(self, utts):
-        from utils.data import pad_features
+        from utils.data.utterances import pad_features
         return pad_features([self.feats[u.key] for u in utts])
 
 

@@ -8,13 +8,13 @@ import torch
 from sklearn.metrics import recall_score
 
 from synthetic_project import make_project, run_script
-from utils.data import Utterance
-from utils.metrics import classification_scores
-from utils.pipeline import build_head, make_backbone, make_source
-from utils.protocol import protocol_of
-from utils.run import RunConfig
-from utils.safety import AttackSpec, attack_batch
-from utils.sustainability import count_flops
+from utils.data.utterances import Utterance
+from utils.training.metrics import classification_scores
+from utils.training.pipeline import build_head, make_backbone, make_source
+from utils.training.protocol import protocol_of
+from utils.runs.identity import RunConfig
+from utils.trust.safety import AttackSpec, attack_batch
+from utils.trust.sustainability import count_flops
 
 CPU = torch.device("cpu")
 

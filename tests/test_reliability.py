@@ -18,17 +18,18 @@ import torch
 
 from synthetic_project import ENV, REPO, load_script, make_project, run_script
 from model.heads import CNNSelfAttention
-from utils.audio import write_wav
-from utils.cli import base_parser
-from utils.config import corpus_dir, load_config
-from utils.data import load_fold
-from utils.datasets import preprocessed_name
-from utils.errors import TrustSerError, run_main
-from utils.features import AudioBank
-from utils.finetune import fold_finished
-from utils.io import save_torch, write_json
-from utils.paths import audio_dir, fairness_dir, finetune_dir, split_path
-from utils.pipeline import load_state
+from utils.data.audio import write_wav
+from utils.runs.cli import base_parser
+from utils.core.config import corpus_dir, load_config
+from utils.data.utterances import load_fold
+from utils.data.corpora import preprocessed_name
+from utils.core.errors import TrustSerError, run_main
+from utils.features.cache import AudioBank
+from utils.training.finetune import fold_finished
+from utils.core.io import save_torch, write_json
+from utils.data.layout import audio_dir, split_path
+from utils.runs.paths import fairness_dir, finetune_dir
+from utils.training.pipeline import load_state
 
 FINETUNE = "experiment/finetune_single_thread.py"
 FLAGS = ["--dataset", "demo", "--pretrain_model", "whisper_tiny", "--random_init", "--tiny", "--num_epochs", "4",
@@ -450,7 +451,7 @@ def test_no_unsafe_torch_load_anywhere():
     assert len(sources) > 20
     unsafe = [str(p) for p in sources if "weights_only=" + "False" in p.read_text()]
     loads = [str(p.relative_to(REPO)) for p in sources if "torch." + "load(" in p.read_text()]
-    assert unsafe == [] and loads == ["utils/io.py"]
+    assert unsafe == [] and loads == ["utils/core/io.py"]
 
 
 # ---------------------------------------------------------------- scale-out scripts
@@ -482,7 +483,7 @@ def test_scale_out_scripts_parse_and_map_tasks(tmp_path):
 
 
 def test_corpora_list_spans_corpus_backbone_and_each_corpus_folds():
-    """CORPORA: tasks corpus by corpus, backbone by backbone, over each corpus' own folds (utils/datasets.py)."""
+    """CORPORA: tasks corpus by corpus, backbone by backbone, over each corpus' own folds (utils/data/corpora.py)."""
     env = dict(CORPORA="demo msp-podcast", BACKBONES="apc tera")
     assert _bash("slurm_array.sh", "--num_tasks", **env).stdout.strip() == "12"     # (5 + 1) folds x 2
     assert _bash("slurm_array.sh", "--last_task", **env).stdout.strip() == "11"

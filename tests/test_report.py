@@ -7,7 +7,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from utils.report import confusion_counts, read_history, row_normalised
+from utils.reporting.report import confusion_counts, read_history, row_normalised
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "lr00005_ep30_cnn_conv2_hid128_mean_frozen_randinit"

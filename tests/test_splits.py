@@ -14,7 +14,7 @@ from corpus_fixtures import (make_crema_d, make_iemocap, make_meld, make_msp_imp
                              make_msp_podcast, make_ravdess)
 from train_split_gen.common import kfold, kfold_indices, last_fifth, last_one  # noqa: E402
 from synthetic_project import load_script  # noqa: E402
-from utils.errors import TrustSerError  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
 
 SCRIPTS = REPO / "train_split_gen"
 SPLITS = ["train", "dev", "test"]
@@ -295,7 +295,7 @@ def mark_preprocessed(project: Path, corpus: str) -> None:
 
 def test_iemocap_impro_is_iemocaps_improvised_sessions(tmp_path):
     """The original's iemocap_impro: iemocap_fold<k>.json, keys containing "impro", IEMOCAP's four classes."""
-    from utils.data import load_fold
+    from utils.data.utterances import load_fold
     out, _ = run_split("iemocap.py", "iemocap", make_iemocap(tmp_path / "data"), tmp_path)
     mark_preprocessed(out.parent, "iemocap")
     for k in range(1, 6):
@@ -309,8 +309,8 @@ def test_iemocap_impro_is_iemocaps_improvised_sessions(tmp_path):
 
 def test_crema_d_complete_keeps_fear_and_disgust(tmp_path):
     """The original's crema_d_complete: crema_d_fold<k>.json with six classes N A S H F D."""
-    from utils.data import load_fold
-    from utils.datasets import get_corpus
+    from utils.data.utterances import load_fold
+    from utils.data.corpora import get_corpus
     extra = {"1001_DFA_FEA_XX": "F", "1001_DFA_DIS_XX": "D", "1002_DFA_FEA_XX": "F"}
     out, _ = run_split("crema-d.py", "crema_d", make_crema_d(tmp_path / "data", extra_votes=extra), tmp_path)
     mark_preprocessed(out.parent, "crema_d")

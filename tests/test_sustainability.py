@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from utils.sustainability import count_flops, count_parameters, measure_latency
+from utils.trust.sustainability import count_flops, count_parameters, measure_latency
 
 
 def test_linear_flops_are_two_per_multiply_add():

@@ -1,4 +1,4 @@
-"""utils/synthetic.py (the built-in corpus) and train_split_gen/demo.py (its splits)."""
+"""utils/data/synthetic.py (the built-in corpus) and train_split_gen/demo.py (its splits)."""
 import subprocess
 import sys
 import time
@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from synthetic_project import load_script  # noqa: E402
-from utils.errors import TrustSerError  # noqa: E402
-from utils.io import read_json  # noqa: E402
-from utils.synthetic import EMOTIONS, make_corpus, make_speaker  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
+from utils.core.io import read_json  # noqa: E402
+from utils.data.synthetic import EMOTIONS, make_corpus, make_speaker  # noqa: E402
 
 SPLIT_SCRIPT = REPO / "train_split_gen" / "demo.py"
 

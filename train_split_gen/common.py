@@ -1,7 +1,7 @@
 """Shared pieces of the train_split_gen scripts: --config, folds, reading label files, writing the splits.
 
 Every script writes `{"train": [...], "dev": [...], "test": [...]}` with entries
-`[key, speaker_id, gender, path, label]` to utils.paths.split_path(project_dir, dataset, fold).
+`[key, speaker_id, gender, path, label]` to utils.runs.paths.split_path(project_dir, dataset, fold).
 """
 import argparse
 import logging
@@ -11,10 +11,10 @@ from typing import Callable, Hashable, Iterable, Sequence
 
 import pandas as pd
 
-from utils.config import corpus_dir, load_config
-from utils.errors import TrustSerError
-from utils.io import write_json
-from utils.paths import split_path
+from utils.core.config import corpus_dir, load_config
+from utils.core.errors import TrustSerError
+from utils.core.io import write_json
+from utils.data.layout import split_path
 
 SPLITS = ("train", "dev", "test")
 log = logging.getLogger("train_split_gen")

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_split_gen.common import (Item, corpus_and_project_dir, is_hidden, kfold, last_fifth, log, read_csv,
                                     require_dir, warn_skipped, write_folds)
-from utils.errors import TrustSerError, run_main
+from utils.core.errors import TrustSerError, run_main
 
 SPEAKERS = list(range(1001, 1092))
 BROKEN = "1076_MTI_SAD_XX"   # an empty recording; the original skips it too

@@ -1,4 +1,4 @@
-"""Train/dev/test splits of the built-in synthetic corpus (utils/synthetic.py), as for RAVDESS/CREMA-D:
+"""Train/dev/test splits of the built-in synthetic corpus (utils/data/synthetic.py), as for RAVDESS/CREMA-D:
 5 folds over speakers (KFold, no shuffle); dev is the last fifth of each fold's training speakers.
 
 Entries are [key, speaker id, gender, path, label], e.g.
@@ -16,12 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.model_selection import KFold  # noqa: E402
 
-from utils.config import load_config, corpus_dir  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
-from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.paths import split_path  # noqa: E402
-from utils.synthetic import EMOTIONS, make_corpus  # noqa: E402
+from utils.core.config import load_config, corpus_dir  # noqa: E402
+from utils.data.corpora import get_corpus  # noqa: E402
+from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.core.io import write_json  # noqa: E402
+from utils.data.layout import split_path  # noqa: E402
+from utils.data.synthetic import EMOTIONS, make_corpus  # noqa: E402
 
 DATASET = "demo"
 
@@ -31,7 +31,7 @@ def read_speakers(data_dir: Path) -> list[tuple[str, str]]:
     table = data_dir / "speakers.csv"
     if not table.is_file():
         raise TrustSerError(f"{table} not found: {data_dir} is not a synthetic corpus; "
-                            f"rerun with --generate or run python -m utils.synthetic {data_dir}")
+                            f"rerun with --generate or run python -m utils.data.synthetic {data_dir}")
     with table.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or any(row.get("gender") not in ("F", "M") or not row.get("speaker") for row in rows):

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_split_gen.common import (Item, corpus_and_project_dir, is_hidden, kfold, last_one, read_text,
                                     require_dir, warn_skipped, write_folds)
-from utils.errors import TrustSerError, run_main
+from utils.core.errors import TrustSerError, run_main
 
 SESSIONS = [f"Session{i}" for i in range(1, 6)]
 # As the original: a line from its first '[' to a ']' just before the newline, e.g.

@@ -16,12 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_split_gen.common import assign, kfold, last_fifth, log, write_split  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
-from utils.errors import run_main  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.manifest import SPLITS, corpus_description, manifest_corpus  # noqa: E402
-from utils.paths import corpus_path  # noqa: E402
+from utils.core.config import load_config  # noqa: E402
+from utils.data.corpora import get_corpus  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
+from utils.core.io import write_json  # noqa: E402
+from utils.data.manifest import SPLITS, corpus_description, manifest_corpus  # noqa: E402
+from utils.data.layout import corpus_path  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_split_gen.common import corpus_and_project_dir, log, read_csv, require_dir, warn_skipped, write_split
-from utils.errors import TrustSerError, run_main
+from utils.core.errors import TrustSerError, run_main
 
 LABEL_FILES = ("labels_concensus.csv", "labels_consensus.csv")
 SPLIT_OF = {"Train": "train", "Validation": "dev", "Development": "dev", "Test1": "test"}

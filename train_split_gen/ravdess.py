@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_split_gen.common import Item, corpus_and_project_dir, kfold, last_fifth, log, warn_skipped, write_folds
-from utils.errors import TrustSerError, run_main
+from utils.core.errors import TrustSerError, run_main
 
 ACTOR_FOLDER = re.compile(r"Actor_(\d+)")
 FILE_NAME = re.compile(r"\d+(-\d+){6}\.wav")   # modality-channel-emotion-intensity-statement-repetition-actor

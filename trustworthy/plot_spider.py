@@ -7,7 +7,7 @@
         [--zoom] [--ranges uar=56:72 fairness=10:30 privacy=88:100 safety=40:100 gflops=0:48]
 
 Runs: every <project_dir>/finetune/<dataset>/<model>/<run>/results.json, or those --runs names. Where each
-stage's result lives and which number is read from it is utils/stages.py's table; axes (outward = more
+stage's result lives and which number is read from it is utils/runs/stages.py's table; axes (outward = more
 trustworthy on every axis):
   System Performance  emotion UAR (%), higher is better; from chance (100 / classes) to 100
   Fairness            100 x the fairness metric (default: speaker-wise statistical parity), lower is better;
@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
-from utils.errors import run_main  # noqa: E402
-from utils.profile import load_profiles  # noqa: E402
-from utils.radar import axis_ranges, parse_ranges  # noqa: E402
-from utils.report import write_trust_profile  # noqa: E402
+from utils.runs.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
+from utils.data.corpora import get_corpus  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
+from utils.reporting.profile import load_profiles  # noqa: E402
+from utils.reporting.radar import axis_ranges, parse_ranges  # noqa: E402
+from utils.reporting.report import write_trust_profile  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

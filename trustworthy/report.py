@@ -13,13 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
-from utils.datasets import get_corpus  # noqa: E402
-from utils.errors import run_main  # noqa: E402
-from utils.io import write_text  # noqa: E402
-from utils.profile import load_profiles  # noqa: E402
-from utils.radar import axis_ranges, parse_ranges  # noqa: E402
-from utils.report import draw_run, report_markdown, slug, write_trust_profile  # noqa: E402
+from utils.runs.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
+from utils.data.corpora import get_corpus  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
+from utils.core.io import write_text  # noqa: E402
+from utils.reporting.profile import load_profiles  # noqa: E402
+from utils.reporting.radar import axis_ranges, parse_ranges  # noqa: E402
+from utils.reporting.report import draw_run, report_markdown, slug, write_trust_profile  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,7 @@ from model.backbones.tera import TERA_URL, TERABackbone, tera_config
 from model.backbones.wav2vec2 import (TINY_SSL, WAV2VEC2_BASE_960H, WAVLM_BASE_PLUS, Data2VecAudioBackbone,
                                       HubertBackbone, Wav2Vec2StyleBackbone, WavLMBackbone)
 from model.backbones.whisper import TINY_WHISPER, WhisperBackbone, whisper_config
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 __all__ = ["BACKBONES", "FINETUNE_MODES", "MIN_SAMPLES", "SAMPLE_RATE", "Backbone", "BackboneSpec", "backbone_spec",
            "build_backbone", "check_backbone_name"]

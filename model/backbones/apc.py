@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from model.backbones.base import SAMPLE_RATE, Backbone, S3prlBackbone, load_weights, read_s3prl_checkpoint
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 # s3prl's pretraining configs (pretrain/apc/config_model.yaml; tera logMelBase-T-F-M with the "drop1" dropout).
 _APC_AUDIO = {"feat_type": "fbank", "feat_dim": 80, "frame_length": 25, "frame_shift": 10, "decode_wav": False}

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils.errors import TrustSerError
-from utils.io import load_torch
+from utils.core.errors import TrustSerError
+from utils.core.io import load_torch
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # 25 ms: one analysis window, the shortest clip every front end accepts
@@ -39,7 +39,7 @@ class Backbone(nn.Module):
     weights_id: str
     supports_last_layer_split = True
     hidden_includes_input = False  # TERA: s3prl's hidden states start with the layers' input
-    frozen_parts_train = False     # set by utils/protocol.py for --protocol original
+    frozen_parts_train = False     # set by utils/training/protocol.py for --protocol original
     front_end_is_deterministic = False   # front_end() has no dropout: its output may be stored in train mode too
     front_end_dim = 0                    # channels of front_end()'s output, where there is one
 

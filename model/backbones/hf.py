@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from model.backbones.base import hub_failure, hub_offline
-from utils.errors import TrustSerError
-from utils.io import read_json
+from utils.core.errors import TrustSerError
+from utils.core.io import read_json
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from model.backbones.base import SAMPLE_RATE, Backbone, S3prlBackbone, load_weights, read_s3prl_checkpoint
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 _TERA_FEATURE = {"feat_type": "mel", "log": True, "delta": 0, "cmvn": True}
 _TERA_AUDIO = {"target_level": -25, "win_ms": 25, "hop_ms": 10, "n_freq": 201, "n_mels": 80, "n_mfcc": 13,

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from model.backbones.base import Backbone, frame_mask
 from model.backbones.hf import check_hf_folder, hf_load
 from model.whisper_frontend import WhisperLogMel, num_mel_frames
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 def whisper_config(d_model: int, layers: int, heads: int) -> dict:
     return dict(d_model=d_model, encoder_layers=layers, encoder_attention_heads=heads, encoder_ffn_dim=4 * d_model,

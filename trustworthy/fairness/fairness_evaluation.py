@@ -10,16 +10,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import base_parser  # noqa: E402
-from utils.errors import TrustSerError, run_main  # noqa: E402
-from utils.fairness import METRICS, fairness_report  # noqa: E402
-from utils.finetune import fold_finished, predictions_path, read_predictions  # noqa: E402
-from utils.io import read_json  # noqa: E402
-from utils.metrics import classification_scores  # noqa: E402
-from utils.paths import fairness_dir, finetune_dir  # noqa: E402
-from utils.pipeline import aggregate, evaluate_folds, finetune_command, run_flags, start_stage  # noqa: E402
-from utils.run import RunConfig  # noqa: E402
-from utils.protocol import protocol_of  # noqa: E402
+from utils.runs.cli import base_parser  # noqa: E402
+from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.trust.fairness import METRICS, fairness_report  # noqa: E402
+from utils.training.finetune import fold_finished, predictions_path, read_predictions  # noqa: E402
+from utils.core.io import read_json  # noqa: E402
+from utils.training.metrics import classification_scores  # noqa: E402
+from utils.runs.paths import fairness_dir, finetune_dir  # noqa: E402
+from utils.training.pipeline import aggregate, evaluate_folds, finetune_command, run_flags, start_stage  # noqa: E402
+from utils.runs.identity import RunConfig  # noqa: E402
+from utils.training.protocol import protocol_of  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 ATTRIBUTES = ("speaker", "gender")

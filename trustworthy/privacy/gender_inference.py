@@ -11,12 +11,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import base_parser  # noqa: E402
-from utils.errors import run_main  # noqa: E402
-from utils.finetune import RESULT_KEYS, best_of_fold  # noqa: E402
-from utils.paths import privacy_dir  # noqa: E402
-from utils.pipeline import aggregate, resolve_device, run_flags, start_stage  # noqa: E402
-from utils.privacy import PROBE_DESCRIPTION, collapsed_folds, privacy_fold, probe_finished  # noqa: E402
+from utils.runs.cli import base_parser  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
+from utils.training.finetune import RESULT_KEYS, best_of_fold  # noqa: E402
+from utils.runs.paths import privacy_dir  # noqa: E402
+from utils.training.pipeline import aggregate, resolve_device, run_flags, start_stage  # noqa: E402
+from utils.trust.privacy import PROBE_DESCRIPTION, collapsed_folds, privacy_fold, probe_finished  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 

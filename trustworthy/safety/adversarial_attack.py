@@ -9,15 +9,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import base_parser  # noqa: E402
-from utils.data import load_fold  # noqa: E402
-from utils.errors import run_main  # noqa: E402
-from utils.features import AudioBank  # noqa: E402
-from utils.paths import attack_dir, finetune_dir  # noqa: E402
-from utils.pipeline import (aggregate, evaluate_folds, load_trained, make_source, resolve_device,  # noqa: E402
+from utils.runs.cli import base_parser  # noqa: E402
+from utils.data.utterances import load_fold  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
+from utils.features.cache import AudioBank  # noqa: E402
+from utils.runs.paths import attack_dir, finetune_dir  # noqa: E402
+from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, make_source, resolve_device,  # noqa: E402
                             run_flags, start_stage)
-from utils.protocol import protocol_of  # noqa: E402
-from utils.safety import ATTACK_METHODS, AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
+from utils.training.protocol import protocol_of  # noqa: E402
+from utils.trust.safety import ATTACK_METHODS, AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 RESULT_KEYS = ["success_rate", "measured_snr_db", "clean_uar"]

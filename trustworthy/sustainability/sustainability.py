@@ -10,14 +10,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import base_parser  # noqa: E402
-from utils.errors import run_main  # noqa: E402
-from utils.io import write_json  # noqa: E402
-from utils.paths import finetune_dir  # noqa: E402
-from utils.pipeline import resolve_device, run_flags, start_stage  # noqa: E402
-from utils.protocol import protocol_of  # noqa: E402
-from utils.stages import STAGE  # noqa: E402
-from utils.sustainability import (count_flops, count_parameters, measure_latency, model_to_profile,  # noqa: E402
+from utils.runs.cli import base_parser  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
+from utils.core.io import write_json  # noqa: E402
+from utils.runs.paths import finetune_dir  # noqa: E402
+from utils.training.pipeline import resolve_device, run_flags, start_stage  # noqa: E402
+from utils.training.protocol import protocol_of  # noqa: E402
+from utils.runs.stages import STAGE  # noqa: E402
+from utils.trust.sustainability import (count_flops, count_parameters, measure_latency, model_to_profile,  # noqa: E402
                                   thop_style_gflops)
 
 log = logging.getLogger("trust-ser")

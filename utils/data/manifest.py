@@ -1,7 +1,7 @@
 """Any corpus through a manifest CSV (path,label,speaker[,gender][,split]) -> a corpus description and its items.
 
 The description (label map, class names, folds) is saved as <project_dir>/train_split/<name>.corpus.json, where
-utils.datasets.get_corpus finds it by name; the split files are written as for the built-in corpora.
+utils.data.corpora.get_corpus finds it by name; the split files are written as for the built-in corpora.
 """
 from collections import Counter
 from dataclasses import asdict
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.datasets import CORPORA, Corpus
-from utils.errors import TrustSerError
+from utils.data.corpora import CORPORA, Corpus
+from utils.core.errors import TrustSerError
 
 REQUIRED = ("path", "label", "speaker")
 SPLITS = ("train", "dev", "test")

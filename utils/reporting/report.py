@@ -11,13 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.errors import TrustSerError  # noqa: E402
-from utils.finetune import predictions_path  # noqa: E402
-from utils.io import read_json, write_text  # noqa: E402
-from utils.paths import finetune_dir  # noqa: E402
-from utils.profile import RunProfile, cell, table_csv, table_markdown  # noqa: E402
-from utils.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
-from utils.stages import STAGES, Variant  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
+from utils.training.finetune import predictions_path  # noqa: E402
+from utils.core.io import read_json, write_text  # noqa: E402
+from utils.runs.paths import finetune_dir  # noqa: E402
+from utils.reporting.profile import RunProfile, cell, table_csv, table_markdown  # noqa: E402
+from utils.reporting.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
+from utils.runs.stages import STAGES, Variant  # noqa: E402
 
 SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
 

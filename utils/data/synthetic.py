@@ -16,7 +16,7 @@ Gender is carried as in real speech: female speakers have about 1.7 times the ma
 Layout: <root>/spk<NN>_<F|M>/spk<NN>_<emotion>_<k>.wav (16-bit PCM) and <root>/speakers.csv.
 Speakers alternate F, M, F, ... (24 by default, so half of each gender).
 
-CLI: python -m utils.synthetic OUT_DIR [--speakers N] [--utts N] [--seed S] [--sr HZ]
+CLI: python -m utils.data.synthetic OUT_DIR [--speakers N] [--utts N] [--seed S] [--sr HZ]
 """
 import argparse
 from dataclasses import dataclass
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.audio import write_wav
-from utils.io import write_text
+from utils.data.audio import write_wav
+from utils.core.io import write_text
 
 EMOTIONS = ["neu", "sad", "ang", "hap"]
 MIN_SECONDS, MAX_SECONDS = 1.0, 2.5

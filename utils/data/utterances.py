@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from utils.datasets import get_corpus, preprocessed_name, split_command
-from utils.errors import TrustSerError
-from utils.io import read_json
-from utils.paths import audio_dir, split_path
+from utils.data.corpora import get_corpus, preprocessed_name, split_command
+from utils.core.errors import TrustSerError
+from utils.core.io import read_json
+from utils.data.layout import audio_dir, split_path
 
 log = logging.getLogger("trust-ser")
 SPLITS = ("train", "dev", "test")

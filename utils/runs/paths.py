@@ -1,26 +1,8 @@
-"""The one place that names folders and files under <project_dir>."""
+"""The one place that names run folders under <project_dir> (utils/data/layout.py names the corpus files)."""
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.datasets import files_name, split_file_name
-from utils.run import RunConfig
-
-
-def split_path(project_dir: str | Path, dataset: str, fold: int) -> Path:
-    return Path(project_dir) / "train_split" / split_file_name(dataset, fold)
-
-
-def corpus_path(project_dir: str | Path, dataset: str) -> Path:
-    """A manifest corpus' description (train_split_gen/manifest.py)."""
-    return Path(project_dir) / "train_split" / f"{dataset}.corpus.json"
-
-
-def audio_dir(project_dir: str | Path, dataset: str) -> Path:
-    return Path(project_dir) / "audio" / files_name(dataset)
-
-
-def cache_dir(project_dir: str | Path) -> Path:
-    return Path(project_dir) / "cache"
+from utils.runs.identity import RunConfig
 
 
 def run_name(run: RunConfig) -> str:

@@ -3,7 +3,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
     Corpus("iemocap_impro", {"neu": 0, "sad": 1, "ang": 2, "exc": 3, "hap": 3}, ["neu", "sad", "ang", "hap"], 5,
            files_of="iemocap", key_contains="impro"),
     Corpus("crema_d_complete", {**_NASH, "F": 4, "D": 5}, ["N", "A", "S", "H", "F", "D"], 5, files_of="crema_d"),
-    # the built-in synthetic corpus (utils/synthetic.py)
+    # the built-in synthetic corpus (utils/data/synthetic.py)
     Corpus("demo", {"neu": 0, "sad": 1, "ang": 2, "hap": 3}, ["neu", "sad", "ang", "hap"], 5),
 ]}
 
@@ -52,10 +52,10 @@ def get_corpus(name: str, project_dir: str | Path | None = None) -> Corpus:
     if name in CORPORA:
         return CORPORA[name]
     if name not in _MANIFEST_CORPORA and project_dir is not None:
-        from utils.paths import corpus_path
+        from utils.data.layout import corpus_path
         path = corpus_path(project_dir, name)
         if path.is_file():
-            try:  # plain json, not utils.io: scripts/corpus_folds.py stays free of torch
+            try:  # plain json, not utils.core.io: scripts/corpus_folds.py stays free of torch
                 description = json.loads(path.read_text())
             except (OSError, ValueError) as err:
                 raise TrustSerError(f"corpus description {path} is unreadable ({err}); rerun "

@@ -13,16 +13,16 @@ import torch
 
 from model.backbones import build_backbone, check_backbone_name
 from model.heads import CNNSelfAttention
-from utils.cli import parse_folds
-from utils.config import REPO_ROOT, load_config
-from utils.datasets import Corpus, get_corpus
-from utils.errors import TrustSerError
-from utils.features import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures, feature_budgets
-from utils.io import load_torch, read_json, write_json
-from utils.metrics import mean_std
-from utils.paths import cache_dir
-from utils.protocol import apply_to_backbone, backbone_finetune, head_shape, protocol_source
-from utils.run import RunConfig
+from utils.runs.cli import parse_folds
+from utils.core.config import REPO_ROOT, load_config
+from utils.data.corpora import Corpus, get_corpus
+from utils.core.errors import TrustSerError
+from utils.features.cache import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures, feature_budgets
+from utils.core.io import load_torch, read_json, write_json
+from utils.training.metrics import mean_std
+from utils.data.layout import cache_dir
+from utils.training.protocol import apply_to_backbone, backbone_finetune, head_shape, protocol_source
+from utils.runs.identity import RunConfig
 
 log = logging.getLogger("trust-ser")
 

@@ -1,7 +1,7 @@
 """The trust stages, described once: where each evaluation writes its result, which number in it is the
 profile's value, and how to read that number (axis title, unit, which direction is better).
 
-The evaluation scripts write into the folders utils.paths names; the trust profile and the report read
+The evaluation scripts write into the folders utils.runs.paths names; the trust profile and the report read
 them through this table.
 """
 import math
@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from utils.io import read_json
-from utils.paths import RunId, attack_dir, fairness_dir, finetune_dir, flops_dir, privacy_dir
-from utils.run import RunConfig
+from utils.core.io import read_json
+from utils.runs.paths import RunId, attack_dir, fairness_dir, finetune_dir, flops_dir, privacy_dir
+from utils.runs.identity import RunConfig
 
-RESULTS_FILE = "results.json"       # utils.pipeline.aggregate's output in every averaged stage
+RESULTS_FILE = "results.json"       # utils.training.pipeline.aggregate's output in every averaged stage
 FLOPS_FILE = "gflops.json"
 
 

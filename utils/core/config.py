@@ -3,7 +3,7 @@ from pathlib import Path
 
 import yaml
 
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yml"

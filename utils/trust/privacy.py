@@ -18,13 +18,13 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from utils.data import SPLITS, Utterance, length_sorted_batches, load_fold
-from utils.errors import TrustSerError
-from utils.finetune import FitSpec, fold_finished, predictions_path, read_predictions, train_fold
-from utils.io import read_json, write_json
-from utils.paths import finetune_dir
-from utils.pipeline import load_trained, make_source, prepare_splits
-from utils.run import RunConfig
+from utils.data.utterances import SPLITS, Utterance, length_sorted_batches, load_fold
+from utils.core.errors import TrustSerError
+from utils.training.finetune import FitSpec, fold_finished, predictions_path, read_predictions, train_fold
+from utils.core.io import read_json, write_json
+from utils.runs.paths import finetune_dir
+from utils.training.pipeline import load_trained, make_source, prepare_splits
+from utils.runs.identity import RunConfig
 
 GENDER_CLASSES = ["female", "male"]
 PRIVACY_EPOCHS, PRIVACY_LR = 10, 0.0005    # the original probe's, fixed whatever the finetune flags

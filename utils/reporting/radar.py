@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patheffects import withStroke  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.errors import TrustSerError  # noqa: E402
-from utils.io import write_bytes  # noqa: E402
-from utils.profile import RunProfile, axis_label, fmt  # noqa: E402
-from utils.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
+from utils.core.errors import TrustSerError  # noqa: E402
+from utils.core.io import write_bytes  # noqa: E402
+from utils.reporting.profile import RunProfile, axis_label, fmt  # noqa: E402
+from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
 HOLE = 0.25         # empty disc at the centre (in radius units), where each axis' inner value is written

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from utils.pipeline import build_head, load_trained, make_backbone
-from utils.run import RunConfig
+from utils.training.pipeline import build_head, load_trained, make_backbone
+from utils.runs.identity import RunConfig
 
 log = logging.getLogger("trust-ser")
 
@@ -30,7 +30,7 @@ def model_to_profile(run: RunConfig, run_dir: Path, fold: int, device: torch.dev
              f"of the same shape (FLOPs, parameters and latency do not depend on trained weights)")
     backbone = make_backbone(run, device).eval()
     return backbone, build_head(run, backbone, num_classes).to(device).eval(), False
-from utils.progress import progress
+from utils.core.progress import progress
 
 
 def count_flops(module: nn.Module, example_inputs: tuple) -> int:

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from utils.data import Utterance, length_sorted_batches
-from utils.features import prefetched
-from utils.metrics import classification_scores
+from utils.data.utterances import Utterance, length_sorted_batches
+from utils.features.cache import prefetched
+from utils.training.metrics import classification_scores
 
 log = logging.getLogger("trust-ser")
 

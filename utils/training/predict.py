@@ -21,14 +21,14 @@ import torch
 from tqdm import tqdm
 
 from model.backbones import MIN_SAMPLES
-from utils.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
-from utils.data import length_sorted_batches, pad_waveforms
-from utils.datasets import get_corpus
-from utils.errors import TrustSerError
-from utils.io import write_text
-from utils.paths import finetune_dir
-from utils.pipeline import load_trained, resolve_device
-from utils.run import RunConfig
+from utils.data.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
+from utils.data.utterances import length_sorted_batches, pad_waveforms
+from utils.data.corpora import get_corpus
+from utils.core.errors import TrustSerError
+from utils.core.io import write_text
+from utils.runs.paths import finetune_dir
+from utils.training.pipeline import load_trained, resolve_device
+from utils.runs.identity import RunConfig
 
 log = logging.getLogger("trust-ser")
 FILES_IN_MEMORY = 1024

@@ -23,7 +23,7 @@ class RunConfig:
     pooling: str = "att"
     audio_duration: int = 6
     batch_size: int = 64
-    protocol: str = "fixed"      # utils/protocol.py: "original" reproduces the original's procedure
+    protocol: str = "fixed"      # utils/training/protocol.py: "original" reproduces the original's procedure
     # how it is executed (does not change its folder)
     config: str | None = None
     eval_batch_size: int = 32

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.data import Utterance, pad_waveforms
-from utils.features import FrontEndFeatures, LiveFeatures, _StoredFeatures, autocast_for
-from utils.run import RunConfig
+from utils.data.utterances import Utterance, pad_waveforms
+from utils.features.cache import FrontEndFeatures, LiveFeatures, _StoredFeatures, autocast_for
+from utils.runs.identity import RunConfig
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class TrainModeFeatures:
         return not self.backbone.training and not self.live_eval_fp32
 
     def fetch(self, utts: list[Utterance]):
-        """What can be read ahead of the batch (utils.features.prefetched): the eval source's part, or the stored
+        """What can be read ahead of the batch (utils.features.cache.prefetched): the eval source's part, or the stored
         front ends / waveforms that the live train-mode pass starts from."""
         if self._from_eval_source():
             return self.eval_source.fetch(utts)

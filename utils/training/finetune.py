@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils.data import Utterance, class_weights
-from utils.errors import TrustSerError
-from utils.io import load_torch, read_json, save_torch, write_json, write_text
-from utils.pipeline import build_head, trainable_backbone_state
-from utils.protocol import protocol_of
-from utils.run import RunConfig
-from utils.training import EvalResult, evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch
+from utils.data.utterances import Utterance, class_weights
+from utils.core.errors import TrustSerError
+from utils.core.io import load_torch, read_json, save_torch, write_json, write_text
+from utils.training.pipeline import build_head, trainable_backbone_state
+from utils.training.protocol import protocol_of
+from utils.runs.identity import RunConfig
+from utils.training.loop import EvalResult, evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch
 
 log = logging.getLogger("trust-ser")
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torchaudio.functional
 
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 TARGET_SR = 16000
 _NOT_PREPROCESSED = "the audio is not preprocessed; run preprocess_audio/preprocess_audio.py for this corpus"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from utils.audio import BadAudioError, load_utterance
-from utils.data import Utterance, length_sorted_batches, pad_features, pad_waveforms
-from utils.errors import TrustSerError
-from utils.io import load_torch
-from utils.progress import progress
-from utils.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
+from utils.data.audio import BadAudioError, load_utterance
+from utils.data.utterances import Utterance, length_sorted_batches, pad_features, pad_waveforms
+from utils.core.errors import TrustSerError
+from utils.core.io import load_torch
+from utils.core.progress import progress
+from utils.features.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
 
 log = logging.getLogger("trust-ser")
 
@@ -112,7 +112,7 @@ class _StoredFeatures:
     batches and reused across epochs, folds and scripts, keyed by what is stored (`kind`), backbone weights,
     audio file (path, size, mtime), crop length and precision. Three tiers, filled in the order utterances are
     prepared (the stage scripts prepare the training split first: it is read most): disk shards
-    (utils/shards.py) up to `disk_budget_bytes` for the whole cache, memory (on the device) up to
+    (utils/features/shards.py) up to `disk_budget_bytes` for the whole cache, memory (on the device) up to
     `memory_budget_bytes` (what is on disk nowhere first, then copies of disk entries), and for what fits in
     neither, the same frozen pass run live whenever a batch needs it (eval mode, no_grad, fp16-rounded,
     length-sorted within the batch).

@@ -3,10 +3,10 @@ import argparse
 from pathlib import Path
 
 from model.backbones import BACKBONES
-from utils.datasets import CORPORA
-from utils.config import load_config
-from utils.run import RunConfig
-from utils.stages import Variant
+from utils.data.corpora import CORPORA
+from utils.core.config import load_config
+from utils.runs.identity import RunConfig
+from utils.runs.stages import Variant
 
 _D = RunConfig()
 
@@ -54,7 +54,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def parse_folds(spec: str | None, all_folds: list[int]) -> list[int]:
     """'--folds 3' or '--folds 1,2' -> [3] / [1, 2], checked against the corpus' folds."""
-    from utils.errors import TrustSerError
+    from utils.core.errors import TrustSerError
     if not spec:
         return all_folds
     try:

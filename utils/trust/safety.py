@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from utils.attacks import attack_success_rate, fgsm, gaussian_noise, measured_snr_db, pgd
-from utils.data import Utterance, length_sorted_batches, pad_waveforms
-from utils.features import AudioBank, autocast_for
-from utils.metrics import classification_scores
-from utils.protocol import train_mode
-from utils.progress import progress
-from utils.training import evaluate
+from utils.trust.attacks import attack_success_rate, fgsm, gaussian_noise, measured_snr_db, pgd
+from utils.data.utterances import Utterance, length_sorted_batches, pad_waveforms
+from utils.features.cache import AudioBank, autocast_for
+from utils.training.metrics import classification_scores
+from utils.training.protocol import train_mode
+from utils.core.progress import progress
+from utils.training.loop import evaluate
 
 log = logging.getLogger("trust-ser")
 ATTACK_METHODS = ("fgsm", "pgd", "gaussian_noise")
@@ -26,7 +26,7 @@ ATTACK_METHODS = ("fgsm", "pgd", "gaussian_noise")
 @dataclass(frozen=True)
 class AttackSpec:
     """One attack: method, SNR (dB) of the perturbation, PGD steps, batch size, fp32 (no bf16 autocast on CUDA),
-    the input gradient taken in train mode (--protocol original) and how UAR averages (utils/metrics.py)."""
+    the input gradient taken in train mode (--protocol original) and how UAR averages (utils/training/metrics.py)."""
     method: str = "fgsm"
     snr: float = 45
     pgd_steps: int = 10

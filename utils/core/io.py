@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from utils.errors import TrustSerError
+from utils.core.errors import TrustSerError
 
 
 def _atomic(path: Path, write) -> None:

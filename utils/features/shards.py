@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from utils.io import write_bytes
+from utils.core.io import write_bytes
 
 log = logging.getLogger("trust-ser")
 MAGIC = b"TSERSHD1"

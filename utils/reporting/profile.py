@@ -5,9 +5,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.errors import TrustSerError
-from utils.paths import RunId
-from utils.stages import STAGE, STAGES, Measurement, Variant, is_random_init, measure
+from utils.core.errors import TrustSerError
+from utils.runs.paths import RunId
+from utils.runs.stages import STAGE, STAGES, Measurement, Variant, is_random_init, measure
 
 CSV_COLUMNS = {"uar": "uar_pct", "fairness": "fairness_pct", "privacy": "privacy_gender_uar_pct",
                "safety": "safety_success_pct", "gflops": "gflops"}
