@@ -12,11 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from utils.data.audio import TARGET_SR, BadAudioError, audio_info, read_audio, to_16k_mono, write_wav  # noqa: E402
+from utils.data.audio import TARGET_SR, BadAudioError, audio_info, read_audio, to_16k_mono  # noqa: E402
 from utils.core.config import REPO_ROOT, load_config  # noqa: E402
 from utils.data.corpora import CORPORA, get_corpus, preprocessed_name  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
-from utils.core.io import read_json  # noqa: E402
+from utils.core.io import read_json, write_wav  # noqa: E402
 from utils.data.layout import audio_dir, split_path  # noqa: E402
 
 SPLITS = ("train", "dev", "test")

@@ -8,7 +8,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.data.audio import BadAudioError, load_utterance, read_audio, to_16k_mono, write_wav  # noqa: E402
+from utils.core.io import write_wav  # noqa: E402
+from utils.data.audio import BadAudioError, load_utterance, read_audio, to_16k_mono  # noqa: E402
 from utils.core.errors import TrustSerError  # noqa: E402
 
 
@@ -100,7 +101,7 @@ def test_to_16k_mono_downsampling_removes_content_above_8k():
 def test_write_wav_roundtrip_is_exact_and_leaves_no_temp_files(tmp_path):
     audio = sine(440, 16000, 0.3) * 1.5  # resampler overshoot above 1.0 must survive
     path = tmp_path / "sub" / "out.wav"
-    write_wav(path, audio)
+    write_wav(path, audio, 16000)
     read, sr = read_audio(path)
     assert sr == 16000 and sf.info(str(path)).subtype == "FLOAT"
     np.testing.assert_array_equal(read[0], audio)
@@ -115,7 +116,7 @@ def test_write_wav_pcm16(tmp_path):
 
 def test_load_utterance_crops_from_start(tmp_path):
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, 3 * 16000).astype(np.float32)
-    write_wav(tmp_path / "long.wav", audio)
+    write_wav(tmp_path / "long.wav", audio, 16000)
     out = load_utterance(tmp_path / "long.wav", max_seconds=2)
     assert out.dtype.is_floating_point and out.ndim == 1 and len(out) == 32000
     np.testing.assert_array_equal(out.numpy(), audio[:32000])
@@ -135,7 +136,7 @@ def test_load_utterance_refuses_wrong_rate_and_stereo(tmp_path):
 def test_load_utterance_bad_samples(tmp_path):
     audio = sine(440, 16000, 0.5)
     audio[10] = np.nan
-    write_wav(tmp_path / "n.wav", audio)
+    write_wav(tmp_path / "n.wav", audio, 16000)
     with pytest.raises(BadAudioError, match="NaN"):
         load_utterance(tmp_path / "n.wav", 6)
     with pytest.raises(BadAudioError, match="not found"):

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 from model.backbones import build_backbone  # noqa: E402
 from model.heads import CNNSelfAttention  # noqa: E402
 from synthetic_project import load_script  # noqa: E402
-from utils.data.audio import write_wav  # noqa: E402
+from utils.core.io import write_wav  # noqa: E402
 from utils.core.io import save_torch  # noqa: E402
 from utils.runs.identity import RunConfig  # noqa: E402
 from utils.data.utterances import Utterance  # noqa: E402
@@ -49,7 +49,7 @@ def utts(tmp_path_factory) -> list[Utterance]:
         speaker = make_speaker(1 + i % 2, seed=0)
         wav = synthesize(speaker, EMOTIONS[i % 4], k=i, seed=0)
         path = folder / f"u{i}.wav"
-        write_wav(path, np.resize(wav, int(seconds * 16000)))
+        write_wav(path, np.resize(wav, int(seconds * 16000)), 16000)
         out.append(Utterance(f"u{i}", speaker.name, speaker.gender, str(path), i % 4))
     return out
 
@@ -225,7 +225,7 @@ def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_
     assert first.stats["from_memory"] == len(utts) and first.stats["computed"] == len(utts)
 
     rng = np.random.default_rng(7)
-    write_wav(utts[2].path, (0.2 * rng.standard_normal(int(1.1 * 16000))).astype(np.float32))   # new content
+    write_wav(utts[2].path, (0.2 * rng.standard_normal(int(1.1 * 16000))).astype(np.float32), 16000)   # new content
     touched = Path(utts[5].path)
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))       # only mtime
     second = cached(bb, tmp_path)

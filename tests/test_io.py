@@ -3,14 +3,19 @@ import json
 import logging
 import math
 import os
+import runpy
 import stat
+import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
+from synthetic_project import REPO
 from utils.core.io import save_torch, write_bytes, write_json, write_text
 from utils.core.progress import progress
+from utils.data.synthetic import make_corpus
 
 
 @pytest.fixture
@@ -53,3 +58,33 @@ def test_progress_logs_quarters_when_stderr_is_not_a_terminal(caplog):
         assert list(progress(iter([1, 2]), desc="short")) == [1, 2]            # no total: no lines
     assert [r.getMessage() for r in caplog.records] == ["attack: 2/8 (25%)", "attack: 4/8 (50%)",
                                                         "attack: 6/8 (75%)", "attack: 8/8 (100%)"]
+
+
+def run_in_process(script: str, *args: str) -> None:
+    """A stage script run as __main__ in this process (its imports are paid once for the whole test)."""
+    with mock.patch.object(sys, "argv", [script, *args]):
+        runpy.run_path(str(REPO / script), run_name="__main__")
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_every_file_a_short_pipeline_run_writes_honours_the_umask(tmp_path, umask, mask, mode):
+    """Demo corpus and preprocessed WAVs, splits, checkpoints, JSON, CSV, PNG and markdown alike."""
+    config = tmp_path / "config.yml"
+    config.write_text(f"data_dir:\n  demo: {tmp_path / 'corpus'}\nproject_dir: {tmp_path / 'project'}\n")
+    umask(mask)
+    flags = ["--config", str(config), "--dataset", "demo"]
+    run = [*flags, "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "1",
+           "--hidden_size", "16", "--folds", "1"]
+    make_corpus(tmp_path / "corpus", n_speakers=5, utts_per_emotion=1)     # what demo.py --generate writes
+    run_in_process("train_split_gen/demo.py", *flags[:2])
+    run_in_process("preprocess_audio/preprocess_audio.py", *flags)
+    run_in_process("experiment/finetune_single_thread.py", *run)
+    run_in_process("trustworthy/fairness/fairness_evaluation.py", *run)
+    run_in_process("trustworthy/plot_spider.py", *flags, "--output_dir", str(tmp_path / "profile"))
+    run_in_process("trustworthy/report.py", *flags, "--output_dir", str(tmp_path / "report"))
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p != config]
+    assert {".wav", ".csv", ".json", ".pt", ".png", ".md"} <= {p.suffix for p in files}
+    assert len([p for p in files if p.suffix == ".wav"]) == 2 * 20        # the corpus and its 16 kHz copy
+    wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
+             if stat.S_IMODE(p.stat().st_mode) != mode}
+    assert not wrong

@@ -18,7 +18,7 @@ import torch
 
 from synthetic_project import ENV, REPO, load_script, make_project, run_script
 from model.heads import CNNSelfAttention
-from utils.data.audio import write_wav
+from utils.core.io import write_wav
 from utils.runs.cli import base_parser
 from utils.core.config import corpus_dir, load_config
 from utils.data.utterances import load_fold
@@ -210,7 +210,7 @@ def test_bad_audio_is_one_line_or_skipped_and_counted(base):
     bad[0].unlink()                                        # listed but missing
     bad[1].write_bytes(b"")                                # zero-length
     bad[2].write_bytes(bad[2].read_bytes()[:30])           # truncated inside the header
-    write_wav(bad[3], np.full(16000, np.nan, np.float32))  # all NaN
+    write_wav(bad[3], np.full(16000, np.nan, np.float32), 16000)  # all NaN
     run_dir = run_dir_of(config, "--num_epochs", "1")
 
     line = one_line_error(finetune(config, "--folds", "1", "--num_epochs", "1", check=False))
@@ -293,7 +293,7 @@ def test_corpus_laid_out_differently_names_what_was_looked_for(tmp_path):
 def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     """name -> (file, words the error must contain)."""
     good = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
-    write_wav(folder / "good.wav", good)
+    write_wav(folder / "good.wav", good, 16000)
     cases = {"missing": (folder / "missing.wav", "not found"),
              "unreadable": (folder / "junk.wav", "not a readable audio file"),
              "truncated_header": (folder / "cut.wav", "not a readable audio file"),
@@ -304,8 +304,8 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     (folder / "junk.wav").write_bytes(b"not audio at all " * 64)
     (folder / "cut.wav").write_bytes((folder / "good.wav").read_bytes()[:30])
     (folder / "zero.wav").write_bytes(b"")
-    write_wav(folder / "empty.wav", np.zeros(0, np.float32))
-    write_wav(folder / "nan.wav", np.full(16000, np.nan, np.float32))
+    write_wav(folder / "empty.wav", np.zeros(0, np.float32), 16000)
+    write_wav(folder / "nan.wav", np.full(16000, np.nan, np.float32), 16000)
     write_wav(folder / "sr8k.wav", good[:8000], 8000)
     return cases
 
@@ -325,7 +325,7 @@ def test_each_bad_audio_file_is_named_in_one_line_or_skipped(tmp_path, case):
 
 
 def test_audio_cut_off_inside_its_data_is_reported(tmp_path):
-    write_wav(tmp_path / "good.wav", np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32))
+    write_wav(tmp_path / "good.wav", np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32), 16000)
     data = (tmp_path / "good.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
     with pytest.raises(TrustSerError, match="cut.wav: audio file is truncated"):

@@ -1,10 +1,16 @@
-"""Atomic writes (temporary file + rename) and safe loading."""
+"""Atomic writes (temporary file + rename) honouring the umask, and safe loading.
+
+Every file the project writes goes through one of the write_* / save_* helpers here: a reader never sees a
+half-written file, and the mode is what a plain open() would give (0644 under umask 022, 0600 under 077).
+"""
+import csv
+import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -14,23 +20,26 @@ from utils.core.errors import TrustSerError
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp, fd = _create_temporary(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())     # mkstemp makes 0600; a plain open() would honour the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """A new file beside path, created 0666 so the umask applies (tempfile.mkstemp would force 0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -47,8 +56,32 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     _atomic(Path(path), lambda f: f.write(data))
 
 
+def write_csv(path: str | Path, rows: Iterable[Iterable[Any]]) -> None:
+    """Rows (the header first) as CSV, one line each ending in a newline."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def save_torch(path: str | Path, obj: Any) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_wav(path: str | Path, audio, sr: int, subtype: str = "FLOAT") -> None:
+    """A 1-D signal as WAV. subtype: "FLOAT" (32-bit float, preprocessed audio) or "PCM_16" (as corpora ship)."""
+    import numpy as np
+    import soundfile as sf
+    samples = np.asarray(audio, dtype=np.float32)
+    _atomic(Path(path), lambda f: sf.write(f, samples, sr, subtype=subtype, format="WAV"))
+
+
+def save_figure(path: str | Path, fig, **savefig_kwargs) -> None:
+    """A matplotlib figure (format from the suffix, e.g. .png), then closed."""
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip("."), **savefig_kwargs)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
 
 
 def read_json(path: str | Path) -> Any:

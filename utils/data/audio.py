@@ -1,11 +1,9 @@
-"""Audio I/O: read any corpus file, make it 16 kHz mono, write it atomically, load it for a model.
+"""Audio I/O: read any corpus file, make it 16 kHz mono, load it for a model (utils/core/io.py writes WAV).
 
 Preprocessed files are written as 32-bit float WAV (as the original's torchaudio.save did for float
 tensors): no quantisation and no clipping of resampler overshoot.
 """
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,24 +82,6 @@ def to_16k_mono(audio: np.ndarray, sr: int) -> np.ndarray:
         return np.ascontiguousarray(mono)
     resampled = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, TARGET_SR)
     return resampled.numpy().astype(np.float32, copy=False)
-
-
-def write_wav(path: str | Path, audio: np.ndarray, sr: int = TARGET_SR, subtype: str = "FLOAT") -> None:
-    """Write a 1-D signal as WAV through a temporary file and a rename, so a file present is complete.
-
-    subtype: "FLOAT" (32-bit float, used for preprocessed audio) or "PCM_16" (as corpora are distributed).
-    """
-    import soundfile as sf
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, np.asarray(audio, dtype=np.float32), sr, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_utterance(path: str | Path, max_seconds: float, sr: int = TARGET_SR) -> torch.Tensor:

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.data.audio import write_wav
-from utils.core.io import write_text
+from utils.core.io import write_csv, write_wav
 
 EMOTIONS = ["neu", "sad", "ang", "hap"]
 MIN_SECONDS, MAX_SECONDS = 1.0, 2.5
@@ -145,7 +144,7 @@ def make_corpus(root: Path, n_speakers: int = N_SPEAKERS, utts_per_emotion: int 
             for k in range(1, utts_per_emotion + 1):
                 path = root / speaker.folder / f"{speaker.name}_{emotion}_{k}.wav"
                 write_wav(path, synthesize(speaker, emotion, k, seed, sr), sr, subtype="PCM_16")
-    write_text(root / "speakers.csv", "speaker,gender\n" + "".join(f"{s.name},{s.gender}\n" for s in speakers))
+    write_csv(root / "speakers.csv", [["speaker", "gender"], *([s.name, s.gender] for s in speakers)])
     return root
 
 

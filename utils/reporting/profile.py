@@ -1,6 +1,4 @@
 """Trust profiles of finished runs: every stage's measurement per run, and the tables that show them."""
-import csv
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,21 +100,20 @@ def cell(m: Measurement, folds_of_run: int | None = None) -> str:
     return text + (" (probe collapsed)" if m.collapsed else "")
 
 
-def table_csv(profiles: list[RunProfile]) -> str:
-    out = io.StringIO()
+def table_rows(profiles: list[RunProfile]) -> list[list]:
+    """trust_profile.csv: a header, then one row per run."""
     header = ["label", "pretrain_model", "run_name", "random_init", "folds"]
     for s in STAGES:
         header += [CSV_COLUMNS[s.key], CSV_COLUMNS[s.key] + "_std"]
     header += ["privacy_collapsed"]
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
+    rows = [header]
     for p in profiles:
         row = [p.label, p.run.pretrain_model, p.run.name, p.random_init, "" if p.folds is None else p.folds]
         for s in STAGES:
             m = p.measurements[s.key]
             row += ["" if v is None else repr(v) for v in (m.value, m.std)]
-        writer.writerow(row + [p.measurements["privacy"].collapsed])
-    return out.getvalue()
+        rows.append(row + [p.measurements["privacy"].collapsed])
+    return rows
 
 
 def table_markdown(profiles: list[RunProfile], ranges: dict, variant: Variant) -> str:

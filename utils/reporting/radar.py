@@ -4,7 +4,6 @@ Each axis runs from its worse end at the centre to its better end at the rim. A 
 range is drawn at the end it passed, with a hollow marker and its true value; a privacy probe that
 collapsed to one class is a hollow cross outside the polygon.
 """
-import io
 import math
 import re
 import textwrap
@@ -19,7 +18,7 @@ from matplotlib.patheffects import withStroke  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
-from utils.core.io import write_bytes  # noqa: E402
+from utils.core.io import save_figure  # noqa: E402
 from utils.reporting.profile import RunProfile, axis_label, fmt  # noqa: E402
 from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
@@ -252,7 +251,4 @@ def draw_overlay(profiles: list[RunProfile], ranges: dict, variant: Variant, dat
 
 
 def save_png(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    save_figure(path, fig, dpi=110, bbox_inches="tight")

@@ -13,9 +13,9 @@ import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.training.finetune import predictions_path  # noqa: E402
-from utils.core.io import read_json, write_text  # noqa: E402
+from utils.core.io import read_json, write_csv, write_text  # noqa: E402
 from utils.runs.paths import finetune_dir  # noqa: E402
-from utils.reporting.profile import RunProfile, cell, table_csv, table_markdown  # noqa: E402
+from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
 from utils.reporting.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
 from utils.runs.stages import STAGES, Variant  # noqa: E402
 
@@ -33,7 +33,7 @@ def write_trust_profile(profiles: list[RunProfile], ranges: dict, variant: Varia
     for i, profile in enumerate(profiles):
         draw_single(profile, ranges, COLORS[i % len(COLORS)], variant, dataset, charts[profile.label])
     draw_overlay(profiles, ranges, variant, dataset, out / "compare.png")
-    write_text(out / "trust_profile.csv", table_csv(profiles))
+    write_csv(out / "trust_profile.csv", table_rows(profiles))
     write_text(out / "trust_profile.md", table_markdown(profiles, ranges, variant))
     return {**charts, "compare": out / "compare.png"}
 

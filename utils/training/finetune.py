@@ -1,7 +1,6 @@
 """Train the head (and unfrozen backbone layers) for one fold, resumable after every epoch."""
 import copy
 import csv
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from torch import nn
 
 from utils.data.utterances import Utterance, class_weights
 from utils.core.errors import TrustSerError
-from utils.core.io import load_torch, read_json, save_torch, write_json, write_text
+from utils.core.io import load_torch, read_json, save_torch, write_csv, write_json
 from utils.training.pipeline import build_head, trainable_backbone_state
 from utils.training.protocol import protocol_of
 from utils.runs.identity import RunConfig
@@ -53,12 +52,9 @@ def predictions_path(run_dir: Path, fold: int) -> Path:
 
 def write_predictions(path: Path, result: EvalResult, class_names: list[str]) -> None:
     """One row per test utterance: key, speaker, gender, label, prediction and class probabilities."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["key", "speaker", "gender", "label", "prediction", *(f"prob_{name}" for name in class_names)])
-    for u, pred, probs in zip(result.utterances, result.predictions, result.probabilities):
-        writer.writerow([u.key, u.speaker, u.gender, u.label, int(pred), *(f"{p:.6f}" for p in probs)])
-    write_text(path, buf.getvalue())
+    header = ["key", "speaker", "gender", "label", "prediction", *(f"prob_{name}" for name in class_names)]
+    write_csv(path, [header, *([u.key, u.speaker, u.gender, u.label, int(pred), *(f"{p:.6f}" for p in probs)]
+                              for u, pred, probs in zip(result.utterances, result.predictions, result.probabilities))])
 
 
 def read_predictions(path: Path) -> list[dict]:

@@ -10,8 +10,6 @@ preprocess_audio.py does, then cropped to --audio_duration as in training. The h
 the run's test predictions saw them (fp16 where the feature cache stored them), so a file of the corpus gets the
 probabilities of fold_k_test_predictions.csv.
 """
-import csv
-import io
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from utils.data.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
 from utils.data.utterances import length_sorted_batches, pad_waveforms
 from utils.data.corpora import get_corpus
 from utils.core.errors import TrustSerError
-from utils.core.io import write_text
+from utils.core.io import write_csv
 from utils.runs.paths import finetune_dir
 from utils.training.pipeline import load_trained, resolve_device
 from utils.runs.identity import RunConfig
@@ -134,6 +132,4 @@ def write_predictions_csv(path: Path, files: list[Path], probs: torch.Tensor, cl
     lines = [["path", "prediction", *(f"prob_{name}" for name in class_names)]]
     for file, row in zip(files, probs.tolist()):
         lines.append([str(file), class_names[max(range(len(row)), key=row.__getitem__)], *(f"{p:.6f}" for p in row)])
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(lines)
-    write_text(path, out.getvalue())
+    write_csv(path, lines)
