@@ -1,5 +1,7 @@
 """--protocol original reproduces the original's procedure; the default protocol is unchanged."""
 import json
+import sys
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pytest
@@ -7,8 +9,9 @@ import soundfile as sf
 import torch
 from sklearn.metrics import recall_score
 
-from synthetic_project import make_project, run_script
-from utils.data.utterances import Utterance
+from model.backbones import Backbone
+from synthetic_project import load_script, make_project, run_script
+from utils.data.utterances import Utterance, load_fold, pad_waveforms
 from utils.training.metrics import classification_scores
 from utils.training.pipeline import build_head, make_backbone, make_source
 from utils.training.protocol import protocol_of
@@ -119,8 +122,14 @@ def test_fgsm_gradient_mode(in_train_mode):
     assert not backbone.training and not head.training
 
 
-def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(tmp_path):
-    config = make_project(tmp_path, n_speakers=10, utts_per_emotion=2)
+@pytest.fixture(scope="module")
+def demo_config(tmp_path_factory):
+    """One small synthetic project for the end-to-end runs (each writes its own run folders)."""
+    return make_project(tmp_path_factory.mktemp("demo"), n_speakers=10, utts_per_emotion=2)
+
+
+def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(demo_config):
+    config, tmp_path = demo_config, demo_config.parent
     flags = ["--dataset", "demo", "--pretrain_model", "wav2vec2_0", "--random_init", "--tiny", "--device", "cpu",
              "--num_epochs", "1", "--conv_layers", "2", "--hidden_size", "32", "--batch_size", "8",
              "--finetune", "unfrozen", "--folds", "1", "--config", str(config)]
@@ -155,3 +164,44 @@ def test_backbone_from_its_stored_front_end_equals_the_backbone(model):
         from_front, _, mask_from_front = backbone.forward_from_front_end(front, frame_lengths)
     torch.testing.assert_close(from_front, direct)
     assert torch.equal(mask, mask_from_front)
+
+
+def test_original_training_batches_are_the_padded_batch_features(tmp_path):
+    """Not from the stored per-clip CNN output: the live backbone on the zero-padded batch (GroupNorm over it)."""
+    run = _run(pretrain_model="wav2vec2_0", protocol="original")
+    backbone = make_backbone(run, CPU)
+    source = make_source(run, backbone, CPU, str(tmp_path / "project"), grad_backbone=False)
+    utts = source.prepare(_utterances(tmp_path))
+    wav, lengths = pad_waveforms([source.audio.get(u.path) for u in utts])
+    backbone.train()
+    features = {}
+    for kind, mode in (("source", nullcontext), ("padded", backbone.padded_batch_features), ("per clip", nullcontext)):
+        torch.manual_seed(5)    # the same dropout draws
+        with torch.no_grad(), mode():
+            features[kind] = source.batch(utts) if kind == "source" else backbone(wav, lengths)[::2]
+    torch.testing.assert_close(features["source"][0], features["padded"][0])
+    assert torch.equal(features["source"][1], features["padded"][1])
+    assert (features["source"][0] - features["per clip"][0]).abs().max() > 1e-3
+
+
+def test_original_finetune_trains_on_padded_batches(demo_config, monkeypatch):
+    config, project = demo_config, demo_config.parent / "project"
+    entered = []    # the backbone's train mode at each padded batch
+    padded = Backbone.padded_batch_features
+
+    @contextmanager
+    def spy(self):
+        with padded(self):
+            entered.append(self.training)
+            yield self
+
+    monkeypatch.setattr(Backbone, "padded_batch_features", spy)
+    monkeypatch.setattr(sys, "argv", ["finetune", "--dataset", "demo", "--pretrain_model", "whisper_tiny",
+                                      "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "2",
+                                      "--batch_size", "8", "--folds", "1", "--protocol", "original",
+                                      "--config", str(config)])
+    load_script("experiment/finetune_single_thread.py").main()
+    train = load_fold(project, "demo", 1)["train"]
+    assert entered == [True] * (2 * (len(train) // 8))          # every training batch, no dev/test batch
+    results = json.loads(next((project / "finetune" / "demo" / "whisper_tiny").rglob("results.json")).read_text())
+    assert results["meta"]["flags"]["protocol"] == "original" and results["1"]["uar"] >= 0

@@ -1,6 +1,7 @@
 """What every backbone shares: the Backbone base class (encoding, finetune modes, the split at the last layer),
 its registry entry (BackboneSpec) and helpers for masks, weight identities and s3prl checkpoints."""
 import argparse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Backbone(nn.Module):
     frozen_parts_train = False     # set by utils/training/protocol.py for --protocol original
     front_end_is_deterministic = False   # front_end() has no dropout: its output may be stored in train mode too
     front_end_dim = 0                    # channels of front_end()'s output, where there is one
+    padded_batch = False                 # inside padded_batch_features() only
 
     def __init__(self, name: str, weights_id: str, finetune: str):
         super().__init__()
@@ -115,6 +117,17 @@ class Backbone(nn.Module):
             for part in self._last_layer_parts():
                 part.train(True)
         return self
+
+    @contextmanager
+    def padded_batch_features(self):
+        """Inside: the features the original's training step made of its zero-padded batch (--protocol original),
+        where padding reaches the valid frames, so a clip's features depend on the longest clip of its batch.
+        Families that differ say how (`padded_batch`); the default, every clip encoded as if alone, is outside."""
+        self.padded_batch = True
+        try:
+            yield self
+        finally:
+            self.padded_batch = False
 
     # -- encoding
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

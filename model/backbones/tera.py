@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from model.backbones.base import SAMPLE_RATE, Backbone, S3prlBackbone, load_weights, read_s3prl_checkpoint
+from model.backbones.base import (SAMPLE_RATE, Backbone, S3prlBackbone, frame_mask, load_weights,
+                                  read_s3prl_checkpoint)
 from utils.core.errors import TrustSerError
 
 _TERA_FEATURE = {"feat_type": "mel", "log": True, "delta": 0, "cmvn": True}
@@ -42,6 +43,7 @@ class TERABackbone(S3prlBackbone):
         self.preprocessor = preprocessor
         self.target_level = config["audio"]["target_level"]
         self.hop = round(config["audio"].get("hop_ms", 10) * SAMPLE_RATE / 1000)
+        self.window = round(config["audio"].get("win_ms", 25) * SAMPLE_RATE / 1000)
         self.max_frames = config["task"]["sequence_length"]
         self.hidden_dim, self.num_layers = self.dims(config)
         self._apply_finetune()
@@ -82,6 +84,16 @@ class TERABackbone(S3prlBackbone):
 
     def frame_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         return torch.div(num_samples, self.hop, rounding_mode="floor") + 1  # centred STFT
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """In padded_batch_features() the mask (and the frames kept) end (N - 400) // 160 + 1 frames in, as the
+        original's mask of its training batches: its frame count formula left out the last 2-3 frames of a clip."""
+        hidden, frame_lengths, mask = super().forward(wav, lengths)
+        if not self.padded_batch:
+            return hidden, frame_lengths, mask
+        pooled = torch.div(lengths.to(mask.device) - self.window, self.hop, rounding_mode="floor") + 1
+        mask = frame_mask(pooled, mask.shape[1])
+        return hidden.masked_fill(~mask[None, :, :, None], 0.0), pooled, mask
 
     def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         features = []

@@ -32,7 +32,7 @@ class Wav2Vec2StyleBackbone(Backbone):
     """CNN encoder per clip, then the transformer layers with a padding mask."""
 
     model_type = "wav2vec2"  # Hugging Face's name of the architecture (config.json's model_type)
-    front_end_is_deterministic = True    # the CNN encoder: no dropout, GroupNorm over each clip
+    front_end_is_deterministic = True    # the CNN encoder: no dropout, GroupNorm over each clip (not in a padded batch)
 
     def __init__(self, name: str, model: nn.Module, weights_id: str, finetune: str):
         super().__init__(name, weights_id, finetune)
@@ -71,12 +71,13 @@ class Wav2Vec2StyleBackbone(Backbone):
         Base models put a GroupNorm (per channel, over time) after the first conv: its statistics are taken over
         each clip's valid frames only, so padding changes nothing ("layer" front ends normalise each frame alone).
         Every later conv output frame reads only input frames of its own clip, hence the valid frames equal those
-        of the clip encoded alone.
+        of the clip encoded alone. In padded_batch_features() the GroupNorm takes them over the whole padded width,
+        as Hugging Face's feature encoder on the batch (the original's training batches).
         """
         layers = self.model.feature_extractor.conv_layers
         x = wav[:, None, : max(sizes)]
         first = layers[0]
-        if isinstance(getattr(first, "layer_norm", None), nn.GroupNorm):
+        if isinstance(getattr(first, "layer_norm", None), nn.GroupNorm) and not self.padded_batch:
             x = first.conv(x)
             x = first.activation(_masked_group_norm(x, first.layer_norm, _conv_lengths(sizes, first.conv)))
         else:

@@ -19,7 +19,8 @@ TINY_WHISPER = {**whisper_config(32, 2, 2), "decoder_layers": 1, "decoder_attent
 
 
 class WhisperBackbone(Backbone):
-    """Whisper's encoder on clip-length log-mels: positional table cropped to F frames, padding masked as keys."""
+    """Whisper's encoder on clip-length log-mels: positional table cropped to F frames, padding masked as keys
+    (in padded_batch_features(): log-mels of the padded rows, no mask, as the original's training batches)."""
 
     def __init__(self, name: str, encoder: nn.Module, weights_id: str, finetune: str):
         super().__init__(name, weights_id, finetune)
@@ -53,7 +54,9 @@ class WhisperBackbone(Backbone):
 
     def _embed(self, wav: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         encoder = self.encoder
-        mel, mel_frames = self.log_mel.batch(wav, sizes)
+        # the original's training batches: log-mels of the padded rows (the clamp at each row's maximum - 8 covers
+        # the padding too), so conv2 sees them whole
+        mel, mel_frames = self.log_mel.batch(wav, [max(sizes)] * len(sizes) if self.padded_batch else sizes)
         x = F.gelu(encoder.conv1(mel))
         x = x * frame_mask(mel_frames, x.shape[2])[:, None, :]  # conv2 must see zeros past a clip, as unpadded
         x = F.gelu(encoder.conv2(x)).transpose(1, 2)
@@ -68,6 +71,8 @@ class WhisperBackbone(Backbone):
         return self.encoder.layers
 
     def _context(self, x: torch.Tensor, mask: torch.Tensor):
+        if self.padded_batch:
+            return None  # the original's training batches: every frame attends to the padding too
         from transformers.masking_utils import create_bidirectional_mask
         return create_bidirectional_mask(config=self.encoder.config, inputs_embeds=x, attention_mask=mask)
 

@@ -17,6 +17,9 @@ class Protocol:
     # frozen parts of the backbone follow train(): dropout and LayerDrop while the head trains, so training
     # features are recomputed live every batch (evaluation stays eval-mode, cached)
     train_mode_features: bool
+    # with train_mode_features: each training batch's features are those of the zero-padded batch as the original
+    # made them (model/backbones/base.py padded_batch_features), so no stored per-clip front end serves them
+    padded_batch_features: bool
     # the head: 3 conv layers only for --conv_layers 3 (else 2), always 256 channels; else both flags honoured
     head_as_original: bool
     # the backbones --finetune reaches (None: all); the others stay frozen whatever --finetune says
@@ -32,10 +35,10 @@ class Protocol:
 
 
 PROTOCOLS = {p.name: p for p in [
-    Protocol("fixed", train_mode_features=False, head_as_original=False, finetunable=None,
+    Protocol("fixed", train_mode_features=False, padded_batch_features=False, head_as_original=False, finetunable=None,
              attack_gradient_in_train_mode=False, uar_classes="labels", fp32_live_evaluation=False,
              thop_style_gflops=False),
-    Protocol("original", train_mode_features=True, head_as_original=True,
+    Protocol("original", train_mode_features=True, padded_batch_features=True, head_as_original=True,
              finetunable=frozenset({"wavlm", "whisper_tiny"}), attack_gradient_in_train_mode=True,
              uar_classes="labels_or_predictions", fp32_live_evaluation=True, thop_style_gflops=True),
 ]}
@@ -83,21 +86,27 @@ def protocol_source(run: RunConfig, backbone, source, device: torch.device):
     """The feature source the protocol trains and evaluates with (`source`: the fixed protocol's)."""
     if not protocol_of(run).train_mode_features:
         return source
-    return TrainModeFeatures(backbone, source, device, live_eval_fp32=protocol_of(run).fp32_live_evaluation)
+    protocol = protocol_of(run)
+    return TrainModeFeatures(backbone, source, device, live_eval_fp32=protocol.fp32_live_evaluation,
+                             padded_batch=protocol.padded_batch_features)
 
 
 class TrainModeFeatures:
     """--protocol original: while the backbone is in train mode (train_epoch), every batch runs it live with
     dropout and LayerDrop, new features every epoch, as the original's loop (no_grad and bf16 autocast on CUDA
-    for a frozen backbone); in eval mode, batches come from `eval_source` (the cache: the original evaluated in
-    eval mode too, so those features are the same), or, for a live trainable backbone, a live fp32 pass."""
+    for a frozen backbone), with `padded_batch` on the zero-padded batch as the original formed it (shuffled,
+    padded to its longest clip) and made its features; in eval mode, batches come from `eval_source` (the cache:
+    the original evaluated in eval mode too, one clip at a time, so those features are the same), or, for a live
+    trainable backbone, a live fp32 pass. Without `padded_batch`, wav2vec2/WavLM batches start from the stored
+    per-clip CNN encoder output."""
 
-    def __init__(self, backbone, eval_source, device: torch.device, live_eval_fp32: bool):
+    def __init__(self, backbone, eval_source, device: torch.device, live_eval_fp32: bool, padded_batch: bool):
         self.backbone, self.eval_source, self.device = backbone, eval_source, device
         self.live_eval_fp32 = live_eval_fp32 and isinstance(eval_source, LiveFeatures)
+        self.padded_batch = padded_batch
         self.audio = eval_source.audio
         self.front_ends = None
-        if backbone.front_end_is_deterministic and isinstance(eval_source, _StoredFeatures):
+        if backbone.front_end_is_deterministic and isinstance(eval_source, _StoredFeatures) and not padded_batch:
             # the cache's own front-end tier where it has one; either way within the cache's memory budget
             self.front_ends = getattr(eval_source, "front_ends", None) or FrontEndFeatures(
                 backbone, self.audio, device, eval_source.batch_size, eval_source.cache_root,
@@ -135,8 +144,13 @@ class TrainModeFeatures:
                 front, mask = fetched
                 hidden, _, mask = self.backbone.forward_from_front_end(front[0].float(), mask.sum(1))
             else:
-                hidden, _, mask = self.backbone(*fetched)
+                with self._padded_batch():
+                    hidden, _, mask = self.backbone(*fetched)
         return hidden.float(), mask
+
+    def _padded_batch(self):
+        """A training batch's features as the original made them of the padded batch (not dev/test's)."""
+        return self.backbone.padded_batch_features() if self.padded_batch and self.backbone.training else nullcontext()
 
     def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.finish(self.fetch(utts), grad)
