@@ -3,7 +3,6 @@ made of its zero-padded batch, checked against Hugging Face's modules run the or
 (model/pretrained_backbones.py of usc-sail/trust-ser)."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -147,4 +146,4 @@ def test_tera_padded_batch_mask_is_the_originals():
     assert frame_lengths.tolist() == [n // 160 + 1 for n in LENGTHS] == [31, 16, 41]
     assert torch.equal(original, original_mask(original_lengths, mask.shape))
     torch.testing.assert_close(padded, hidden * original[None, :, :, None])
-    assert np.all([hidden[:, i, n - 1].abs().sum() > 0 for i, n in enumerate(frame_lengths.tolist())])
+    assert all(hidden[:, i, n - 1].abs().sum() > 0 for i, n in enumerate(frame_lengths.tolist()))   # real frames

@@ -12,7 +12,8 @@ start with its input embedding).
 
 Padding never changes a clip's hidden states: each clip's front end (log-mel, fbank, or the CNN encoder whose
 GroupNorm normalises over time) runs on the clip alone, and the layers mask padded frames as keys. Padded frames
-of the returned hidden states are zero.
+of the returned hidden states are zero. The one exception is Backbone.padded_batch_features(), the features the
+original made of its zero-padded training batches (--protocol original).
 
 Heavy libraries (transformers, s3prl) are imported on first use so that `--help` stays fast.
 """
