@@ -15,10 +15,12 @@ from utils.data.utterances import load_fold  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.training.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
 from utils.runs.paths import finetune_dir  # noqa: E402
+from utils.trust.calibration import CALIBRATION_KEYS, add_calibration  # noqa: E402
 from utils.training.pipeline import (aggregate, make_backbone, make_source, prepare_splits, resolve_device,  # noqa: E402
                             run_flags, start_stage)
 
 log = logging.getLogger("trust-ser")
+
 
 def main() -> None:
     stage = start_stage(base_parser(__doc__.splitlines()[0]))
@@ -26,7 +28,7 @@ def main() -> None:
     run_dir = finetune_dir(config["project_dir"], run)
     todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, run.overwrite)
     if not todo:    # nothing to train: no backbone to load (no hub access needed)
-        aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
+        _aggregate(run_dir, corpus.fold_ids(), run)
         log.info(f"results: {run_dir / 'results.json'}")
         return
     splits = {fold: load_fold(config["project_dir"], run.dataset, fold) for fold in todo}   # fail fast, before any download
@@ -45,11 +47,17 @@ def main() -> None:
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
         train_fold(run, fold, data, backbone, source, run_dir, device, spec)
-        results = aggregate(run_dir, corpus.fold_ids(), RESULT_KEYS, run_flags(run), pick=best_of_fold)
+        results = _aggregate(run_dir, corpus.fold_ids(), run)
     if hasattr(source, "disk_bytes"):
         log.info(f"feature cache: {source.stats}, {source.disk_bytes() / 2**20:.1f} MiB on disk under {source.cache_root}")
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "
              f"{results['meta']['folds_done']}; results: {run_dir / 'results.json'}")
+
+
+def _aggregate(run_dir, folds: list[int], run) -> dict:
+    """results.json: test scores at each fold's best epoch and the calibration of its test probabilities."""
+    return aggregate(run_dir, folds, RESULT_KEYS + CALIBRATION_KEYS, run_flags(run), pick=best_of_fold,
+                     summary=add_calibration(run_dir))
 
 
 if __name__ == "__main__":

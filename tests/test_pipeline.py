@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from synthetic_project import make_project, run_script
+from synthetic_project import load_script, make_project, run_script
+from utils.core.errors import TrustSerError
+from utils.data.audio import write_wav
+from utils.trust.calibration import brier_score, expected_calibration_error, read_probabilities
 from utils.trust.fairness import fairness_report
 from utils.training.metrics import classification_scores
 from utils.runs.cli import base_parser
@@ -247,3 +250,52 @@ def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_comman
     line = proc.stderr.strip()
     assert "\n" not in line and "fold 1 of" in line and "hid64" in line and "fold_1_test_predictions.csv" in line
     assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
+
+
+def test_finetune_results_record_calibration_of_the_test_probabilities(project):
+    _, out = project
+    run_dir = out / "finetune" / "demo" / "apc" / RUN
+    results = json.loads((run_dir / "results.json").read_text())
+    folds = [read_probabilities(run_dir / f"fold_{f}_test_predictions.csv") for f in range(1, 6)]
+    probs, labels = np.concatenate([p for p, _ in folds]), np.concatenate([y for _, y in folds])
+    assert results["calibration"]["pooled"]["ece"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-6)
+    assert results["calibration"]["pooled"]["brier"] == pytest.approx(brier_score(probs, labels), abs=1e-6)
+    assert results["calibration"]["pooled"]["num_utterances"] == 5 * N_TEST
+    assert results["3"]["brier"] == pytest.approx(brier_score(*folds[2]), abs=1e-6)
+    assert results["average"]["ece"] == pytest.approx(np.mean([results[str(f)]["ece"] for f in range(1, 6)]), abs=1e-6)
+
+
+def test_robustness_stage_scores_live_perturbed_audio(project, tmp_path):
+    config, out = project
+    flags = [*_flags(config), "--folds", "1,2"]
+    finetune = json.loads((out / "finetune" / "demo" / "apc" / RUN / "results.json").read_text())
+    stage = load_script("trustworthy/robustness/robustness.py")
+    asked = "white_100db,gain_0db,white_0db,babble_10db,reverb_800ms,telephone"
+    stage.main([*flags, "--perturbations", asked])
+    run_dir = out / "robustness" / "demo" / "apc" / RUN
+    results = json.loads((run_dir / "results.json").read_text())
+    for fold in "12":
+        r = results[fold]
+        assert r["clean"]["uar"] == pytest.approx(finetune[fold]["uar"], abs=1e-4)     # live clean = cached
+        for name in ("white_100db", "gain_0db"):
+            assert r["perturbations"][name]["changed_fraction"] == 0 and r["perturbations"][name]["uar_drop"] == 0
+        assert r["perturbations"]["gain_0db"]["measured_snr_db"] is None        # nothing changed: no finite SNR
+        assert r["perturbations"]["white_100db"]["measured_snr_db"] == pytest.approx(100, abs=0.2)
+        assert r["perturbations"]["white_0db"]["measured_snr_db"] == pytest.approx(0, abs=0.2)
+        assert r["perturbations"]["babble_10db"]["measured_snr_db"] == pytest.approx(10, abs=0.2)
+        assert r["mean_uar_drop"] == pytest.approx(np.mean([p["uar_drop"] for p in r["perturbations"].values()]), abs=1e-3)
+    drops = [results[f]["perturbations"]["white_0db"]["uar_drop"] for f in "12"]
+    assert results["average"]["perturbations"]["white_0db"]["uar_drop"] == pytest.approx(np.mean(drops), abs=1e-4)
+    assert results["std"]["perturbations"]["white_0db"]["uar_drop"] == pytest.approx(np.std(drops), abs=1e-4)
+    assert results["meta"]["robustness"]["perturbations"] == asked.split(",")
+
+    noise_dir = tmp_path / "noises"
+    write_wav(noise_dir / "hum.wav", 0.2 * np.sin(np.arange(8000) * 0.3), sr=8000)
+    with pytest.raises(TrustSerError, match="other perturbations"):     # fold 2 would mix two lists
+        stage.main([*flags, "--folds", "1", "--overwrite", "--noise_dir", str(noise_dir),
+                    "--perturbations", "white_10db"])
+    stage.main([*flags, "--overwrite", "--noise_dir", str(noise_dir), "--perturbations", "white_10db"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert list(results["1"]["perturbations"]) == ["noise_10db"]
+    assert results["average"]["perturbations"]["noise_10db"]["measured_snr_db"] == pytest.approx(10, abs=0.2)
+    assert results["meta"]["robustness"]["noise_files"] == 1

@@ -65,3 +65,7 @@ def privacy_dir(project_dir: str | Path, run: RunConfig | RunId, attack: str = "
 
 def flops_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
     return _run_dir(project_dir, "flops", run=run)
+
+
+def robustness_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
+    return _run_dir(project_dir, "robustness", run=run)

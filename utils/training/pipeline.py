@@ -47,9 +47,10 @@ class Stage:
         return self.config["project_dir"]
 
 
-def start_stage(parser: ArgumentParser, default_folds: str | None = None) -> Stage:
-    """Parse flags, set up logging, read the config and check dataset, backbone and folds before any work."""
-    args = parser.parse_args()
+def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: list[str] | None = None) -> Stage:
+    """Parse flags (argv, default: the command line), set up logging, read the config and check dataset, backbone
+    and folds before any work."""
+    args = parser.parse_args(argv)
     setup_logging()
     config = load_config(args.config)
     corpus = get_corpus(args.dataset, config["project_dir"])
@@ -176,11 +177,14 @@ def run_flags(run: RunConfig) -> dict:
     return {"flags": run.defining_flags()}
 
 
-def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick=lambda d: d) -> dict:
+def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick=lambda d: d,
+              summary: Callable[[dict], dict] | None = None) -> dict:
     """results.json from whatever per-fold files exist: per fold values, average and std.
 
     Folds may finish in separate processes at the same time (--folds k): each writes its fold file first,
-    then aggregates under an exclusive lock, so the last to aggregate sees every finished fold."""
+    then aggregates under an exclusive lock, so the last to aggregate sees every finished fold.
+    summary(per_fold): may add values to each fold's entry (averaged too when `keys` names them) and returns
+    entries over all folds for results.json (e.g. pooled over the folds' test sets)."""
     with _exclusive(out_dir / ".results.lock"):
         per_fold = {}
         for fold in folds:
@@ -190,8 +194,9 @@ def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick
                 per_fold[str(fold)] = result
         if not per_fold:
             raise TrustSerError(f"no finished folds in {out_dir}; nothing to aggregate")
+        pooled = summary(per_fold) if summary else {}
         avg, std = mean_std(per_fold, keys)
-        results = {**per_fold, "average": avg, "std": std,
+        results = {**per_fold, **pooled, "average": avg, "std": std,
                    "meta": {**meta, "folds_done": sorted(int(f) for f in per_fold),
                             "folds_missing": [f for f in folds if str(f) not in per_fold]}}
         write_json(out_dir / "results.json", results)

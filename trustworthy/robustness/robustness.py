@@ -1,0 +1,78 @@
+"""Robustness: test UAR of each fold's model on clean audio and under noise, babble, reverberation, telephone band,
+clipping and a level change (utils/trust/robustness.py defines each), with the drop from clean and the share of
+predictions that changed.
+
+The perturbed audio runs through the live backbone (the feature cache holds clean features only), in eval mode, in
+length-sorted batches.
+"""
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.core.io import read_json  # noqa: E402
+from utils.data.utterances import load_fold  # noqa: E402
+from utils.features.cache import AudioBank  # noqa: E402
+from utils.runs.cli import base_parser  # noqa: E402
+from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
+from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, resolve_device, run_flags,  # noqa: E402
+                                     start_stage)
+from utils.training.protocol import protocol_of  # noqa: E402
+from utils.trust.robustness import (DEFAULT_PERTURBATIONS, RobustnessSpec, load_noises,  # noqa: E402
+                                    parse_perturbations, result_keys, score_fold)
+
+log = logging.getLogger("trust-ser")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--perturbations", default=DEFAULT_PERTURBATIONS,
+                        help="comma-separated: white_<dB>db, pink_<dB>db, noise_<dB>db (--noise_dir), babble_<dB>db, "
+                             "reverb_<RT60>ms, telephone, clip_<percent of peak>pct, gain_<dB>db "
+                             f"(default: {DEFAULT_PERTURBATIONS})")
+    parser.add_argument("--noise_dir", default=None,
+                        help="folder of real noise recordings (WAV/FLAC): white and pink become this noise")
+    stage = start_stage(parser, argv=argv)
+    args, run, num_classes = stage.args, stage.run, stage.corpus.num_classes
+    spec = RobustnessSpec(parse_perturbations(args.perturbations, args.noise_dir), run.eval_batch_size,
+                          protocol_of(run).uar_classes)
+    noises = load_noises(args.noise_dir) if args.noise_dir else None
+    out_dir = robustness_dir(stage.project_dir, run)
+    names = [p.name for p in spec.perturbations]
+    redone = stage.folds if run.overwrite and not args.aggregate_only else []
+    _check_earlier_folds(out_dir, [f for f in stage.corpus.fold_ids() if f not in redone], names)
+    device = resolve_device(run.device)
+
+    def evaluate_fold(fold: int) -> dict:
+        backbone, head = load_trained(run, finetune_dir(stage.project_dir, run), fold, device, num_classes)
+        audio = AudioBank(run.audio_duration, run.skip_bad)
+        test = [u for u in load_fold(stage.project_dir, run.dataset, fold)["test"] if audio.get(u.path) is not None]
+        result = score_fold(backbone, head, test, audio, spec, fold, device, num_classes, noises)
+        log.info(f"fold {fold}: clean UAR {result['clean']['uar']:.2f}%, mean drop {result['mean_uar_drop']:.2f} "
+                 f"points over {len(names)} perturbations")
+        return {**result, "skipped_bad_audio": len(audio.bad)}
+
+    evaluate_folds(stage, out_dir, evaluate_fold)
+    meta = {**run_flags(run), "robustness": {
+        "perturbations": names, "noise_dir": str(Path(args.noise_dir).resolve()) if args.noise_dir else None,
+        "noise_files": len(noises) if noises else 0, "sample_rate": 16000,
+        "seed": "per utterance: sha256 of 'fold/perturbation/key'",
+        "definitions": "utils/trust/robustness.py (README: Robustness Evaluation)"}}
+    results = aggregate(out_dir, stage.corpus.fold_ids(), result_keys(spec.perturbations), meta)
+    log.info(f"mean UAR drop {results['average']['mean_uar_drop']:.2f} points (clean UAR "
+             f"{results['average']['clean']['uar']:.2f}%); results: {out_dir / 'results.json'}")
+
+
+def _check_earlier_folds(out_dir: Path, folds: list[int], names: list[str]) -> None:
+    """A kept fold file of another perturbation list would mix into results.json: stop and say so."""
+    for fold in folds:
+        path = out_dir / f"fold_{fold}.json"
+        if path.is_file() and sorted(read_json(path).get("perturbations", {})) != sorted(names):
+            raise TrustSerError(f"{path} holds other perturbations ({', '.join(read_json(path)['perturbations'])}); "
+                                f"pass --overwrite to redo the fold with these")
+
+
+if __name__ == "__main__":
+    run_main(main)
