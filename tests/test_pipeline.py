@@ -10,7 +10,7 @@ import torch
 
 from synthetic_project import load_script, make_project, run_script
 from utils.core.errors import TrustSerError
-from utils.data.audio import write_wav
+from utils.core.io import write_wav
 from utils.trust.calibration import brier_score, expected_calibration_error, read_probabilities
 from utils.trust.fairness import fairness_report
 from utils.training.metrics import classification_scores

@@ -69,25 +69,29 @@ def parse_perturbations(spec: str, noise_dir: str | None = None) -> list[Perturb
     real noise at the same SNRs (each SNR once)."""
     chosen = []
     for name in (x.strip() for x in spec.split(",") if x.strip()):
-        match = _NAME.match(name)
-        if not match or match.group(1) not in UNITS or (match.group(3) or "") != UNITS[match.group(1)]:
-            raise TrustSerError(f"--perturbations: '{name}' is not one of "
-                                f"{', '.join(k + ('_<int>' + u if u else '') for k, u in UNITS.items())}")
-        kind, value = match.group(1), match.group(2)
-        if noise_dir and kind in ("white", "pink"):
-            kind = "noise"
-        if kind == "noise" and not noise_dir:
+        p = perturbation_of(name)
+        if noise_dir and p.kind in ("white", "pink"):
+            p = Perturbation("noise", p.value)
+        if p.kind == "noise" and not noise_dir:
             raise TrustSerError(f"--perturbations {name}: real noise needs --noise_dir")
-        if kind == "clip" and not 0 < int(value) < 100:
+        if p.kind == "clip" and not 0 < p.value < 100:
             raise TrustSerError(f"--perturbations {name}: the clipping level is a percentage of the peak, 1..99")
-        if kind == "reverb" and int(value) <= 0:
+        if p.kind == "reverb" and p.value <= 0:
             raise TrustSerError(f"--perturbations {name}: RT60 must be positive")
-        p = Perturbation(kind, None if value is None else int(value))
         if p not in chosen:
             chosen.append(p)
     if not chosen:
         raise TrustSerError("--perturbations is empty")
     return chosen
+
+
+def perturbation_of(name: str) -> Perturbation:
+    """The Perturbation a name (Perturbation.name) stands for."""
+    match = _NAME.match(name)
+    if not match or match.group(1) not in UNITS or (match.group(3) or "") != UNITS[match.group(1)]:
+        raise TrustSerError(f"--perturbations: '{name}' is not one of "
+                            f"{', '.join(k + ('_<int>' + u if u else '') for k, u in UNITS.items())}")
+    return Perturbation(match.group(1), None if match.group(2) is None else int(match.group(2)))
 
 
 def perturbation_seed(fold: int, name: str, key: str) -> int:
