@@ -58,6 +58,11 @@ def test_report_writes_figures_and_markdown(tmp_path):
     _finetune_run(project, "tera", PREDICTIONS)
     _finetune_run(project, "whisper_tiny", {1: PREDICTIONS[1]})
     _write(project / "flops" / "demo" / "tera" / RUN / "gflops.json", json.dumps({"gflops": 3.5}))
+    names = ["white_20db", "white_0db", "babble_10db", "reverb_300ms", "telephone"]
+    uar = {n: {"uar": u} for n, u in zip(names, (50.0, 30.0, 40.0, 45.0, 52.0))}
+    _write(project / "robustness" / "demo" / "tera" / RUN / "results.json", json.dumps(
+        {"average": {"clean": {"uar": 55.0}, "perturbations": uar, "mean_uar_drop": 11.6}, "std": {},
+         "meta": {"folds_done": [1, 2], "robustness": {"perturbations": names}}}))
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, str(REPO / "trustworthy" / "report.py"), "--dataset", "demo",
                            "--project_dir", str(project), "--output_dir", str(out)],
@@ -66,12 +71,14 @@ def test_report_writes_figures_and_markdown(tmp_path):
     assert proc.stdout.strip() == str(out / "report.md")
     figures = ["TERA/training_curves.png", "TERA/confusion_matrix.png", "Whisper_Tiny/training_curves.png",
                "Whisper_Tiny/confusion_matrix.png", "trust_profile/compare.png", "trust_profile/TERA.png",
-               "trust_profile/Whisper_Tiny.png"]
+               "trust_profile/Whisper_Tiny.png", "TERA/reliability.png", "Whisper_Tiny/reliability.png",
+               "TERA/robustness.png"]
     for name in figures:
         image = mpimg.imread(out / name)
         assert image.shape[0] > 200 and image.shape[1] > 200 and image[..., :3].std() > 0.05, name
     report = (out / "report.md").read_text()
     for name in figures:
         assert f"]({name})" in report, name
+    assert not (out / "Whisper_Tiny" / "robustness.png").exists() and "- Robustness: n/a" in report
     assert "| TERA (random init) | " + RUN + " | 2 | 55.00 ± 1.50 | n/a | n/a | n/a | 3.50 |" in report
     assert "| Whisper Tiny (random init) | " + RUN + " | 1 | 55.00 ± 1.50 | n/a | n/a | n/a | n/a |" in report

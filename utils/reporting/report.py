@@ -14,10 +14,12 @@ import numpy as np  # noqa: E402
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.training.finetune import predictions_path  # noqa: E402
 from utils.core.io import read_json, write_csv, write_text  # noqa: E402
-from utils.runs.paths import finetune_dir  # noqa: E402
+from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
 from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
 from utils.reporting.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
-from utils.runs.stages import STAGES, Variant  # noqa: E402
+from utils.reporting.trust_figures import draw_reliability, draw_robustness  # noqa: E402
+from utils.runs.stages import STAGES, Variant, dig  # noqa: E402
+from utils.trust.calibration import pooled_predictions  # noqa: E402
 
 SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
 
@@ -146,6 +148,12 @@ class RunFigures:
     curves: Path | None
     confusion: Path | None
     folds: list[int]            # folds with test predictions (the confusion matrix's)
+    reliability: Path | None = None
+    robustness: Path | None = None
+
+    def figures(self) -> list[tuple[str, Path | None]]:
+        return [("Training curves", self.curves), ("Confusion matrix", self.confusion),
+                ("Reliability diagram", self.reliability), ("Robustness", self.robustness)]
 
 
 def draw_run(project_dir: Path, profile: RunProfile, folds: list[int], class_names: list[str],
@@ -161,7 +169,28 @@ def draw_run(project_dir: Path, profile: RunProfile, folds: list[int], class_nam
         confusion = out / "confusion_matrix.png"
         draw_confusion(counts, class_names, f"{profile.label}: test predictions, {len(found)} fold"
                        f"{'s' if len(found) != 1 else ''} summed ({counts.sum()} utterances)", confusion)
-    return RunFigures(profile, curves, confusion, found)
+    return RunFigures(profile, curves, confusion, found, draw_run_reliability(run_dir, profile.label, found, out),
+                      draw_run_robustness(project_dir, profile, out))
+
+
+def draw_run_reliability(run_dir: Path, label: str, folds: list[int], out: Path) -> Path | None:
+    """The reliability diagram of the folds' test probabilities pooled (None without predictions)."""
+    pooled = pooled_predictions(run_dir, folds)
+    if pooled is None:
+        return None
+    draw_reliability(*pooled, f"{label}: test probabilities, {len(folds)} fold{'s' if len(folds) != 1 else ''} "
+                     f"pooled", out / "reliability.png")
+    return out / "reliability.png"
+
+
+def draw_run_robustness(project_dir: Path, profile: RunProfile, out: Path) -> Path | None:
+    """UAR under perturbation from the robustness stage's results.json (None where it did not run)."""
+    path = robustness_dir(project_dir, profile.run) / "results.json"
+    if not path.is_file():
+        return None
+    folds = dig(read_json(path), ["meta", "folds_done"]) or []
+    title = f"{profile.label}: test UAR under perturbation ({len(folds)} fold{'s' if len(folds) != 1 else ''})"
+    return out / "robustness.png" if draw_robustness(read_json(path), title, out / "robustness.png") else None
 
 
 def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path], ranges: dict,
@@ -179,10 +208,9 @@ def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path
                   + (" (random initial weights: a pipeline check, not a result)" if p.random_init else "") + ".", ""]
         lines += [f"- {s.title}: {cell(p.measurements[s.key], p.folds)}" for s in STAGES]
         lines += ["", f"- Radar: [{link(charts[p.label])}]({link(charts[p.label])})"]
-        for name, path in (("Training curves", r.curves), ("Confusion matrix", r.confusion)):
-            lines.append(f"- {name}: " + (f"[{link(path)}]({link(path)})" if path else "n/a (no finetune fold files)"))
+        for name, path in r.figures():
+            lines.append(f"- {name}: " + (f"[{link(path)}]({link(path)})" if path else "n/a (no results for it)"))
         lines += ["", f"![{p.label} radar]({link(charts[p.label])})", ""]
-        lines += [f"![{p.label} {name}]({link(path)})" for name, path in
-                  (("training curves", r.curves), ("confusion matrix", r.confusion)) if path]
+        lines += [f"![{p.label} {name.lower()}]({link(path)})" for name, path in r.figures() if path]
         lines.append("")
     return "\n".join(lines)
