@@ -22,8 +22,8 @@ from utils.training.pipeline import (aggregate, make_backbone, make_source, prep
 log = logging.getLogger("trust-ser")
 
 
-def main() -> None:
-    stage = start_stage(base_parser(__doc__.splitlines()[0]))
+def main(argv: list[str] | None = None) -> None:
+    stage = start_stage(base_parser(__doc__.splitlines()[0]), argv=argv)
     args, run, config, corpus, folds = stage.args, stage.run, stage.config, stage.corpus, stage.folds
     run_dir = finetune_dir(config["project_dir"], run)
     todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, run.overwrite)

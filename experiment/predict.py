@@ -17,11 +17,11 @@ from utils.training.pipeline import start_stage  # noqa: E402
 log = logging.getLogger("trust-ser")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--audio", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
     parser.add_argument("--output", default="predictions.csv", type=Path, help="CSV: path, prediction, prob_<class>")
-    stage = start_stage(parser)
+    stage = start_stage(parser, argv=argv)
     files = find_audio(stage.args.audio)
     recognizer = EmotionRecognizer.from_run(stage.run, stage.project_dir, stage.folds)
     log.info(f"{len(files)} audio files; averaging {len(recognizer.models)} fold model(s) {stage.folds}")

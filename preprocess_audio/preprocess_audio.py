@@ -87,14 +87,14 @@ def preprocess(plan: dict[str, str], out_dir: Path) -> tuple[int, int, list[str]
     return written, skipped, bad
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(CORPORA)}, or a manifest corpus "
                         f"(train_split_gen/manifest.py)")
     parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
     parser.add_argument("--skip_bad", action="store_true",
                         help="warn about unreadable input files and exit 0 instead of failing")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     config = load_config(args.config)
     corpus = get_corpus(args.dataset, config["project_dir"])

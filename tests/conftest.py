@@ -8,6 +8,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a whole chain of scripts (tens of seconds)")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine threads make them crawl."""

@@ -2,20 +2,22 @@
 without a checkpoint: the synthetic corpus written as a manifest (a third of it 44.1 kHz stereo FLAC), real
 scripts as subprocesses, numbers checked."""
 import json
-import math
+import logging
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.model_selection import StratifiedKFold
 
 from hf_models import save_tiny_model
 from manifest_corpus import write_manifest_corpus
-from synthetic_project import ENV, REPO, run_script
+from synthetic_project import ENV, REPO, load_script, run_script
 from utils.data.audio import audio_info
 from utils.core.errors import TrustSerError
-from utils.data.manifest import manifest_corpus
+from utils.data.manifest import manifest_corpus, speaker_column
+from train_split_gen.common import dev_groups, kfold, last_fifth
 
 APC = ["--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "1",
        "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8", "--learning_rate",
@@ -42,20 +44,23 @@ def folds(tmp_path_factory):
     return root, config, flags
 
 
-def test_speaker_folds_follow_the_original_protocol(folds):
+def test_speaker_folds_are_balanced_by_gender(folds):
+    """Test speakers as scikit-learn's StratifiedKFold by gender (the reference); dev one speaker per gender."""
     root, _, _ = folds
     split_dir = root / "project" / "train_split"
     corpus = json.loads((split_dir / "mine.corpus.json").read_text())
     assert corpus["class_names"] == ["ang", "hap", "neu", "sad"] and corpus["num_folds"] == 3
     speakers = [f"spk{i:02d}" for i in range(1, 7)]
-    for fold in range(1, 4):
+    genders = ["F", "M"] * 3                                      # the synthetic corpus alternates
+    reference = StratifiedKFold(3).split(speakers, genders)
+    for fold, (_, test_idx) in enumerate(reference, start=1):
         split = json.loads((split_dir / f"mine_fold{fold}.json").read_text())
         by_split = {name: sorted({e[1] for e in entries}) for name, entries in split.items()}
-        test = speakers[2 * (fold - 1): 2 * fold]                 # KFold over the sorted speakers
+        test = [speakers[i] for i in test_idx]
         train = [s for s in speakers if s not in test]
-        assert by_split == {"test": test, "dev": train[-math.ceil(len(train) / 5):], "train": train[:-1]}
+        assert by_split == {"test": test, "dev": train[-2:], "train": train[:-2]}
+        assert {e[2] for e in split["dev"]} == {e[2] for e in split["test"]} == {"F", "M"}
         assert sum(len(v) for v in split.values()) == 48
-        assert {e[2] for e in split["test"]} <= {"F", "M"}
 
 
 def test_preprocessed_audio_is_16k_mono_from_stereo_flac(folds):
@@ -170,8 +175,11 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
     (lambda t: t.drop(columns="speaker"), r"has no column\(s\) speaker \(needed: path,label,speaker"),
     (lambda t: t.assign(path=["nowhere/a.wav", "nowhere/b.wav"] + list(t.path[2:])),
      "2 of 48 audio files do not exist (.*nowhere/a.wav, .*nowhere/b.wav)"),
-    (lambda t: pd.concat([t, t.iloc[:1].assign(label="fear")]), r"fewer examples than the 3 folds: fear \(1\)"),
-    (lambda t: t.assign(speaker="spk01"), "a single speaker"),
+    (lambda t: t.assign(label=["fear"] + list(t.label[1:])), r"fewer examples than the 3 folds: fear \(1\)"),
+    (lambda t: t.assign(speaker="spk01", gender="F"), "a single speaker"),
+    (lambda t: pd.concat([t, t.iloc[[4]].assign(label="sad")]),
+     r"1 file\(s\) listed more than once: .*spk01_F/spk01_neu_1.wav \(lines 6, 50\)$"),
+    (lambda t: t.assign(gender=["F", "M"] + list(t.gender[2:])), r"a speaker with more than one gender \(spk01: F, M\)"),
 ])
 def test_bad_manifests_fail_in_one_line(tmp_path_factory, edit, message):
     root = tmp_path_factory.getbasetemp() / "bad_manifest"
@@ -182,6 +190,71 @@ def test_bad_manifests_fail_in_one_line(tmp_path_factory, edit, message):
     edit(pd.read_csv(manifest)).to_csv(bad, index=False)
     with pytest.raises(TrustSerError, match=message):
         manifest_corpus(bad, "mine", 3, None)
+
+
+def test_labels_left_out_are_counted(tmp_path, caplog):
+    manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, gender=False)
+    with caplog.at_level(logging.INFO):
+        found = manifest_corpus(manifest, "mine", 2, ["sad", "ang"])
+    assert len(found.items) == 8
+    assert "left out 8 row(s) whose label is not in --labels (hap 4, neu 4)" in caplog.text
+
+
+def test_without_gender_the_folds_are_the_originals_protocol():
+    script = load_script("train_split_gen/manifest.py")
+    speakers = [f"s{i:02d}" for i in range(1, 11)]
+    folds = script.speaker_folds(dict.fromkeys(speakers, ""), 5)
+    assert folds == kfold(speakers, 5, last_fifth)
+    assert [f.dev for f in folds[:2]] == [("s09", "s10"), ("s09", "s10")]
+
+
+def test_speaker_ids_grouped_by_gender_give_mixed_dev_and_test():
+    """s01-s05 female, s06-s10 male: KFold over the sorted IDs would test and validate on one gender."""
+    script = load_script("train_split_gen/manifest.py")
+    genders = {f"s{i:02d}": "F" if i <= 5 else "M" for i in range(1, 11)}
+    folds = script.speaker_folds(genders, 5)
+    assert [f.test for f in folds] == [(f"s{i:02d}", f"s{i + 5:02d}") for i in range(1, 6)]
+    assert folds[0].dev == ("s05", "s10") and folds[4].dev == ("s04", "s09")
+    assert all(len(f.train) == 6 and {genders[s] for s in f.train} == {"F", "M"} for f in folds)
+
+
+@pytest.mark.parametrize("strata, n_dev, dev", [
+    ("FFFM", 1, "c"),             # the single male speaker stays in train
+    ("FFFFFFFFMM", 2, "hj"),      # one of each, the last of each gender
+    ("FFFFFFFFMMMM", 3, "ghl"),   # the extra one from the gender with most speakers left in train
+    ("FM", 1, "b"),               # no gender can spare one: the last speaker, as the original
+])
+def test_dev_speakers_are_chosen_per_gender(strata, n_dev, dev):
+    train = [chr(ord("a") + i) for i in range(len(strata))]
+    assert "".join(dev_groups(train, list(strata), n_dev)) == dev
+
+
+def test_too_few_speakers_per_gender_fall_back_to_kfold(caplog):
+    script = load_script("train_split_gen/manifest.py")
+    genders = {"s1": "F", "s2": "F", "s3": "M", "s4": "M"}
+    with caplog.at_level(logging.WARNING):
+        folds = script.speaker_folds(genders, 3)
+    assert folds == kfold(sorted(genders), 3, last_fifth) and "no gender has 3 speakers (f 2, m 2)" in caplog.text
+
+
+def test_group_by_columns_must_be_speaker_level(tmp_path):
+    table = pd.read_csv(write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1))
+    table["age_group"] = table.speaker.map({"spk01": "young", "spk02": "old", "spk03": "old", "spk04": "young"})
+    table["take"] = range(len(table))
+    table.to_csv(tmp_path / "more.csv", index=False)
+    config = _config(tmp_path)
+    load_script("train_split_gen/manifest.py").main(["--manifest", str(tmp_path / "more.csv"), "--dataset", "more",
+                                                     "--num_folds", "2", "--config", str(config)])
+    project = tmp_path / "project"
+    assert speaker_column(project, "more", "age_group") == {"spk01": "young", "spk02": "old", "spk03": "old",
+                                                            "spk04": "young"}
+    with pytest.raises(TrustSerError, match=r"^--group_by take: column 'take' of manifest .*more.csv varies within "
+                                            r"a speaker \(spk01: 0, 1, 2, 3\); fairness groups need one value"):
+        speaker_column(project, "more", "take")
+    with pytest.raises(TrustSerError, match=r"has no column 'accent' \(its extra columns: age_group;"):
+        speaker_column(project, "more", "accent")
+    with pytest.raises(TrustSerError, match="iemocap is a built-in corpus"):
+        speaker_column(project, "iemocap", "age_group")
 
 
 def test_a_built_in_name_is_refused_by_the_script(tmp_path):

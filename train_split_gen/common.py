@@ -5,11 +5,14 @@ Every script writes `{"train": [...], "dev": [...], "test": [...]}` with entries
 """
 import argparse
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedKFold
 
 from utils.core.config import corpus_dir, load_config
 from utils.core.errors import TrustSerError
@@ -85,6 +88,38 @@ def kfold(groups: Sequence[Hashable], n_splits: int, dev_size: Callable[[int], i
                           dev=tuple(groups[i] for i in train_idx[-n_dev:]),
                           test=tuple(groups[i] for i in test_idx)))
     return folds
+
+
+def stratified_kfold(groups: Sequence[Hashable], strata: Sequence[str], n_splits: int,
+                     dev_size: Callable[[int], int]) -> list[Fold]:
+    """Test groups by scikit-learn's StratifiedKFold (no shuffle) over the strata (e.g. the speakers' genders),
+    so each test set holds every stratum the corpus has enough groups of; dev by dev_groups."""
+    with warnings.catch_warnings():     # a stratum with fewer groups than folds: the split log shows the counts
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splits = list(StratifiedKFold(n_splits).split(np.zeros(len(groups)), list(strata)))
+    folds = []
+    for number, (train_idx, test_idx) in enumerate(splits, start=1):
+        train = [groups[i] for i in train_idx]
+        dev = dev_groups(train, [strata[i] for i in train_idx], dev_size(len(train)))
+        folds.append(Fold(number, train=tuple(g for g in train if g not in dev), dev=tuple(dev),
+                          test=tuple(groups[i] for i in test_idx)))
+    return folds
+
+
+def dev_groups(train: list, strata: list[str], n_dev: int) -> list:
+    """n_dev training groups for dev, the last ones of each stratum: one of every stratum that keeps a group in
+    train (n_dev grows to that number), the rest to the strata with the most groups left in train."""
+    by_stratum = {s: [g for g, t in zip(train, strata) if t == s] for s in dict.fromkeys(strata)}
+    quota = {s: int(len(members) >= 2) for s, members in by_stratum.items()}
+    if not any(quota.values()):
+        return train[-n_dev:]
+    while sum(quota.values()) < n_dev:
+        spare = {s: len(by_stratum[s]) - quota[s] for s in by_stratum if len(by_stratum[s]) - quota[s] >= 2}
+        if not spare:
+            break
+        quota[max(spare, key=spare.get)] += 1
+    chosen = {g for s, members in by_stratum.items() for g in members[len(members) - quota[s]:]}
+    return [g for g in train if g in chosen]
 
 
 def assign(items: Iterable[Item], fold: Fold) -> dict[str, list]:

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = profile_parser(__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default=None, help="default: <project_dir>/report/<dataset>")
     args = parser.parse_args(argv)
-    project_dir, variant, corpus = profile_project_dir(args), profile_variant(args), get_corpus(args.dataset)
+    project_dir, variant = profile_project_dir(args), profile_variant(args)
+    corpus = get_corpus(args.dataset, project_dir)
     out = Path(args.output_dir) if args.output_dir else project_dir / "report" / args.dataset
     profiles = load_profiles(project_dir, args.dataset, args.runs, variant)
     ranges = axis_ranges(profiles, parse_ranges(args.ranges), corpus.num_classes, args.zoom)

@@ -7,6 +7,7 @@ with speaker-grouped cross-validation over all utterances of the fold. A higher 
 """
 import logging
 import sys
+from functools import reduce
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -25,11 +26,11 @@ def ci_text(ci: list | None) -> str:
     return f", 95% CI {ci[0]:.2f}-{ci[1]:.2f}" if ci else ""
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
     parser.add_argument("--bootstrap", default=1000, type=int, help="speaker resamples for the linear probe's 95%% CI")
-    stage = start_stage(parser, default_folds="1")
+    stage = start_stage(parser, default_folds="1", argv=argv)
     args, run, corpus = stage.args, stage.run, stage.corpus
     out_dir = privacy_dir(stage.project_dir, run, args.privacy_attack)
     if not args.aggregate_only:
@@ -39,22 +40,42 @@ def main() -> None:
                 log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
                 continue
             best = privacy_fold(run, fold, stage.project_dir, out_dir, device, corpus.num_classes, args.bootstrap)
-            probe = best["linear_probe"]
-            log.info(f"fold {fold}: original probe test UAR {best['uar']:.2f}%"
-                     + (" (one class for every test utterance)" if best["collapsed"] else "")
-                     + (f"; linear probe UAR {probe['uar']:.2f}%{ci_text(probe['ci95'])} ({probe['n_splits']} "
-                        f"speaker-grouped folds over {probe['num_utterances']} utterances)"
-                        if probe["uar"] is not None else f"; linear probe not available ({probe['reason']})"))
+            log.info(f"fold {fold}: {original_text(best)}; {linear_text(best['linear_probe'])}")
     collapsed = collapsed_folds(out_dir, corpus.fold_ids())
     meta = {**run_flags(run), "collapsed": bool(collapsed), "collapsed_folds": collapsed,
             "linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}
     results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS + ["linear_probe.uar"], meta, pick=best_of_fold)
-    linear = results["average"]["linear_probe"]["uar"]
-    log.info(f"gender inference test UAR (50% = nothing leaks): original probe {results['average']['uar']:.2f}%"
-             + (f" (collapsed to one class in fold {', '.join(map(str, collapsed))})" if collapsed else "")
-             + (f", linear probe {linear:.2f}%" if linear is not None else ", linear probe n/a")
-             + f"; results: {out_dir / 'results.json'}")
+    log_summary(results, collapsed, out_dir)
 
 
-if __name__ == "__main__":
-    run_main(main)
+def original_text(best: dict) -> str:
+    if best.get("original_probe_skipped"):
+        return f"original probe not run ({best['original_probe_skipped']})"
+    return f"original probe test UAR {best['uar']:.2f}%" + (" (one class for every test utterance)"
+                                                           if best["collapsed"] else "")
+
+
+def linear_text(probe: dict) -> str:
+    if probe["uar"] is None:
+        return f"linear probe not available ({probe['reason']})"
+    return (f"linear probe UAR {probe['uar']:.2f}%{ci_text(probe['ci95'])} ({probe['n_splits']} speaker-grouped "
+            f"folds over {probe['num_utterances']} utterances)")
+
+
+def log_summary(results: dict, collapsed: list[int], out_dir: Path) -> None:
+    """The averages, over how many of the evaluated folds each, and why a probe is missing where it is."""
+    done, folds = results["meta"]["folds_done"], results["meta"]["value_folds"]
+    parts = []
+    for name, keys in (("original probe", ["uar"]), ("linear probe", ["linear_probe", "uar"])):
+        value, used = reduce(dict.get, keys, results["average"]), reduce(dict.get, keys, folds)
+        count = f" ({len(used)} of {len(done)} folds)" if len(used) != len(done) else ""
+        parts.append(f"{name} " + (f"{value:.2f}%{count}" if value is not None else "n/a"))
+    for fold in done:
+        entry = results[str(fold)]
+        if entry.get("original_probe_skipped"):
+            log.warning(f"fold {fold}: original probe not run: {entry['original_probe_skipped']}")
+        if entry["linear_probe"]["uar"] is None:
+            log.warning(f"fold {fold}: linear probe not available: {entry['linear_probe']['reason']}")
+    log.info("gender inference test UAR (50% = nothing leaks): " + ", ".join(parts)
+             + (f" (original probe collapsed to one class in fold {', '.join(map(str, collapsed))})" if collapsed
+                else "") + f"; results: {out_dir / 'results.json'}")

@@ -23,14 +23,14 @@ log = logging.getLogger("trust-ser")
 RESULT_KEYS = ["success_rate", "measured_snr_db", "clean_uar"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--attack_method", default="fgsm", choices=ATTACK_METHODS)
     parser.add_argument("--snr", "-snr", default=45, type=int, help="SNR (dB) of the perturbation")
     parser.add_argument("--pgd_steps", default=10, type=int)
     parser.add_argument("--fp32", action="store_true",
                         help="attack in fp32 on CUDA too, as the original (no bf16 autocast; slower)")
-    stage = start_stage(parser)
+    stage = start_stage(parser, argv=argv)
     args, run, num_classes = stage.args, stage.run, stage.corpus.num_classes
     protocol = protocol_of(run)
     attack = AttackSpec(args.attack_method, args.snr, args.pgd_steps, run.eval_batch_size, args.fp32,

@@ -55,12 +55,12 @@ def profile(model: Classifier, seconds: float, batch: int, repeats: int, device:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--input_seconds", default=6.0, type=float, help="input length for FLOPs and latency")
     parser.add_argument("--throughput_batch", default=8, type=int)
     parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
-    stage = start_stage(parser)
+    stage = start_stage(parser, argv=argv)
     args, run, config, corpus, fold = stage.args, stage.run, stage.config, stage.corpus, stage.folds[0]
     out = STAGE["gflops"].result_path(config["project_dir"], run)
     if out.is_file() and not run.overwrite:

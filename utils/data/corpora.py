@@ -44,16 +44,18 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
 ]}
 
 
-_MANIFEST_CORPORA: dict[str, Corpus] = {}  # read once per process; later lookups by name need no project_dir
+_MANIFEST_CORPORA: dict[str, Corpus] = {}  # the last description read; later lookups by name need no project_dir
 
 
 def get_corpus(name: str, project_dir: str | Path | None = None) -> Corpus:
-    """A built-in corpus, or one that train_split_gen/manifest.py described under project_dir."""
+    """A built-in corpus, or one that train_split_gen/manifest.py described under project_dir (read anew each
+    time project_dir is given: one process may see several projects, or a description rewritten)."""
     if name in CORPORA:
         return CORPORA[name]
-    if name not in _MANIFEST_CORPORA and project_dir is not None:
+    if project_dir is not None:
         from utils.data.layout import corpus_path
         path = corpus_path(project_dir, name)
+        _MANIFEST_CORPORA.pop(name, None)
         if path.is_file():
             try:  # plain json, not utils.core.io: scripts/corpus_folds.py stays free of torch
                 description = json.loads(path.read_text())

@@ -36,6 +36,14 @@ def mean_std(per_fold: dict, keys: list[str]) -> tuple[dict, dict]:
     return avg, std
 
 
+def value_folds(per_fold: dict, keys: list[str]) -> dict:
+    """Per key (nested as in mean_std), the folds that have a value for it: what each average rests on."""
+    folds = {}
+    for key in keys:
+        _set_dotted(folds, key, sorted(int(f) for f, fold in per_fold.items() if _dotted(fold, key) is not None))
+    return folds
+
+
 def _dotted(d: dict, key: str):
     for part in key.split("."):
         if not isinstance(d, dict) or part not in d:

@@ -19,7 +19,7 @@ from utils.data.corpora import Corpus, get_corpus
 from utils.core.errors import TrustSerError
 from utils.features.cache import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures, feature_budgets
 from utils.core.io import load_torch, read_json, write_json
-from utils.training.metrics import mean_std
+from utils.training.metrics import mean_std, value_folds
 from utils.data.layout import cache_dir
 from utils.training.protocol import apply_to_backbone, backbone_finetune, head_shape, protocol_source
 from utils.runs.identity import RunConfig
@@ -59,13 +59,14 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: 
                  parse_folds(args.folds or default_folds, corpus.fold_ids()))
 
 
-def evaluate_folds(stage: Stage, out_dir: Path, evaluate_fold: Callable[[int], dict]) -> None:
+def evaluate_folds(stage: Stage, out_dir: Path, evaluate_fold: Callable[[int], dict],
+                   done: Callable[[Path], bool] = Path.is_file) -> None:
     """fold_k.json for each fold not yet done (all with --overwrite); nothing with --aggregate_only."""
     if stage.args.aggregate_only:
         return
     for fold in stage.folds:
         path = out_dir / f"fold_{fold}.json"
-        if path.is_file() and not stage.run.overwrite:
+        if done(path) and not stage.run.overwrite:
             log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
             continue
         write_json(path, evaluate_fold(fold))
@@ -179,7 +180,8 @@ def run_flags(run: RunConfig) -> dict:
 
 def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick=lambda d: d,
               summary: Callable[[dict], dict] | None = None) -> dict:
-    """results.json from whatever per-fold files exist: per fold values, average and std.
+    """results.json from whatever per-fold files exist: per fold values, average and std, and under
+    meta.value_folds the folds each average rests on (a value can be missing in some folds).
 
     Folds may finish in separate processes at the same time (--folds k): each writes its fold file first,
     then aggregates under an exclusive lock, so the last to aggregate sees every finished fold.
@@ -198,7 +200,8 @@ def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick
         avg, std = mean_std(per_fold, keys)
         results = {**per_fold, **pooled, "average": avg, "std": std,
                    "meta": {**meta, "folds_done": sorted(int(f) for f in per_fold),
-                            "folds_missing": [f for f in folds if str(f) not in per_fold]}}
+                            "folds_missing": [f for f in folds if str(f) not in per_fold],
+                            "value_folds": value_folds(per_fold, keys)}}
         write_json(out_dir / "results.json", results)
     return results
 

@@ -20,7 +20,8 @@ from sklearn.preprocessing import StandardScaler
 
 from utils.data.utterances import SPLITS, Utterance, length_sorted_batches, load_fold
 from utils.core.errors import TrustSerError
-from utils.training.finetune import FitSpec, fold_finished, predictions_path, read_predictions, train_fold
+from utils.training.finetune import (RESULT_KEYS, FitSpec, fold_finished, predictions_path, read_predictions,
+                                    train_fold)
 from utils.core.io import read_json, write_json
 from utils.runs.paths import finetune_dir
 from utils.training.pipeline import load_trained, make_source, prepare_splits
@@ -39,13 +40,21 @@ def gender_class(gender: str) -> int | None:
     return 0 if g.startswith("f") else 1 if g.startswith("m") else None
 
 
-def relabel_by_gender(utts: list[Utterance], where: str) -> list[Utterance]:
+def relabel_by_gender(utts: list[Utterance]) -> list[Utterance]:
     """The utterances of known gender, labelled 0 (female) / 1 (male)."""
-    kept = [dataclasses.replace(u, label=gender_class(u.gender)) for u in utts if gender_class(u.gender) is not None]
-    if len({u.label for u in kept}) < 2:
-        raise TrustSerError(f"{where}: needs utterances of both genders for gender inference "
-                            f"(this corpus has no gender labels?)")
-    return kept
+    return [dataclasses.replace(u, label=gender_class(u.gender)) for u in utts if gender_class(u.gender) is not None]
+
+
+def one_gender_splits(data: dict[str, list[Utterance]]) -> str | None:
+    """Why the original probe cannot run on a fold (it trains on train, picks its epoch on dev, scores test, each
+    needing both genders): e.g. "dev holds female speakers only"; None when it can."""
+    lacking = []
+    for split, utts in data.items():
+        present = {u.label for u in utts}
+        if len(present) < 2:
+            lacking.append(f"{split} holds {GENDER_CLASSES[present.pop()]} speakers only" if present
+                           else f"{split} has no gender labels")
+    return "; ".join(lacking) or None
 
 
 def collapsed(predictions_csv: Path) -> bool:
@@ -123,19 +132,29 @@ def probe_finished(out_dir: Path, fold: int) -> bool:
 
 def privacy_fold(run: RunConfig, fold: int, project_dir: str, out_dir: Path, device: torch.device,
                  num_classes: int, n_bootstrap: int) -> dict:
-    """Both probes on one fold; fold_k.json's "best" gets "collapsed" and "linear_probe" added last."""
+    """Both probes on one fold; fold_k.json's "best" gets "collapsed" and "linear_probe" added last. The linear
+    probe needs no dev set and runs whenever the corpus has both genders; the original probe only where train,
+    dev and test each hold both ("original_probe_skipped" says why not; its scores are then None)."""
     backbone, emotion_head = load_trained(run, finetune_dir(project_dir, run), fold, device, num_classes)
     backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
-    where = f"{run.dataset} fold {fold}"
-    data = {s: relabel_by_gender(u, f"{where} {s}")
-            for s, u in prepare_splits(source, load_fold(project_dir, run.dataset, fold)).items()}
+    splits = prepare_splits(source, load_fold(project_dir, run.dataset, fold))
+    data = {split: relabel_by_gender(utts) for split, utts in splits.items()}
+    everything = [u for s in SPLITS for u in data[s]]
+    if len({u.label for u in everything}) < 2:
+        raise TrustSerError(f"{run.dataset} fold {fold}: needs utterances of both genders for gender inference "
+                            f"(this corpus has no gender labels?)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if run.overwrite or not fold_finished(out_dir, fold):
+    skipped = one_gender_splits(data)
+    if skipped is None and (run.overwrite or not fold_finished(out_dir, fold)):
         train_fold(run, fold, data, backbone, source, out_dir, device,
                    FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False))
-    probe = gender_probe(emotion_head, source, [u for s in SPLITS for u in data[s]], run.eval_batch_size,
-                         n_bootstrap, seed=fold)
+    probe = gender_probe(emotion_head, source, everything, run.eval_batch_size, n_bootstrap, seed=fold)
+    if skipped:
+        best = {**dict.fromkeys(RESULT_KEYS), "collapsed": False, "original_probe_skipped": skipped,
+                "linear_probe": probe}
+        write_json(out_dir / f"fold_{fold}.json", {"best": best})
+        return best
     fold_json = read_json(out_dir / f"fold_{fold}.json")
     best = {**fold_json["best"], "collapsed": collapsed(predictions_path(out_dir, fold)), "linear_probe": probe}
     write_json(out_dir / f"fold_{fold}.json", {**fold_json, "best": best})

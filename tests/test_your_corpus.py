@@ -1,0 +1,137 @@
+"""The README's chain on a researcher's own corpus: a manifest whose speaker IDs are grouped by gender (s01-s05
+female, s06-s10 male), an age-group column, a stereo FLAC and 22.05 kHz WAV files among the audio. Every stage
+runs in process through its script's main(argv): split -> preprocess -> finetune (tiny WavLM, 2 folds) ->
+fairness (--group_by age_group) -> safety -> privacy (fold 1) -> sustainability -> plot_spider -> report."""
+import json
+import os
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from manifest_corpus import write_manifest_corpus
+from synthetic_project import load_script
+from utils.data.audio import audio_info
+from utils.trust.fairness import multiclass_statistical_parity
+
+MODEL = ["--pretrain_model", "wavlm", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "2",
+         "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8",
+         "--learning_rate", "0.005"]
+RUN = Path("wavlm") / "lr0005_ep2_cnn_conv1_hid16_mean_frozen_tiny_randinit"
+FEMALE, MALE = [f"s{i:02d}" for i in range(1, 6)], [f"s{i:02d}" for i in range(6, 11)]
+
+
+def grouped_manifest(root: Path) -> Path:
+    """The synthetic corpus (speakers alternate F, M) renamed so that the IDs are grouped by gender, with an
+    age_group per speaker and a take number that varies within a speaker."""
+    table = pd.read_csv(write_manifest_corpus(root, n_speakers=10, utts_per_emotion=1))
+    order = sorted(table.speaker.unique(), key=lambda s: (table.gender[table.speaker == s].iloc[0], s))
+    table["speaker"] = table.speaker.map(dict(zip(order, FEMALE + MALE)))
+    table["age_group"] = table.speaker.map(lambda s: "under_40" if int(s[1:]) % 2 else "over_40")
+    table["take"] = range(len(table))
+    manifest = root / "yours.csv"
+    table.to_csv(manifest, index=False)
+    return manifest
+
+
+def run(script: str, *argv: str) -> None:
+    load_script(script).main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("your_corpus")
+    previous = os.umask(0o022)
+    try:
+        manifest, config = grouped_manifest(root), root / "config.yml"
+        config.write_text(f"project_dir: {root / 'project'}\n")
+        flags = ["--dataset", "yours", *MODEL, "--config", str(config)]
+        run("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "yours", "--config", str(config))
+        run("preprocess_audio/preprocess_audio.py", "--dataset", "yours", "--config", str(config))
+        run("experiment/finetune_single_thread.py", *flags, "--folds", "1,2")
+        run("trustworthy/fairness/fairness_evaluation.py", *flags, "--folds", "1,2", "--bootstrap", "0",
+            "--group_by", "age_group")
+        run("trustworthy/safety/adversarial_attack.py", *flags, "--folds", "1,2")
+        run("trustworthy/privacy/gender_inference.py", *flags, "--bootstrap", "50")      # fold 1, the default
+        run("trustworthy/sustainability/sustainability.py", *flags, "--repeats", "1", "--throughput_batch", "1",
+            "--input_seconds", "1")
+        project = root / "project"
+        run("trustworthy/plot_spider.py", "--dataset", "yours", "--config", str(config), "--output_dir",
+            str(root / "profile"))
+        run("trustworthy/report.py", "--dataset", "yours", "--config", str(config))
+    finally:
+        os.umask(previous)
+    return root, project
+
+
+def results(project: Path, stage: str) -> dict:
+    return json.loads((project / stage / "yours" / RUN / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_folds_hold_both_genders_in_dev_and_test(chain):
+    _, project = chain
+    for fold in range(1, 6):
+        split = json.loads((project / "train_split" / f"yours_fold{fold}.json").read_text())
+        for name in ("dev", "test"):
+            speakers = {e[1] for e in split[name]}
+            assert len(speakers & set(FEMALE)) == 1 and len(speakers & set(MALE)) == 1, (fold, name, speakers)
+        assert {e[2] for e in split["dev"]} == {e[2] for e in split["test"]} == {"F", "M"}
+
+
+@pytest.mark.slow
+def test_audio_was_made_16k_mono(chain):
+    _, project = chain
+    files = sorted((project / "audio" / "yours").glob("*.wav"))
+    assert len(files) == 40 and {audio_info(f)[:2] for f in files} == {(16000, 1)}
+
+
+@pytest.mark.slow
+def test_every_stage_has_results(chain):
+    _, project = chain
+    assert results(project, "finetune")["meta"]["folds_done"] == [1, 2]
+    fairness = results(project, "fairness")
+    age = dict(zip(FEMALE + MALE, ["under_40", "over_40"] * 5))
+    for fold in ("1", "2"):
+        assert fairness[fold]["gender"]["n_groups"] == 2 and fairness[fold]["age_group"]["n_groups"] == 2
+        test = pd.read_csv(project / "finetune" / "yours" / RUN / f"fold_{fold}_test_predictions.csv")
+        assert fairness[fold]["age_group"]["statistical_parity"] == pytest.approx(
+            multiclass_statistical_parity(test.prediction, test.speaker.map(age)))
+    assert fairness["meta"]["value_folds"]["age_group"]["statistical_parity"] == [1, 2]
+    privacy = results(project, Path("privacy") / "gender")
+    assert privacy["meta"]["folds_done"] == [1] and privacy["1"]["linear_probe"]["uar"] is not None
+    assert (project / "report" / "yours" / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="preprocessed audio is written 0600 (mkstemp) until the writers honour the umask")
+def test_written_files_honour_the_umask(chain):
+    root, project = chain
+    written = [p for p in [*project.rglob("*"), *(root / "profile").rglob("*")] if p.is_file()
+               and p.suffix in (".json", ".csv", ".md", ".png", ".wav", ".pt")]
+    modes = {p.relative_to(root): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert {m for m in modes.values()} == {"0o644"}, {p: m for p, m in modes.items() if m != "0o644"}
+
+
+def test_privacy_on_a_split_with_one_gender_in_dev_and_test(tmp_path, caplog):
+    """A split column with one speaker in dev (female) and one in test (male): the original probe cannot pick
+    an epoch or score both genders, so it is skipped with the reason; the linear probe still runs."""
+    manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, split=True)
+    config = tmp_path / "config.yml"
+    config.write_text(f"project_dir: {tmp_path / 'project'}\n")
+    flags = ["--dataset", "split", *MODEL, "--num_epochs", "1", "--config", str(config)]
+    run("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "split", "--config", str(config))
+    run("preprocess_audio/preprocess_audio.py", "--dataset", "split", "--config", str(config))
+    run("experiment/finetune_single_thread.py", *flags)
+    with caplog.at_level("INFO"):
+        run("trustworthy/privacy/gender_inference.py", *flags, "--bootstrap", "20")
+    name = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_tiny_randinit"
+    privacy = json.loads((tmp_path / "project" / "privacy" / "gender" / "split" / "wavlm" / name /
+                          "results.json").read_text())
+    assert privacy["1"]["original_probe_skipped"] == "dev holds female speakers only; test holds male speakers only"
+    assert privacy["average"]["uar"] is None and privacy["meta"]["value_folds"]["uar"] == []
+    probe = privacy["1"]["linear_probe"]
+    assert probe["n_splits"] == 2 and probe["num_speakers"] == 4 and 0 <= probe["uar"] <= 100
+    assert privacy["average"]["linear_probe"]["uar"] == probe["uar"]
+    assert "fold 1: original probe not run: dev holds female speakers only" in caplog.text
