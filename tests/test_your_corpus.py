@@ -105,7 +105,6 @@ def test_every_stage_has_results(chain):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="preprocessed audio is written 0600 (mkstemp) until the writers honour the umask")
 def test_written_files_honour_the_umask(chain):
     root, project = chain
     written = [p for p in [*project.rglob("*"), *(root / "profile").rglob("*")] if p.is_file()
