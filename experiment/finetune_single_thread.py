@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = finetune_dir(config["project_dir"], run)
     todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, run.overwrite)
     if not todo:    # nothing to train: no backbone to load (no hub access needed)
-        _aggregate(run_dir, corpus.fold_ids(), run)
+        _aggregate(run_dir, stage.fold_ids, run)
         log.info(f"results: {run_dir / 'results.json'}")
         return
     splits = {fold: load_fold(config["project_dir"], run.dataset, fold) for fold in todo}   # fail fast, before any download
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
         train_fold(run, fold, data, backbone, source, run_dir, device, spec)
-        results = _aggregate(run_dir, corpus.fold_ids(), run)
+        results = _aggregate(run_dir, stage.fold_ids, run)
     if hasattr(source, "disk_bytes"):
         log.info(f"feature cache: {source.stats}, {source.disk_bytes() / 2**20:.1f} MiB on disk under {source.cache_root}")
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "

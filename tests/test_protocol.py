@@ -1,5 +1,6 @@
 """--protocol original reproduces the original's procedure; the default protocol is unchanged."""
 import json
+import subprocess
 import sys
 from contextlib import contextmanager, nullcontext
 
@@ -9,21 +10,26 @@ import soundfile as sf
 import torch
 from sklearn.metrics import recall_score
 
+from manifest_corpus import write_manifest_corpus
 from model.backbones import Backbone
-from synthetic_project import load_script, make_project, run_script
+from synthetic_project import REPO, load_script, make_project, run_script
+from utils.core.errors import TrustSerError
+from utils.data.corpora import get_corpus, split_file_name
 from utils.data.utterances import Utterance, load_fold, pad_waveforms
+from utils.training.finetune import reported_scores
 from utils.training.metrics import classification_scores
 from utils.training.pipeline import build_head, make_backbone, make_source
-from utils.training.protocol import protocol_of
+from utils.training.protocol import crop_seconds, fold_ids, protocol_of
 from utils.runs.identity import RunConfig
-from utils.trust.safety import AttackSpec, attack_batch
-from utils.trust.sustainability import count_flops
+from utils.trust import safety
+from utils.trust.safety import AttackSpec, attack_batch, attack_fold, attack_precision, attack_spec, clean_inputs
+from utils.trust.sustainability import thop_style_gflops
 
 CPU = torch.device("cpu")
 
 
 def _run(**changes) -> RunConfig:
-    return RunConfig(dataset="demo", random_init=True, tiny=True, device="cpu", **changes)
+    return RunConfig(**{"dataset": "demo", "random_init": True, "tiny": True, "device": "cpu", **changes})
 
 
 def _utterances(folder, n: int = 3) -> list[Utterance]:
@@ -147,11 +153,9 @@ def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(demo_
                "--input_seconds", "1", "--repeats", "1", "--throughput_batch", "1")
     cost = json.loads((tmp_path / "project" / "flops" / "demo" / "wav2vec2_0" / run_dir.name / "gflops.json").read_text())
     run = _run(pretrain_model="wav2vec2_0", conv_layers=2, hidden_size=32, protocol="original")
-    backbone = make_backbone(run, CPU)
-    frames = (torch.randn(backbone.num_layers, 1, 50, backbone.hidden_dim), torch.ones(1, 50, dtype=torch.bool))
-    head_on_50_frames = count_flops(build_head(run, backbone, 4), frames)
-    # thop's multiply-adds of the backbone on the input plus the head on 50 frames, called GFLOPs
-    assert cost["gflops_original_style"] == pytest.approx((cost["backbone_gflops"] + head_on_50_frames / 1e9) / 2)
+    backbone = make_backbone(run, CPU).eval()
+    # thop's multiply-adds of the backbone on 6 s plus the head on 50 frames, called GFLOPs (whatever --input_seconds)
+    assert cost["gflops_original_style"] == pytest.approx(thop_style_gflops(backbone, build_head(run, backbone, 4), CPU))
 
 
 @pytest.mark.parametrize("model", ["wav2vec2_0", "wavlm"])
@@ -205,3 +209,81 @@ def test_original_finetune_trains_on_padded_batches(demo_config, monkeypatch):
     assert entered == [True] * (2 * (len(train) // 8))          # every training batch, no dev/test batch
     results = json.loads(next((project / "finetune" / "demo" / "whisper_tiny").rglob("results.json")).read_text())
     assert results["meta"]["flags"]["protocol"] == "original" and results["1"]["uar"] >= 0
+
+
+def test_a_one_split_corpus_has_five_seeded_runs_under_original_and_seeds_under_fixed():
+    podcast, iemocap = get_corpus("msp-podcast"), get_corpus("iemocap")
+    assert fold_ids(_run(dataset="msp-podcast", protocol="original"), podcast) == [1, 2, 3, 4, 5]
+    assert fold_ids(_run(dataset="msp-podcast"), podcast) == [1]
+    assert fold_ids(_run(dataset="msp-podcast", seeds=3), podcast) == [1, 2, 3]
+    assert fold_ids(_run(dataset="iemocap", protocol="original"), iemocap) == [1, 2, 3, 4, 5]
+    assert {split_file_name("msp-podcast", k) for k in range(1, 6)} == {"msp-podcast.json"}
+    with pytest.raises(TrustSerError, match="iemocap has 5 folds"):
+        fold_ids(_run(dataset="iemocap", seeds=2), iemocap)
+    with pytest.raises(TrustSerError, match="at least 1"):
+        fold_ids(_run(dataset="msp-podcast", seeds=0), podcast)
+    folds = subprocess.run([sys.executable, str(REPO / "scripts" / "corpus_folds.py"), "--dataset", "msp-podcast",
+                            "--protocol", "original"], capture_output=True, text=True, check=True)
+    assert folds.stdout.split() == ["1", "2", "3", "4", "5"]
+
+
+def test_seeded_runs_over_one_split_are_averaged_and_resume(tmp_path):
+    manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, split=True)
+    config = tmp_path / "config.yml"
+    config.write_text(f"project_dir: {tmp_path / 'project'}\n")
+    run_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine", "--config", str(config))
+    run_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
+    flags = ["--dataset", "mine", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
+             "--num_epochs", "1", "--conv_layers", "1", "--hidden_size", "8", "--pooling", "mean", "--batch_size", "4",
+             "--config", str(config)]
+    run_script("experiment/finetune_single_thread.py", *flags, "--seeds", "2")
+    run_dir = tmp_path / "project" / "finetune" / "mine" / "apc" / "lr00002_ep1_cnn_conv1_hid8_mean_frozen_tiny_randinit"
+    heads = [torch.load(run_dir / f"fold_{k}.pt", weights_only=True) for k in (1, 2)]
+    assert (heads[0]["model_seq.0.weight"] - heads[1]["model_seq.0.weight"]).abs().max() > 1e-3   # seeds 8 and 16
+    first = (run_dir / "fold_1.pt").stat().st_mtime_ns
+    run_script("experiment/finetune_single_thread.py", *flags, "--seeds", "3")            # trains run 3 only
+    assert (run_dir / "fold_1.pt").stat().st_mtime_ns == first
+    results = json.loads((run_dir / "results.json").read_text())
+    uars = [results[k]["uar"] for k in ("1", "2", "3")]
+    assert results["meta"]["folds_done"] == [1, 2, 3]
+    assert results["average"]["uar"] == pytest.approx(np.mean(uars)) and results["std"]["uar"] == pytest.approx(np.std(uars))
+    run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--seeds", "3", "--bootstrap", "0")
+    fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "apc" / run_dir.name / "results.json").read_text())
+    assert fairness["meta"]["folds_done"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("protocol", ["fixed", "original"])
+def test_original_attacks_in_fp32_from_a_live_clean_pass(tmp_path, monkeypatch, protocol):
+    run = _run(pretrain_model="tera", protocol=protocol)
+    backbone = make_backbone(run, CPU).eval()
+    head = build_head(run, backbone, 2).eval()
+    utts = _utterances(tmp_path)
+    cached, autocasts = [], []
+    monkeypatch.setattr(safety, "cached_predictions",
+                        lambda *args: cached.append(1) or torch.tensor([u.label for u in utts]))
+    monkeypatch.setattr(safety, "autocast_for", lambda device: autocasts.append(device) or nullcontext())
+    attack = attack_spec(run, "fgsm", 30, 10, fp32=False)
+    test, audio, clean = clean_inputs(run, attack, backbone, head, utts, CPU, str(tmp_path / "project"), 2)
+    result = attack_fold(backbone, head, test, audio, attack, CPU, 2, clean)
+    original = protocol == "original"
+    assert attack.fp32 == original and (clean is None) == original
+    assert attack_precision(attack, torch.device("cuda")) == ("fp32" if original else "bf16 autocast")
+    assert bool(cached) != original and bool(autocasts) != original     # original: no cache, no autocast
+    assert result["num_test"] == len(utts)
+
+
+def test_original_reports_zero_when_no_dev_uar_exceeds_zero():
+    scores = {"uar": 40.0, "acc": 50.0, "macro_f1": 30.0}
+    assert reported_scores(_run(protocol="original"), scores, 0.0) == {"uar": 0.0, "acc": 0.0, "macro_f1": 0.0,
+                                                                      "no_epoch_above_0": True}
+    assert reported_scores(_run(protocol="original"), scores, 12.5) == scores
+    assert reported_scores(_run(), scores, 0.0) == scores
+
+
+@pytest.mark.parametrize("protocol, seconds", [("fixed", 3), ("original", 6)])
+def test_original_crops_at_6_seconds_whatever_audio_duration_says(tmp_path, protocol, seconds):
+    path = tmp_path / "long.wav"
+    sf.write(path, 0.1 * np.random.default_rng(0).standard_normal(8 * 16000).astype(np.float32), 16000)
+    run = _run(pretrain_model="apc", audio_duration=3, protocol=protocol)
+    source = make_source(run, make_backbone(run, CPU), CPU, str(tmp_path / "project"), grad_backbone=False)
+    assert crop_seconds(run) == seconds and len(source.audio.get(str(path))) == seconds * 16000

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
     evaluate_folds(stage, out_dir, evaluate_fold,
                    done=lambda path: path.is_file() and set(attributes) <= set(read_json(path)))
-    evaluated = dict.fromkeys([*attributes, *stored_attributes(out_dir, stage.corpus.fold_ids())])
-    aggregate(out_dir, stage.corpus.fold_ids(), result_keys(evaluated), {**run_flags(run), "bootstrap": args.bootstrap})
+    evaluated = dict.fromkeys([*attributes, *stored_attributes(out_dir, stage.fold_ids)])
+    aggregate(out_dir, stage.fold_ids, result_keys(evaluated), {**run_flags(run), "bootstrap": args.bootstrap})
     log.info(f"results: {out_dir / 'results.json'}")
 
 

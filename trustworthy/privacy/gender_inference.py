@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             best = privacy_fold(run, fold, stage.project_dir, out_dir, device, corpus.num_classes, args.bootstrap)
             log.info(f"fold {fold}: {original_text(best)}; {linear_text(best['linear_probe'])}")
-    collapsed = collapsed_folds(out_dir, corpus.fold_ids())
+    collapsed = collapsed_folds(out_dir, stage.fold_ids)
     meta = {**run_flags(run), "collapsed": bool(collapsed), "collapsed_folds": collapsed,
             "linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}
-    results = aggregate(out_dir, corpus.fold_ids(), RESULT_KEYS + ["linear_probe.uar"], meta, pick=best_of_fold)
+    results = aggregate(out_dir, stage.fold_ids, RESULT_KEYS + ["linear_probe.uar"], meta, pick=best_of_fold)
     log_summary(results, collapsed, out_dir)
 
 

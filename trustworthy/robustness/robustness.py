@@ -19,7 +19,7 @@ from utils.runs.cli import base_parser  # noqa: E402
 from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
 from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, resolve_device, run_flags,  # noqa: E402
                                      start_stage)
-from utils.training.protocol import protocol_of  # noqa: E402
+from utils.training.protocol import crop_seconds, protocol_of  # noqa: E402
 from utils.trust.robustness import (DEFAULT_PERTURBATIONS, RobustnessSpec, load_noises,  # noqa: E402
                                     parse_perturbations, result_keys, score_fold)
 
@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = robustness_dir(stage.project_dir, run)
     names = [p.name for p in spec.perturbations]
     redone = stage.folds if run.overwrite and not args.aggregate_only else []
-    _check_earlier_folds(out_dir, [f for f in stage.corpus.fold_ids() if f not in redone], names)
+    _check_earlier_folds(out_dir, [f for f in stage.fold_ids if f not in redone], names)
     device = resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
         backbone, head = load_trained(run, finetune_dir(stage.project_dir, run), fold, device, num_classes)
-        audio = AudioBank(run.audio_duration, run.skip_bad)
+        audio = AudioBank(crop_seconds(run), run.skip_bad)
         test = [u for u in load_fold(stage.project_dir, run.dataset, fold)["test"] if audio.get(u.path) is not None]
         result = score_fold(backbone, head, test, audio, spec, fold, device, num_classes, noises)
         log.info(f"fold {fold}: clean UAR {result['clean']['uar']:.2f}%, mean drop {result['mean_uar_drop']:.2f} "
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         "noise_files": len(noises) if noises else 0, "sample_rate": 16000,
         "seed": "per utterance: sha256 of 'fold/perturbation/key'",
         "definitions": "utils/trust/robustness.py (README: Robustness Evaluation)"}}
-    results = aggregate(out_dir, stage.corpus.fold_ids(), result_keys(spec.perturbations), meta)
+    results = aggregate(out_dir, stage.fold_ids, result_keys(spec.perturbations), meta)
     log.info(f"mean UAR drop {results['average']['mean_uar_drop']:.2f} points (clean UAR "
              f"{results['average']['clean']['uar']:.2f}%); results: {out_dir / 'results.json'}")
 

@@ -12,12 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.runs.cli import base_parser  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.features.cache import AudioBank  # noqa: E402
 from utils.runs.paths import attack_dir, finetune_dir  # noqa: E402
-from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, make_source, resolve_device,  # noqa: E402
-                            run_flags, start_stage)
-from utils.training.protocol import protocol_of  # noqa: E402
-from utils.trust.safety import ATTACK_METHODS, AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
+from utils.training.loop import set_seed  # noqa: E402
+from utils.training.pipeline import aggregate, evaluate_folds, load_trained, resolve_device, run_flags, start_stage  # noqa: E402
+from utils.trust.safety import ATTACK_METHODS, attack_fold, attack_precision, attack_spec, clean_inputs  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 RESULT_KEYS = ["success_rate", "measured_snr_db", "clean_uar"]
@@ -29,26 +27,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snr", "-snr", default=45, type=int, help="SNR (dB) of the perturbation")
     parser.add_argument("--pgd_steps", default=10, type=int)
     parser.add_argument("--fp32", action="store_true",
-                        help="attack in fp32 on CUDA too, as the original (no bf16 autocast; slower)")
+                        help="attack in fp32 on CUDA too, clean predictions from a live pass, as the original (no bf16 "
+                             "autocast; slower; always so under --protocol original)")
     stage = start_stage(parser, argv=argv)
     args, run, num_classes = stage.args, stage.run, stage.corpus.num_classes
-    protocol = protocol_of(run)
-    attack = AttackSpec(args.attack_method, args.snr, args.pgd_steps, run.eval_batch_size, args.fp32,
-                        protocol.attack_gradient_in_train_mode, protocol.uar_classes)
+    attack = attack_spec(run, args.attack_method, args.snr, args.pgd_steps, args.fp32)
     out_dir = attack_dir(stage.project_dir, run, attack.method, attack.snr)
     device = resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
+        set_seed(8 * fold)      # as the original: the train-mode gradient pass draws dropout
         backbone, head = load_trained(run, finetune_dir(stage.project_dir, run), fold, device, num_classes)
         test = load_fold(stage.project_dir, run.dataset, fold)["test"]
-        if attack.fp32:  # the original's clean pass: live, fp32
-            audio, clean = AudioBank(run.audio_duration, run.skip_bad), None
-            test = [u for u in test if audio.get(u.path) is not None]
-        else:
-            source = make_source(run, backbone, device, stage.project_dir, grad_backbone=False)
-            test = source.prepare(test)
-            audio, clean = source.audio, cached_predictions(head, backbone, source, test, run.eval_batch_size,
-                                                            num_classes)
+        test, audio, clean = clean_inputs(run, attack, backbone, head, test, device, stage.project_dir, num_classes)
         result = {**attack_fold(backbone, head, test, audio, attack, device, num_classes, clean),
                   "skipped_bad_audio": len(audio.bad)}
         log.info(f"fold {fold}: {attack.method} at {attack.snr} dB flips {result['num_flipped']} of "
@@ -59,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_folds(stage, out_dir, evaluate_fold)
     meta = {**run_flags(run), "attack": {"method": attack.method, "snr": attack.snr, "pgd_steps": attack.pgd_steps,
                                          "precision": attack_precision(attack, device)}}
-    results = aggregate(out_dir, stage.corpus.fold_ids(), RESULT_KEYS, meta)
+    results = aggregate(out_dir, stage.fold_ids, RESULT_KEYS, meta)
     log.info(f"attack success rate {results['average']['success_rate']:.2f}%; results: {out_dir / 'results.json'}")
 
 

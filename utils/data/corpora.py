@@ -21,10 +21,14 @@ class Corpus:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def fold_ids(self) -> list[int]:
-        return list(range(1, self.num_folds + 1)) if self.num_folds else [1]
+    def fold_ids(self, runs: int = 1) -> list[int]:
+        """The folds; a corpus with one official split has `runs` runs over it instead, numbered as folds
+        (run k reads <name>.json as a fold would, seeded as fold k: utils/training/protocol.py)."""
+        return list(range(1, (self.num_folds or runs) + 1))
 
 
+# seeded runs over a one-split corpus by protocol: the original looped folds 1-5 over msp-podcast.json
+SINGLE_SPLIT_RUNS = {"fixed": 1, "original": 5}
 _NASH = {"N": 0, "A": 1, "S": 2, "H": 3}
 CORPORA: dict[str, Corpus] = {c.name: c for c in [
     Corpus("iemocap", {"neu": 0, "sad": 1, "ang": 2, "exc": 3, "hap": 3}, ["neu", "sad", "ang", "hap"], 5),

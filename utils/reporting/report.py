@@ -156,9 +156,19 @@ class RunFigures:
                 ("Reliability diagram", self.reliability), ("Robustness", self.robustness)]
 
 
-def draw_run(project_dir: Path, profile: RunProfile, folds: list[int], class_names: list[str],
+def run_folds(run_dir: Path, corpus_folds: list[int]) -> list[int]:
+    """The folds the run's results.json aggregates (a one-split corpus may have several seeded runs), else the
+    corpus' folds."""
+    path = run_dir / "results.json"
+    meta = read_json(path).get("meta", {}) if path.is_file() else {}
+    folds = [f for f in meta.get("folds_done", []) + meta.get("folds_missing", []) if isinstance(f, int)]
+    return sorted(folds) or corpus_folds
+
+
+def draw_run(project_dir: Path, profile: RunProfile, corpus_folds: list[int], class_names: list[str],
              out: Path) -> RunFigures:
     run_dir = finetune_dir(project_dir, profile.run)
+    folds = run_folds(run_dir, corpus_folds)
     histories = fold_histories(run_dir, folds)
     curves = confusion = None
     if histories:

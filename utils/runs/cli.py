@@ -40,6 +40,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--protocol", default=_D.protocol, choices=["fixed", "original"],
                    help="original: the original's procedure, number for number (README: the two protocols)")
     p.add_argument("--folds", default=None, help="folds to run, e.g. '3' or '1,2' (default: all)")
+    p.add_argument("--seeds", default=None, type=int,
+                   help="a corpus with one split (msp-podcast, meld): seeded runs over it, numbered as folds 1..N, "
+                        "seed 8 x run (default: 1; 5 under --protocol original, as the original)")
     p.add_argument("--device", default=_D.device)
     p.add_argument("--no_cache", action="store_true", help="recompute the frozen backbone every epoch (no feature cache)")
     p.add_argument("--cache_gb", type=float, default=None,

@@ -25,6 +25,7 @@ class RunConfig:
     batch_size: int = 64
     protocol: str = "fixed"      # utils/training/protocol.py: "original" reproduces the original's procedure
     # how it is executed (does not change its folder)
+    seeds: int | None = None    # runs over a one-split corpus (run k = fold k, seed 8k); None: the protocol's
     config: str | None = None
     eval_batch_size: int = 32
     device: str = "cuda" if torch.cuda.is_available() else "cpu"

@@ -130,16 +130,28 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
         write_json(run_dir / f"fold_{fold}.json", state["history"])
         _save_resume(last_path, state, head, backbone, optimizer, scheduler, generator)
 
-    return _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path,
-                        run.eval_batch_size, uar_classes, test_after_training)
+    return _finish_fold(run, fold, data, backbone, source, run_dir, class_names, head, state, last_path,
+                        test_after_training)
 
 
 def _epoch_head_path(run_dir: Path, fold: int, epoch: int) -> Path:
     return run_dir / f"fold_{fold}_epoch_{epoch}_head.pt"
 
 
-def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state, last_path, eval_batch_size,
-                 uar_classes, test_after_training) -> dict:
+def reported_scores(run: RunConfig, test_scores: dict, best_dev_uar: float) -> dict:
+    """The fold's test UAR, ACC and macro-F1; under --protocol original 0 when no epoch's dev UAR exceeded 0: the
+    original's best started at 0 and only a higher dev UAR saved an epoch, so it reported its initial 0s."""
+    scores = {k: test_scores[k] for k in ("uar", "acc", "macro_f1")}
+    if protocol_of(run).best_needs_dev_uar_above_0 and best_dev_uar <= 0:
+        log.warning("no epoch had a dev UAR above 0: reporting test UAR and ACC 0, as the original (which saved no "
+                    "checkpoint; this fold's checkpoint is the first epoch's)")
+        return {**{k: 0.0 for k in scores}, "no_epoch_above_0": True}
+    return scores
+
+
+def _finish_fold(run, fold, data, backbone, source, run_dir, class_names, head, state, last_path,
+                 test_after_training) -> dict:
+    eval_batch_size, uar_classes = run.eval_batch_size, protocol_of(run).uar_classes
     head.load_state_dict(state["best_head"])
     if state["best_backbone"]:
         backbone.load_state_dict(state["best_backbone"], strict=False)
@@ -150,7 +162,7 @@ def _finish_fold(fold, data, backbone, source, run_dir, class_names, head, state
     else:
         test = evaluate(head, backbone, source, data["test"], eval_batch_size, len(class_names), uar_classes)
     write_predictions(predictions_path(run_dir, fold), test, class_names)
-    result = {"uar": test.scores["uar"], "acc": test.scores["acc"], "macro_f1": test.scores["macro_f1"],
+    result = {**reported_scores(run, test.scores, state["best"]["dev_uar"]),
               "dev_uar": state["best"]["dev_uar"], "dev_acc": state["best"]["dev_acc"],
               "best_epoch": state["best"]["epoch"], "num_test": len(data["test"]),
               "weights": backbone.weights_id, "skipped_bad_audio": len(source.audio.bad)}

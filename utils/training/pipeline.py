@@ -21,7 +21,8 @@ from utils.features.cache import AudioBank, CachedFeatures, LastLayerFeatures, L
 from utils.core.io import load_torch, read_json, write_json
 from utils.training.metrics import mean_std, value_folds
 from utils.data.layout import cache_dir
-from utils.training.protocol import apply_to_backbone, backbone_finetune, head_shape, protocol_source
+from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_seconds, fold_ids, head_shape,
+                                     protocol_source)
 from utils.runs.identity import RunConfig
 
 log = logging.getLogger("trust-ser")
@@ -40,7 +41,8 @@ class Stage:
     run: RunConfig
     config: dict
     corpus: Corpus
-    folds: list[int]
+    folds: list[int]            # the folds to run now (--folds)
+    fold_ids: list[int]         # all folds of the run, as results.json aggregates them
 
     @property
     def project_dir(self) -> str:
@@ -55,8 +57,9 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: 
     config = load_config(args.config)
     corpus = get_corpus(args.dataset, config["project_dir"])
     check_backbone_name(args.pretrain_model, args.pretrain_path)  # fails before any file is read or written
-    return Stage(args, RunConfig.from_args(args), config, corpus,
-                 parse_folds(args.folds or default_folds, corpus.fold_ids()))
+    run = RunConfig.from_args(args)
+    all_folds = fold_ids(run, corpus)
+    return Stage(args, run, config, corpus, parse_folds(args.folds or default_folds, all_folds), all_folds)
 
 
 def evaluate_folds(stage: Stage, out_dir: Path, evaluate_fold: Callable[[int], dict],
@@ -97,7 +100,7 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
     """Where the head's input comes from: cached hidden states of a frozen backbone; with --finetune
     unfrozen_last_layer, cached inputs of the last layer, which alone runs every batch; the live backbone
     with --finetune unfrozen, or with --no_cache (the original's per-epoch recomputation)."""
-    audio = AudioBank(run.audio_duration, run.skip_bad)
+    audio = AudioBank(crop_seconds(run), run.skip_bad)
     last_layer_only = (grad_backbone and run.finetune == "unfrozen_last_layer"
                        and backbone.supports_last_layer_split)
     if run.no_cache or (grad_backbone and not last_layer_only):

@@ -26,6 +26,7 @@ from utils.core.errors import TrustSerError
 from utils.core.io import write_csv
 from utils.runs.paths import finetune_dir
 from utils.training.pipeline import load_trained, resolve_device
+from utils.training.protocol import crop_seconds, fold_ids
 from utils.runs.identity import RunConfig
 
 log = logging.getLogger("trust-ser")
@@ -72,7 +73,7 @@ class EmotionRecognizer:
         device = resolve_device(run.device)
         run_dir = finetune_dir(project_dir, run)
         models = []
-        for fold in folds or corpus.fold_ids():
+        for fold in folds or fold_ids(run, corpus):
             backbone, head = load_trained(run, run_dir, fold, device, corpus.num_classes)
             if run.finetune == "frozen" and models:
                 backbone = models[0][0]  # the same pretrained weights in every fold
@@ -116,7 +117,7 @@ class EmotionRecognizer:
             clips = []
             for path in paths[start:start + FILES_IN_MEMORY]:
                 try:
-                    clips.append(load_clip(path, self.run.audio_duration))
+                    clips.append(load_clip(path, crop_seconds(self.run)))
                     kept.append(path)
                 except BadAudioError as err:
                     log.warning(f"skipping: {err}")

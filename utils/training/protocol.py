@@ -6,9 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.core.errors import TrustSerError
+from utils.data.corpora import SINGLE_SPLIT_RUNS, Corpus
 from utils.data.utterances import Utterance, pad_waveforms
 from utils.features.cache import FrontEndFeatures, LiveFeatures, _StoredFeatures, autocast_for
 from utils.runs.identity import RunConfig
+
+
+ORIGINAL_CROP_SECONDS = 6       # the original's dataset and collate_fn both cut at 16000 * 6 samples
 
 
 @dataclass(frozen=True)
@@ -30,23 +35,51 @@ class Protocol:
     uar_classes: str
     # live trainable backbones are evaluated in fp32 on CUDA (else bf16 autocast, as every other pass)
     fp32_live_evaluation: bool
-    # sustainability also records the original's number: thop MACs of backbone + head on 50 frames, as "GFLOPs"
+    # sustainability also records the original's number: thop's MACs of backbone + head on 50 frames, as "GFLOPs"
     thop_style_gflops: bool
+    # seeded runs over a corpus with one official split (MSP-Podcast, MELD; --seeds overrides): run k reads the split
+    # as fold k, seed 8k. The original looped folds 1-5 over msp-podcast.json in finetune, fairness and safety.
+    single_split_runs: int
+    # FGSM/PGD in fp32 on CUDA too, the clean predictions from a live pass (else bf16 autocast, the cached predictions)
+    attack_fp32_live: bool
+    # a fold whose dev UAR never exceeds 0 reports test UAR and ACC 0 (the original's best started at 0 and it saved
+    # no checkpoint); else the first epoch is the best until a later one beats it
+    best_needs_dev_uar_above_0: bool
+    # every utterance cropped to this many seconds, whatever --audio_duration says (None: --audio_duration)
+    crop_seconds: int | None
+    # the demographic group the trust profile's fairness axis reads (results.json holds both)
+    fairness_group: str
 
 
 PROTOCOLS = {p.name: p for p in [
     Protocol("fixed", train_mode_features=False, padded_batch_features=False, head_as_original=False, finetunable=None,
              attack_gradient_in_train_mode=False, uar_classes="labels", fp32_live_evaluation=False,
-             thop_style_gflops=False),
+             thop_style_gflops=False, single_split_runs=SINGLE_SPLIT_RUNS["fixed"], attack_fp32_live=False,
+             best_needs_dev_uar_above_0=False, crop_seconds=None, fairness_group="speaker"),
     Protocol("original", train_mode_features=True, padded_batch_features=True, head_as_original=True,
              finetunable=frozenset({"wavlm", "whisper_tiny"}), attack_gradient_in_train_mode=True,
-             uar_classes="labels_or_predictions", fp32_live_evaluation=True, thop_style_gflops=True),
+             uar_classes="labels_or_predictions", fp32_live_evaluation=True, thop_style_gflops=True,
+             single_split_runs=SINGLE_SPLIT_RUNS["original"], attack_fp32_live=True, best_needs_dev_uar_above_0=True,
+             crop_seconds=ORIGINAL_CROP_SECONDS, fairness_group="gender"),
 ]}
 ORIGINAL_HEAD_CHANNELS = 256
 
 
 def protocol_of(run: RunConfig) -> Protocol:
     return PROTOCOLS[run.protocol]
+
+
+def fold_ids(run: RunConfig, corpus: Corpus) -> list[int]:
+    """The run's folds: the corpus' folds, or for a corpus with one official split, its seeded runs 1..N."""
+    if run.seeds is not None and (run.seeds < 1 or corpus.num_folds):
+        raise TrustSerError(f"--seeds {run.seeds}: " + ("must be at least 1" if run.seeds < 1 else
+                            f"{corpus.name} has {corpus.num_folds} folds; --seeds is for corpora with one split"))
+    return corpus.fold_ids(run.seeds or protocol_of(run).single_split_runs)
+
+
+def crop_seconds(run: RunConfig) -> int:
+    """Seconds each utterance is cropped to."""
+    return protocol_of(run).crop_seconds or run.audio_duration
 
 
 def head_shape(run: RunConfig) -> tuple[int, int]:

@@ -15,7 +15,9 @@ from utils.trust.attacks import attack_success_rate, fgsm, gaussian_noise, measu
 from utils.data.utterances import Utterance, length_sorted_batches, pad_waveforms
 from utils.features.cache import AudioBank, autocast_for
 from utils.training.metrics import classification_scores
-from utils.training.protocol import train_mode
+from utils.runs.identity import RunConfig
+from utils.training.pipeline import make_source
+from utils.training.protocol import crop_seconds, protocol_of, train_mode
 from utils.core.progress import progress
 from utils.training.loop import evaluate
 
@@ -34,6 +36,26 @@ class AttackSpec:
     fp32: bool = False
     gradient_in_train_mode: bool = False
     uar_classes: str = "labels"
+
+
+def attack_spec(run: RunConfig, method: str, snr: float, pgd_steps: int, fp32: bool) -> AttackSpec:
+    """The attack as the run's protocol runs it (fp32 under --protocol original, whatever --fp32 says)."""
+    protocol = protocol_of(run)
+    return AttackSpec(method, snr, pgd_steps, run.eval_batch_size, fp32 or protocol.attack_fp32_live,
+                      protocol.attack_gradient_in_train_mode, protocol.uar_classes)
+
+
+def clean_inputs(run: RunConfig, attack: AttackSpec, backbone, head, test: list[Utterance], device,
+                 project_dir: str, num_classes: int) -> tuple[list[Utterance], AudioBank, torch.Tensor | None]:
+    """The readable test utterances, their audio and the clean predictions attack_fold starts from: None with
+    attack.fp32 (attack_fold's own live fp32 pass, as the original), else the feature cache's, as the finetune
+    stage saw them."""
+    if attack.fp32:
+        audio = AudioBank(crop_seconds(run), run.skip_bad)
+        return [u for u in test if audio.get(u.path) is not None], audio, None
+    source = make_source(run, backbone, device, project_dir, grad_backbone=False)
+    test = source.prepare(test)
+    return test, source.audio, cached_predictions(head, backbone, source, test, run.eval_batch_size, num_classes)
 
 
 def attack_batch(backbone, head, wav: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, attack: AttackSpec,

@@ -2,7 +2,8 @@
 
 FLOPs come from torch.utils.flop_counter (matrix products, convolutions, attention; a
 multiply-add counts as 2 FLOPs; elementwise ops are not counted). The original used thop,
-which reports multiply-accumulates (MACs), so its "GFLOPs" are about half of these numbers.
+which reports multiply-accumulates (MACs) of the modules it has rules for (no attention products),
+and called them GFLOPs: thop_style_gflops reproduces that number with thop itself.
 """
 import logging
 import time
@@ -10,12 +11,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import thop
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from utils.training.pipeline import build_head, load_trained, make_backbone
+from utils.core.progress import progress
 from utils.runs.identity import RunConfig
+from utils.training.pipeline import build_head, load_trained, make_backbone
+from utils.training.protocol import ORIGINAL_CROP_SECONDS
 
 log = logging.getLogger("trust-ser")
 
@@ -30,12 +35,12 @@ def model_to_profile(run: RunConfig, run_dir: Path, fold: int, device: torch.dev
              f"of the same shape (FLOPs, parameters and latency do not depend on trained weights)")
     backbone = make_backbone(run, device).eval()
     return backbone, build_head(run, backbone, num_classes).to(device).eval(), False
-from utils.core.progress import progress
 
 
 def count_flops(module: nn.Module, example_inputs: tuple) -> int:
-    """Total FLOPs of module(*example_inputs), run once without gradients."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """Total FLOPs of module(*example_inputs), run once without gradients. Attention runs on its math path, so it
+    is counted on every device (flop_counter has formulas for the fused CUDA kernels, none for the CPU's)."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         module(*example_inputs)
     return int(counter.get_total_flops())
 
@@ -74,13 +79,23 @@ def measure_latency(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10,
 ORIGINAL_HEAD_FLOPS_FRAMES = 50
 
 
-def thop_style_gflops(backbone, head, example: tuple) -> float:
-    """The original's sustainability number: multiply-adds (thop) of the backbone on the input plus the head on
-    50 frames, divided by 1e9 and called GFLOPs."""
-    with torch.no_grad():
-        backbone_flops = count_flops(backbone, example)
-        frames = torch.randn(backbone.num_layers, 1, ORIGINAL_HEAD_FLOPS_FRAMES, backbone.hidden_dim,
-                             device=example[0].device)
-        mask = torch.ones(1, ORIGINAL_HEAD_FLOPS_FRAMES, dtype=torch.bool, device=example[0].device)
-        head_flops = count_flops(head, (frames, mask))
-    return (backbone_flops + head_flops) / 2e9
+def thop_macs(module: nn.Module, inputs: tuple) -> float:
+    """thop.profile's count for module(*inputs), the module left as it was (thop keeps its counters on modules it
+    has no rule for)."""
+    macs, _ = thop.profile(module, inputs=inputs, verbose=False)
+    for m in module.modules():
+        m._buffers.pop("total_ops", None)
+        m._buffers.pop("total_params", None)
+    return macs
+
+
+def thop_style_gflops(backbone, head, device: torch.device) -> float:
+    """The original's sustainability number: thop.profile of the backbone on a 6 s waveform plus of the head on 50
+    frames of every layer, / 1e9, called GFLOPs (thop's multiply-accumulates). The original profiled Whisper's
+    encoder on the log-mel: the log-mel holds no module thop counts, so profiling the backbone on the waveform
+    counts the same modules on the same shapes (the Hugging Face encoder itself now refuses clips under 30 s)."""
+    samples = ORIGINAL_CROP_SECONDS * 16000
+    wav = (torch.randn(1, samples, device=device), torch.tensor([samples], device=device))
+    frames = torch.randn(backbone.num_layers, 1, ORIGINAL_HEAD_FLOPS_FRAMES, backbone.hidden_dim, device=device)
+    mask = torch.ones(1, ORIGINAL_HEAD_FLOPS_FRAMES, dtype=torch.bool, device=device)
+    return (thop_macs(backbone, wav) + thop_macs(head, (frames, mask))) / 1e9
