@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command, offline: set up, generate the synthetic corpus, then split -> preprocess -> finetune (5 folds)
-# -> fairness -> FGSM safety -> privacy -> sustainability -> trust profile -> report.   Usage: bash scripts/demo.sh [OUT_DIR]
+# -> fairness -> FGSM safety -> privacy -> sustainability -> robustness -> trust profile -> report.
+# Usage: bash scripts/demo.sh [OUT_DIR]
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$(mkdir -p "${1:-$REPO/demo_output}" && cd "${1:-$REPO/demo_output}" && pwd)"
@@ -13,6 +14,7 @@ data_dir:
 project_dir: $OUT
 YML
 MODELS="${MODELS:-whisper_tiny tera}"     # random-init backbones, compared in the trust profile
+PERTURBATIONS="${PERTURBATIONS:-white_20db,white_0db,babble_10db,reverb_300ms,telephone}"   # 5 of the 12 defaults: time
 run_flags() {
     echo "--config $OUT/config.yml --dataset demo --pretrain_model $1 --random_init --device cpu
           --learning_rate 0.0005 --downstream_model cnn --num_epochs 30 --num_layers 3 --conv_layers 2
@@ -28,6 +30,7 @@ for MODEL in $MODELS; do
     step "$MODEL: safety (FGSM, 45 dB)";        "$PY" "$REPO/trustworthy/safety/adversarial_attack.py" $RUN --attack_method fgsm -snr 45
     step "$MODEL: privacy (gender inference)";  "$PY" "$REPO/trustworthy/privacy/gender_inference.py" $RUN
     step "$MODEL: sustainability";              "$PY" "$REPO/trustworthy/sustainability/sustainability.py" $RUN
+    step "$MODEL: robustness";                  "$PY" "$REPO/trustworthy/robustness/robustness.py" $RUN --perturbations "$PERTURBATIONS"
 done
 step "trust profile";               "$PY" "$REPO/trustworthy/plot_spider.py" --config "$OUT/config.yml" --dataset demo \
                                         --output_dir "$OUT/trust_profile"

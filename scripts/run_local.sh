@@ -7,7 +7,8 @@
 #   JOBS=2 BACKBONES="apc whisper_tiny" FOLDS="1 2" bash scripts/run_local.sh --dataset crema_d
 #   CORPORA="iemocap crema_d msp-improv" BACKBONES="wavlm" bash scripts/run_local.sh --num_epochs 30
 #
-# Same lists, environment overrides (CORPORA, BACKBONES, FOLDS, PRIVACY_FOLDS, ATTACKS, PYTHON, DRY_RUN) and flag
+# Same lists, environment overrides (CORPORA, BACKBONES, FOLDS, PRIVACY_FOLDS, ATTACKS, PERTURBATIONS, PYTHON,
+# DRY_RUN) and flag
 # passthrough as slurm_array.sh. Parallel tasks share the GPU(s) of this machine: mind its memory (lower
 # --batch_size / --eval_batch_size), or give each task its own GPU with CUDA_VISIBLE_DEVICES per invocation.
 # Stop it at any moment and run the same command again: finished folds are skipped, an interrupted fold

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Slurm job array: one task per (corpus, backbone, fold). Each task fine-tunes its fold, then runs that fold's
-# trust evaluations (fairness, safety; privacy on PRIVACY_FOLDS; sustainability once per corpus and backbone, on
-# its first fold).
+# trust evaluations (fairness, safety, robustness; privacy on PRIVACY_FOLDS; sustainability once per corpus and
+# backbone, on its first fold).
 #
 #   cd /path/to/trust-ser        # submit from the repository root (or set TRUST_SER_REPO)
 #   mkdir -p logs                # Slurm writes the task logs there (logs/trust-ser_<job>_<task>.out)
@@ -24,7 +24,8 @@
 #   sbatch --dependency=afterany:$JOB --array=0 scripts/slurm_array.sh --aggregate_only ARGS
 #
 # Environment: CORPORA (default: the --dataset flag, else iemocap), BACKBONES, FOLDS (default: every fold of
-# each corpus, from scripts/corpus_folds.py: 5 for iemocap, 6 for msp-improv, a manifest corpus' own), PRIVACY_FOLDS, ATTACKS override the lists below (space-separated); PYTHON (default: the repo's
+# each corpus, from scripts/corpus_folds.py: 5 for iemocap, 6 for msp-improv, a manifest corpus' own), PRIVACY_FOLDS, ATTACKS override the lists below (space-separated); PERTURBATIONS (the robustness
+# stage's --perturbations, comma-separated; default: its own list); PYTHON (default: the repo's
 # .venv); DRY_RUN=1 prints the commands instead of running them. --num_tasks prints the number of tasks,
 # --last_task the last task index (for --array).
 #SBATCH --job-name=trust-ser
@@ -41,6 +42,7 @@ set -euo pipefail
 BACKBONES=(${BACKBONES:-apc tera wavlm wav2vec2_0 whisper_tiny whisper_base whisper_small})
 PRIVACY_FOLDS=(${PRIVACY_FOLDS:-1})          # the original probes gender leakage on fold 1 only
 ATTACKS=(${ATTACKS:-fgsm:45})                # method:snr pairs, e.g. "fgsm:45 pgd:45 gaussian_noise:30"
+ROBUSTNESS_FLAGS=(${PERTURBATIONS:+--perturbations "$PERTURBATIONS"})
 
 # Under sbatch this file runs from a spool copy, so its own location does not point into the repository.
 REPO="${TRUST_SER_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}}"
@@ -55,6 +57,7 @@ FAIRNESS="$REPO/trustworthy/fairness/fairness_evaluation.py"
 SAFETY="$REPO/trustworthy/safety/adversarial_attack.py"
 PRIVACY="$REPO/trustworthy/privacy/gender_inference.py"
 SUSTAINABILITY="$REPO/trustworthy/sustainability/sustainability.py"
+ROBUSTNESS="$REPO/trustworthy/robustness/robustness.py"
 
 dataset_flag() {   # the value of --dataset among the flags, if given
     local prev="" arg
@@ -106,6 +109,7 @@ fold_task() {   # fold_task CORPUS BACKBONE FOLD FIRST_FOLD [flags...]: the trus
     for attack in "${ATTACKS[@]}"; do
         run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
     done
+    run "$PY" "$ROBUSTNESS" "${common[@]}" "${ROBUSTNESS_FLAGS[@]}" || status=1
     if contains "$fold" "${PRIVACY_FOLDS[@]}"; then
         run "$PY" "$PRIVACY" "${common[@]}" || status=1
     fi
@@ -132,6 +136,7 @@ aggregate_all() {   # results.json of every stage, corpus and backbone from the 
         for attack in "${ATTACKS[@]}"; do
             run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
         done
+        run "$PY" "$ROBUSTNESS" "${common[@]}" "${ROBUSTNESS_FLAGS[@]}" || status=1
         run "$PY" "$PRIVACY" "${common[@]}" || status=1
       done
     done

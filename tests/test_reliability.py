@@ -474,7 +474,11 @@ def test_scale_out_scripts_parse_and_map_tasks(tmp_path):
     assert proc.returncode == 0 and "task 4 of 6: corpus demo, backbone tera, fold 2" in proc.stdout
     assert all("--dataset demo --pretrain_model tera --folds 2 --dataset demo --hidden_size 64" in c for c in commands)
     assert [c.split()[2].split("/")[-1] for c in commands] == [
-        "finetune_single_thread.py", "fairness_evaluation.py", "adversarial_attack.py"]  # fold 2: no privacy/FLOPs
+        "finetune_single_thread.py", "fairness_evaluation.py", "adversarial_attack.py", "robustness.py"]  # no privacy/FLOPs
+    proc = _bash("slurm_array.sh", "--dataset", "demo", SLURM_ARRAY_TASK_ID="0", BACKBONES="apc", FOLDS="1",
+                 DRY_RUN="1", PERTURBATIONS="white_10db,telephone")
+    assert "robustness.py --dataset demo --pretrain_model apc --folds 1 --dataset demo --perturbations " \
+           "white_10db,telephone" in proc.stdout
 
     proc = _bash("slurm_array.sh", SLURM_ARRAY_TASK_ID="6", BACKBONES="apc tera", FOLDS="1 2 3")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--array=0-5" in proc.stderr
