@@ -4,6 +4,7 @@ invariance, the three finetune modes, run folder names and the fast failure with
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,6 @@ from model.backbones.hf import hf_classes  # noqa: E402
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.runs.paths import backbone_dir_name  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask and attn_mask")
 FAMILIES = list(TINY_CONFIGS)
 LENGTHS = [4800, 2410, 6400]
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,17 @@ def test_padding_invariance(folders, family):
         assert alone.shape[2] == frame_lengths[i]
         assert (hidden[:, i, :frame_lengths[i]] - alone[:, 0]).abs().max() < 1e-4 * alone.abs().max()
         assert hidden[:, i, frame_lengths[i]:].abs().sum() == 0
+
+
+def test_loading_and_a_padded_wavlm_forward_print_nothing(folders, capfd):
+    """No "Loading weights" bar, no transformers notes, no torch deprecation warning on every forward."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = build_backbone(str(folders["wavlm"]))
+        hidden, frame_lengths, _ = backbone(*padded_batch())
+    assert hidden.shape[:2] == (3, 3) and frame_lengths.tolist() == [(n - 400) // 320 + 1 for n in LENGTHS]
+    assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.parametrize("family", FAMILIES)

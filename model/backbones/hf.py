@@ -1,6 +1,7 @@
 """Loading Hugging Face speech encoders: model classes, a model's config.json (folder or hub), from_pretrained with
 clear errors."""
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,8 +50,9 @@ def hf_load(name: str, family: str, source: str, local: bool) -> nn.Module:
     """from_pretrained(source), refusing folders whose weights do not cover the encoder."""
     _, model_class = hf_classes(family)
     try:
-        model, info = model_class.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
-                                                  local_files_only=local or hub_offline())
+        with _quiet_transformers():
+            model, info = model_class.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
+                                                      local_files_only=local or hub_offline())
     except Exception as err:  # hub/network errors and damaged folders come in many types
         if not local:
             raise TrustSerError(hub_failure(name, source, err)) from None
@@ -64,3 +66,19 @@ def hf_load(name: str, family: str, source: str, local: bool) -> nn.Module:
         raise TrustSerError(f"{source}: {len(missing) + len(mismatched)} {name} weights missing or of the wrong "
                             f"shape (e.g. {example})")
     return model.eval()
+
+
+@contextmanager
+def _quiet_transformers():
+    """No "Loading weights" progress bar nor transformers' notes on unused weights (e.g. Whisper's decoder) while
+    loading: hf_load reports what matters for the encoder itself, in one line."""
+    from transformers.utils import logging as hf_logging
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -3,6 +3,7 @@
 All four share the layout CNN feature encoder -> projection -> convolutional positions -> transformer layers, in
 two orders: post-layer-norm ("base" models: layer norm before the first layer) and stable-layer-norm
 (`do_stable_layer_norm`, most "large" models: pre-norm layers, layer norm after the last one)."""
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,6 +39,10 @@ class Wav2Vec2StyleBackbone(Backbone):
         super().__init__(name, weights_id, finetune)
         self.model = model
         self.is_wavlm = model.config.model_type == "wavlm"
+        if self.is_wavlm:
+            # its attention (transformers) gives torch a bool padding mask beside the float position bias; torch
+            # turns the first into the second's type (the same attention) but warns on every forward of the mix
+            warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
         self.stable_layer_norm = getattr(model.config, "do_stable_layer_norm", False)
         self.hidden_dim = model.config.hidden_size
         self.num_layers = model.config.num_hidden_layers
