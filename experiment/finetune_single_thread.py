@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         _aggregate(run_dir, stage.fold_ids, run)
         log.info(f"results: {run_dir / 'results.json'}")
         return
-    splits = {fold: load_fold(config["project_dir"], run.dataset, fold) for fold in todo}   # fail fast, before any download
+    splits = {fold: load_fold(config["project_dir"], run.dataset, fold, run.config) for fold in todo}   # fail fast, before any download
     device = resolve_device(run.device)
     backbone = make_backbone(run, device)
     trains_backbone = backbone.finetune != "frozen"     # --protocol original: not every backbone fine-tunes

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from utils.data.audio import TARGET_SR, BadAudioError, audio_info, read_audio, to_16k_mono  # noqa: E402
-from utils.core.config import REPO_ROOT, load_config  # noqa: E402
-from utils.data.corpora import CORPORA, get_corpus, preprocessed_name  # noqa: E402
+from utils.core.config import load_config  # noqa: E402
+from utils.data.corpora import CORPORA, get_corpus, preprocessed_name, split_command  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.core.io import read_json, write_wav  # noqa: E402
 from utils.data.layout import audio_dir, split_path  # noqa: E402
@@ -23,17 +23,9 @@ SPLITS = ("train", "dev", "test")
 SHOWN_BAD = 3
 
 
-def split_script(dataset: str) -> str:
-    """The train_split_gen script that writes this corpus' split files (its file name may use - or _)."""
-    for name in (dataset, dataset.replace("-", "_"), dataset.replace("_", "-")):
-        if (REPO_ROOT / "train_split_gen" / f"{name}.py").is_file():
-            return f"train_split_gen/{name}.py"
-    return f"train_split_gen/{dataset}.py"
-
-
-def read_split_file(path: Path, dataset: str) -> dict:
+def read_split_file(path: Path, dataset: str, config: str | None) -> dict:
     if not path.is_file():
-        raise TrustSerError(f"split file {path} not found; run python3 {split_script(dataset)} first")
+        raise TrustSerError(f"split file {path} not found; run first: {split_command(dataset, config)}")
     split = read_json(path)
     if not isinstance(split, dict) or not any(isinstance(split.get(s), list) for s in SPLITS):
         raise TrustSerError(f"{path} is not a split file: expected lists under 'train', 'dev' and 'test'")
@@ -44,11 +36,12 @@ def read_split_file(path: Path, dataset: str) -> dict:
     return split
 
 
-def plan_outputs(dataset: str, split_files: list[Path]) -> dict[str, str]:
-    """Output file name -> source audio path over all split files; two sources for one name is an error."""
+def plan_outputs(dataset: str, split_files: list[Path], config: str | None = None) -> dict[str, str]:
+    """Output file name -> source audio path over all split files; two sources for one name is an error.
+    config: the --config given, repeated in the command of a hint."""
     plan: dict[str, str] = {}
     for path in split_files:
-        split = read_split_file(path, dataset)
+        split = read_split_file(path, dataset, config)
         for name in SPLITS:
             for entry in split.get(name, []):
                 out_name, source = preprocessed_name(dataset, entry, name), str(entry[3])
@@ -99,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config)
     corpus = get_corpus(args.dataset, config["project_dir"])
     split_files = [split_path(config["project_dir"], corpus.name, fold) for fold in corpus.fold_ids()]
-    plan = plan_outputs(corpus.name, split_files)
+    plan = plan_outputs(corpus.name, split_files, args.config)
     out_dir = audio_dir(config["project_dir"], corpus.name)
     written, skipped, bad = preprocess(plan, out_dir)
     logging.info(f"{corpus.name}: {len(plan)} files in the splits; {written} written, "

@@ -235,6 +235,23 @@ def test_the_finetune_command_of_a_hint_describes_the_same_run():
     assert RunConfig.from_args(base_parser("").parse_args(argv)).defining_flags() == run.defining_flags()
 
 
+def test_fix_it_commands_keep_the_config_given(tmp_path):
+    from utils.core.config import DEFAULT_CONFIG
+    from utils.core.errors import TrustSerError
+    from utils.core.io import write_json
+    from utils.data.utterances import load_fold
+    config = "/my dir/c.yml"
+    with pytest.raises(TrustSerError, match=r"run first: python3 train_split_gen/demo.py --generate --config '/my dir/c.yml'$"):
+        load_fold(tmp_path, "demo", 1, config)
+    entry = ["spk01_neu_1", "demo_spk01", "F", "/data/spk01_neu_1.wav", "neu"]
+    write_json(tmp_path / "train_split" / "demo_fold1.json", {"train": [entry], "dev": [entry], "test": [entry]})
+    with pytest.raises(TrustSerError, match=r"run first: python3 preprocess_audio/preprocess_audio.py --dataset demo "
+                                            r"--config '/my dir/c.yml'$"):
+        load_fold(tmp_path, "demo", 1, config)
+    command = shlex.split(finetune_command(RunConfig(config=config)))
+    assert command[-2:] == ["--config", config] and Path(command[1]).is_file() and DEFAULT_CONFIG.is_file()
+
+
 def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_command(project):
     config, _ = project
     flags = _flags(config)

@@ -92,10 +92,13 @@ def test_bad_input_fails_naming_it_unless_skip_bad(tmp_path):
     assert not (tmp_path / "out" / "audio" / "demo" / "bad.wav").exists()
 
 
-def test_missing_split_file_names_the_split_script(tmp_path):
+def test_missing_split_file_names_the_split_script_with_the_config_given(tmp_path):
     script = load_script(SCRIPT)
-    with pytest.raises(TrustSerError, match=r"demo_fold1.json not found; run python3 train_split_gen/demo.py first"):
+    with pytest.raises(TrustSerError, match=r"demo_fold1.json not found; run first: python3 "
+                                            r"train_split_gen/demo.py --generate$"):
         script.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
+    with pytest.raises(TrustSerError, match=r"run first: python3 train_split_gen/crema-d.py --config '/my dir/c.yml'$"):
+        script.plan_outputs("crema_d", [tmp_path / "crema_d_fold1.json"], "/my dir/c.yml")
 
 
 def test_malformed_split_file(tmp_path):

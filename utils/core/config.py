@@ -1,11 +1,12 @@
 """config.yml: where the corpora are and where outputs go."""
+import shlex
 from pathlib import Path
 
 import yaml
 
 from utils.core.errors import TrustSerError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yml"
 CORPORA = ["iemocap", "crema_d", "ravdess", "msp-improv", "msp-podcast", "meld"]
 
@@ -31,6 +32,12 @@ def load_config(path: str | Path | None = None) -> dict:
     config["data_dir"] = {name: str(base / Path(str(p)).expanduser()) for name, p in config["data_dir"].items()}
     config["_path"] = str(path)
     return config
+
+
+def config_flag(config: str | Path | None) -> str:
+    """' --config PATH' for a fix-it command in a hint when the user gave --config (else ''): the command must
+    read the same config file as the one that failed."""
+    return f" --config {shlex.quote(str(config))}" if config else ""
 
 
 def corpus_dir(config: dict, dataset: str) -> Path:

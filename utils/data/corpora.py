@@ -3,6 +3,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 
+from utils.core.config import config_flag
 from utils.core.errors import TrustSerError
 
 
@@ -79,12 +80,14 @@ def files_name(dataset: str) -> str:
     return get_corpus(dataset).files_of or dataset
 
 
-def split_command(dataset: str) -> str:
-    """The command that writes the corpus' split files (its script is named as the corpus, with '-' for '_')."""
+def split_command(dataset: str, config: str | None = None) -> str:
+    """The command that writes the corpus' split files (its script is named as the corpus, with '-' for '_'),
+    with --config when the user gave one."""
     name = files_name(dataset)
     if name not in CORPORA:
-        return f"python3 train_split_gen/manifest.py --manifest YOUR.csv --dataset {name}"
-    return f"python3 train_split_gen/{name.replace('_', '-')}.py" + (" --generate" if name == "demo" else "")
+        return f"python3 train_split_gen/manifest.py --manifest YOUR.csv --dataset {name}{config_flag(config)}"
+    return (f"python3 train_split_gen/{name.replace('_', '-')}.py" + (" --generate" if name == "demo" else "")
+            + config_flag(config))
 
 
 def split_file_name(dataset: str, fold: int) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from utils.data.corpora import get_corpus, preprocessed_name, split_command
+from utils.core.config import config_flag
 from utils.core.errors import TrustSerError
 from utils.core.io import read_json
 from utils.data.layout import audio_dir, split_path
@@ -24,12 +25,14 @@ class Utterance:
     label: int
 
 
-def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, list[Utterance]]:
-    """Read one fold's split file; keep the corpus' emotions, map them to class ids, log what was dropped."""
+def load_fold(project_dir: str | Path, dataset: str, fold: int,
+              config: str | None = None) -> dict[str, list[Utterance]]:
+    """Read one fold's split file; keep the corpus' emotions, map them to class ids, log what was dropped.
+    config: the --config given, repeated in the commands of the hints."""
     corpus = get_corpus(dataset, project_dir)
     path = split_path(project_dir, dataset, fold)
     if not path.is_file():
-        raise TrustSerError(f"split file {path} not found; run first: {split_command(dataset)}")
+        raise TrustSerError(f"split file {path} not found; run first: {split_command(dataset, config)}")
     split_dict = read_json(path)
     folder = audio_dir(project_dir, dataset)
     fold_data, dropped_by_split = {}, {}
@@ -54,7 +57,7 @@ def load_fold(project_dir: str | Path, dataset: str, fold: int) -> dict[str, lis
         fold_data[split], dropped_by_split[split] = kept, dropped
     if not folder.is_dir() or not any(folder.iterdir()):
         raise TrustSerError(f"no preprocessed audio in {folder}; run first: "
-                            f"python3 preprocess_audio/preprocess_audio.py --dataset {dataset}")
+                            f"python3 preprocess_audio/preprocess_audio.py --dataset {dataset}{config_flag(config)}")
     _log_sizes_once(path, fold_data, dropped_by_split)
     return fold_data
 

@@ -14,7 +14,7 @@ import torch
 from model.backbones import build_backbone, check_backbone_name
 from model.heads import CNNSelfAttention
 from utils.runs.cli import parse_folds
-from utils.core.config import REPO_ROOT, load_config
+from utils.core.config import REPO_ROOT, config_flag, load_config
 from utils.data.corpora import Corpus, get_corpus
 from utils.core.errors import TrustSerError
 from utils.features.cache import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures, feature_budgets
@@ -130,9 +130,7 @@ def finetune_command(run: RunConfig) -> str:
             cmd += [f"--{name}"] if value else []
         elif name in always or value != getattr(RunConfig, name):
             cmd.append(f"--{name} {shlex.quote(str(value))}")
-    if run.config:
-        cmd.append(f"--config {shlex.quote(str(run.config))}")
-    return " ".join(cmd)
+    return " ".join(cmd) + config_flag(run.config)
 
 
 def load_trained(run: RunConfig, run_dir: Path, fold: int, device: torch.device, num_classes: int):
