@@ -241,7 +241,8 @@ def test_fix_it_commands_keep_the_config_given(tmp_path):
     from utils.core.io import write_json
     from utils.data.utterances import load_fold
     config = "/my dir/c.yml"
-    with pytest.raises(TrustSerError, match=r"run first: python3 train_split_gen/demo.py --generate --config '/my dir/c.yml'$"):
+    with pytest.raises(TrustSerError,
+                       match=r"run first: python3 train_split_gen/demo.py --generate --config '/my dir/c.yml'$"):
         load_fold(tmp_path, "demo", 1, config)
     entry = ["spk01_neu_1", "demo_spk01", "F", "/data/spk01_neu_1.wav", "neu"]
     write_json(tmp_path / "train_split" / "demo_fold1.json", {"train": [entry], "dev": [entry], "test": [entry]})

@@ -280,6 +280,18 @@ def test_config_file_or_key_missing(tmp_path):
         corpus_dir(config, "demo")
 
 
+def test_invalid_yaml_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "c.yml"
+    bad.write_text("data_dir:\n  demo: corpus\n project_dir: out\n")       # one space short of the mapping's indent
+    with pytest.raises(TrustSerError) as info:
+        load_config(bad)
+    assert str(info.value) == (f"{bad}:3:2: config file is not valid YAML: "
+                               f"expected <block end>, but found '<block mapping start>'")
+    bad.write_text("project_dir: out\ndata_dir: {demo: corpus\n")
+    with pytest.raises(TrustSerError, match=rf"^{bad}:3:1: config file is not valid YAML: expected ',' or '}}'"):
+        load_config(bad)
+
+
 def test_corpus_laid_out_differently_names_what_was_looked_for(tmp_path):
     demo = load_script("train_split_gen/demo.py")
     (tmp_path / "some_other_corpus").mkdir()

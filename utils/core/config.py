@@ -19,7 +19,8 @@ def load_config(path: str | Path | None = None) -> dict:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise TrustSerError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise TrustSerError(f"{_yaml_location(path, err)}: config file is not valid YAML: "
+                            f"{getattr(err, 'problem', None) or str(err).splitlines()[0]}") from None
     if not isinstance(config, dict):
         raise TrustSerError(f"config file {path} must be a mapping with data_dir and project_dir")
     if not config.get("project_dir"):
@@ -32,6 +33,12 @@ def load_config(path: str | Path | None = None) -> dict:
     config["data_dir"] = {name: str(base / Path(str(p)).expanduser()) for name, p in config["data_dir"].items()}
     config["_path"] = str(path)
     return config
+
+
+def _yaml_location(path: Path, err: yaml.YAMLError) -> str:
+    """file:line:column of the problem (PyYAML counts from 0), or the file alone."""
+    mark = getattr(err, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
 
 
 def config_flag(config: str | Path | None) -> str:
