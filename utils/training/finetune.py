@@ -102,7 +102,8 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
         stale.unlink(missing_ok=True)
     if last_path.is_file():
         state = _resume(last_path, head, backbone, optimizer, scheduler, generator)
-        log.info(f"fold {fold}: resuming after epoch {state['epoch']} from {last_path}")
+        # epochs count from 0 in the logs: state["epoch"] finished ones end with epoch state["epoch"] - 1
+        log.info(f"fold {fold}: resuming after epoch {state['epoch'] - 1} from {last_path}")
 
     for epoch in range(state["epoch"], spec.num_epochs):
         train_res = train_epoch(head, backbone, source, data["train"], criterion, optimizer, run.batch_size,
