@@ -20,11 +20,11 @@ sys.path.insert(0, str(REPO))
 from model.backbones import build_backbone  # noqa: E402
 from model.heads import CNNSelfAttention  # noqa: E402
 from synthetic_project import load_script  # noqa: E402
-from utils.core.io import write_wav  # noqa: E402
-from utils.core.io import save_torch  # noqa: E402
+from utils.core.io import save_torch, write_wav  # noqa: E402
 from utils.runs.identity import RunConfig  # noqa: E402
 from utils.data.utterances import Utterance  # noqa: E402
-from utils.features.cache import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures  # noqa: E402
+from utils.features.cache import (AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures,  # noqa: E402
+                                  feature_budgets)
 from utils.training.pipeline import make_source  # noqa: E402
 from utils.features.shards import ENTRY_BYTES, ShardStore  # noqa: E402
 from utils.data.synthetic import EMOTIONS, make_corpus, make_speaker, synthesize  # noqa: E402
@@ -556,3 +556,12 @@ def test_a_cache_of_the_per_utterance_layout_is_moved_into_shards(utts, tmp_path
     assert not list(folder.glob("**/*.pt")) and len(source.store.entries) == len(utts)
     assert all(torch.equal(source.get(u), fresh.get(u)) for i, u in enumerate(utts) if i != 3)
     assert fp16_close(source.get(utts[3]), fresh.get(utts[3]))     # computed again, alone
+
+
+def test_cache_budgets_are_logged_once_per_run_even_when_they_move(tmp_path, caplog):
+    """Privacy and safety make a source per fold; free memory moves between folds, the line is not repeated."""
+    with caplog.at_level("INFO", logger="trust-ser"):
+        assert feature_budgets(2.0, 1.0, CPU, tmp_path) == (2 ** 30, 2 * 2 ** 30)
+        assert feature_budgets(2.0, 1.5, CPU, tmp_path) == (1.5 * 2 ** 30, 2 * 2 ** 30)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"feature cache budgets: 1.0 GiB of cpu memory, 2.0 GiB on disk under {tmp_path}"]

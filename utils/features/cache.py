@@ -570,14 +570,15 @@ class LastLayerFeatures(_StoredFeatures):
 
 
 GiB = 2 ** 30
-_logged_budgets: set = set()
+_logged_budgets: set[Path] = set()      # cache folders whose budgets this process has logged
 
 
 def feature_budgets(cache_gb: float | None, memory_gb: float | None, device: torch.device,
                     cache_root: Path) -> tuple[int, int]:
     """Bytes of (memory, disk) the cached features may take: --memory_gb / --cache_gb, or what is free with a
     margin: 60% of free GPU memory (CUDA) or 30% of available host memory; the cache's present size plus
-    80% of the free disk space. Logged once per process."""
+    80% of the free disk space. Logged once per process and cache folder: stages that prepare a source per
+    fold (privacy, safety) recompute them, and free memory moves a little between folds."""
     if memory_gb is not None:
         memory = int(memory_gb * GiB)
     elif device.type == "cuda":
@@ -592,7 +593,7 @@ def feature_budgets(cache_gb: float | None, memory_gb: float | None, device: tor
     line = (f"feature cache budgets: {memory / GiB:.1f} GiB of {device.type} memory"
             f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {disk / GiB:.1f} GiB on disk "
             f"under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
-    if line not in _logged_budgets:
-        _logged_budgets.add(line)
+    if cache_root not in _logged_budgets:
+        _logged_budgets.add(cache_root)
         log.info(line)
     return memory, disk
