@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate_fold(fold: int) -> dict:
         backbone, head = load_trained(run, finetune_dir(stage.project_dir, run), fold, device, num_classes)
         audio = AudioBank(crop_seconds(run), run.skip_bad)
-        test = [u for u in load_fold(stage.project_dir, run.dataset, fold)["test"] if audio.get(u.path) is not None]
+        test = [u for u in load_fold(stage.project_dir, run.dataset, fold, run.config)["test"]
+                if audio.get(u.path) is not None]
         result = score_fold(backbone, head, test, audio, spec, fold, device, num_classes, noises)
         log.info(f"fold {fold}: clean UAR {result['clean']['uar']:.2f}%, mean drop {result['mean_uar_drop']:.2f} "
                  f"points over {len(names)} perturbations")

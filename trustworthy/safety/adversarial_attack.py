@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate_fold(fold: int) -> dict:
         set_seed(8 * fold)      # as the original: the train-mode gradient pass draws dropout
         backbone, head = load_trained(run, finetune_dir(stage.project_dir, run), fold, device, num_classes)
-        test = load_fold(stage.project_dir, run.dataset, fold)["test"]
+        test = load_fold(stage.project_dir, run.dataset, fold, run.config)["test"]
         test, audio, clean = clean_inputs(run, attack, backbone, head, test, device, stage.project_dir, num_classes)
         result = {**attack_fold(backbone, head, test, audio, attack, device, num_classes, clean),
                   "skipped_bad_audio": len(audio.bad)}

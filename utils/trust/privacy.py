@@ -138,7 +138,7 @@ def privacy_fold(run: RunConfig, fold: int, project_dir: str, out_dir: Path, dev
     backbone, emotion_head = load_trained(run, finetune_dir(project_dir, run), fold, device, num_classes)
     backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
-    splits = prepare_splits(source, load_fold(project_dir, run.dataset, fold))
+    splits = prepare_splits(source, load_fold(project_dir, run.dataset, fold, run.config))
     data = {split: relabel_by_gender(utts) for split, utts in splits.items()}
     everything = [u for s in SPLITS for u in data[s]]
     if len({u.label for u in everything}) < 2:
