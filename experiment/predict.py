@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.runs.cli import base_parser  # noqa: E402
+from utils.runs.cli import predict_parser  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.training.predict import EmotionRecognizer, find_audio, write_predictions_csv  # noqa: E402
 from utils.training.pipeline import start_stage  # noqa: E402
@@ -18,7 +18,7 @@ log = logging.getLogger("trust-ser")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = predict_parser(__doc__.splitlines()[0])
     parser.add_argument("--audio", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
     parser.add_argument("--output", default="predictions.csv", type=Path, help="CSV: path, prediction, prob_<class>")
     stage = start_stage(parser, argv=argv)

@@ -1,5 +1,6 @@
 """End to end on the synthetic corpus: every stage script run once as a subprocess, outputs checked by number."""
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -233,6 +234,18 @@ def test_the_finetune_command_of_a_hint_describes_the_same_run():
                     config="/a b/config.yml")
     argv = shlex.split(finetune_command(run))[2:]
     assert RunConfig.from_args(base_parser("").parse_args(argv)).defining_flags() == run.defining_flags()
+
+
+def test_predict_takes_the_flags_of_a_trained_run_and_none_of_training():
+    from utils.runs.cli import predict_parser
+    listed = set(re.findall(r"--\w+", predict_parser("").format_help()))
+    assert {"--config", "--pretrain_model", "--batch_size", "--folds", "--seeds", "--eval_batch_size"} <= listed
+    assert not listed & {"--overwrite", "--aggregate_only", "--no_cache", "--cache_gb", "--memory_gb", "--skip_bad",
+                         "--num_layers", "--norm", "--optimizer"}
+    pasted = shlex.split(finetune_command(RUN_CONFIG))[2:] + ["--num_layers", "3", "--norm", "nonorm"]
+    assert RunConfig.from_args(predict_parser("").parse_args(pasted)).defining_flags() == RUN_CONFIG.defining_flags()
+    with pytest.raises(SystemExit):
+        predict_parser("").parse_args([*pasted, "--overwrite"])
 
 
 def test_fix_it_commands_keep_the_config_given(tmp_path):

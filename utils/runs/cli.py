@@ -14,6 +14,23 @@ _D = RunConfig()
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Flags naming a run (dataset, backbone, head, training) and where/how to run it."""
     p = argparse.ArgumentParser(description=description)
+    _run_flags(p, ORIGINAL_ONLY)
+    _training_flags(p)
+    return p
+
+
+def predict_parser(description: str) -> argparse.ArgumentParser:
+    """The flags naming a trained run and where to run it, none of training's (cache, overwrite, aggregation); the
+    original's unused flags are accepted (a finetune command line pastes as is) but not listed."""
+    p = argparse.ArgumentParser(description=description)
+    _run_flags(p, argparse.SUPPRESS)
+    return p
+
+
+ORIGINAL_ONLY = "accepted for the original's command lines; unused there too"
+
+
+def _run_flags(p: argparse.ArgumentParser, original_only_help: str) -> None:
     p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
     p.add_argument("--dataset", default=_D.dataset, help=f"one of: {', '.join(CORPORA)}, or a corpus "
                    f"written by train_split_gen/manifest.py")
@@ -28,12 +45,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--downstream_model", default=_D.downstream_model, choices=["cnn"])
     p.add_argument("--learning_rate", default=_D.learning_rate, type=float)
     p.add_argument("--num_epochs", default=_D.num_epochs, type=int)
-    p.add_argument("--num_layers", default=1, type=int, help="accepted for the original's command lines; unused there too")
+    p.add_argument("--num_layers", default=1, type=int, help=original_only_help)
     p.add_argument("--conv_layers", default=_D.conv_layers, type=int, help="number of pointwise Conv1d layers in the head")
     p.add_argument("--hidden_size", default=_D.hidden_size, type=int, help="channels of the head's Conv1d layers")
     p.add_argument("--pooling", default=_D.pooling, choices=["mean", "att"], help="mean, or att (self-attention)")
-    p.add_argument("--norm", default="nonorm", help="accepted for the original's command lines; unused there too")
-    p.add_argument("--optimizer", default="adam", choices=["adam"])
+    p.add_argument("--norm", default="nonorm", help=original_only_help)
+    p.add_argument("--optimizer", default="adam", choices=["adam"], help=original_only_help)
     p.add_argument("--audio_duration", default=_D.audio_duration, type=int, help="seconds each utterance is cropped to")
     p.add_argument("--batch_size", default=_D.batch_size, type=int, help="training batch size")
     p.add_argument("--eval_batch_size", default=_D.eval_batch_size, type=int, help="batch size for evaluation and feature passes")
@@ -44,6 +61,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="a corpus with one split (msp-podcast, meld): seeded runs over it, numbered as folds 1..N, "
                         "seed 8 x run (default: 1; 5 under --protocol original, as the original)")
     p.add_argument("--device", default=_D.device)
+
+
+def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_cache", action="store_true", help="recompute the frozen backbone every epoch (no feature cache)")
     p.add_argument("--cache_gb", type=float, default=None,
                    help="disk the feature cache may take, in GiB (default: 80%% of the free space); what does not fit is recomputed every epoch")
@@ -52,7 +72,6 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable audio files (counted in results)")
     p.add_argument("--overwrite", action="store_true", help="redo folds whose outputs already exist")
     p.add_argument("--aggregate_only", action="store_true", help="rebuild results.json from per-fold files")
-    return p
 
 
 def parse_folds(spec: str | None, all_folds: list[int]) -> list[int]:
