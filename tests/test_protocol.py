@@ -20,6 +20,7 @@ from utils.training.finetune import reported_scores
 from utils.training.metrics import classification_scores
 from utils.training.pipeline import build_head, make_backbone, make_source
 from utils.training.protocol import crop_seconds, fold_ids, protocol_of
+from utils.reporting.report import run_folds
 from utils.runs.identity import RunConfig
 from utils.trust import safety
 from utils.trust.safety import AttackSpec, attack_batch, attack_fold, attack_precision, attack_spec, clean_inputs
@@ -245,7 +246,7 @@ def test_seeded_runs_over_one_split_are_averaged_and_resume(tmp_path):
     assert (run_dir / "fold_1.pt").stat().st_mtime_ns == first
     results = json.loads((run_dir / "results.json").read_text())
     uars = [results[k]["uar"] for k in ("1", "2", "3")]
-    assert results["meta"]["folds_done"] == [1, 2, 3]
+    assert results["meta"]["folds_done"] == [1, 2, 3] and run_folds(run_dir, [1]) == [1, 2, 3]   # the report's
     assert results["average"]["uar"] == pytest.approx(np.mean(uars)) and results["std"]["uar"] == pytest.approx(np.std(uars))
     run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--seeds", "3", "--bootstrap", "0")
     fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "apc" / run_dir.name / "results.json").read_text())
