@@ -46,7 +46,8 @@ from model.backbones import BACKBONES, build_backbone  # noqa: E402
 from utils.training import finetune  # noqa: E402
 from utils.data.utterances import Utterance, class_weights, pad_waveforms  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
-from utils.features.cache import AudioBank, CachedFeatures, LiveFeatures  # noqa: E402
+from utils.features.cache import CachedFeatures  # noqa: E402
+from utils.features.source import AudioBank, LiveFeatures  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
 from utils.training.pipeline import build_head, load_state  # noqa: E402
 from utils.training.protocol import apply_to_backbone, protocol_source  # noqa: E402
@@ -396,10 +397,10 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
     numbers = {"stages": stages, "seconds_per_training_batch": seconds["head training"] / batches,
             "seconds_per_evaluated_utterance": seconds["evaluation"] / evaluated, "training_batches": batches,
             "evaluated_utterances": evaluated, "precision": source.precision,
-            "cache": {"bytes": cache.memory_bytes, "utterances": len(cache.memory), "where": str(device),
+            "cache": {"bytes": cache.store.memory_bytes, "utterances": len(cache.store.memory), "where": str(device),
                       "dtype": "float16", "disk_bytes": cache.disk_bytes(), "memory_budget_bytes": memory_budget,
                       "disk_budget_bytes": disk_budget,
-                      "disk_utterances": len(cache.store.entries) if cache.store else 0, **cache.stats,
+                      "disk_utterances": len(cache.store.disk.entries) if cache.store.disk else 0, **cache.stats,
                       **front_end_numbers(cache)},
             "memory": peak_memory(device)}
     return numbers, cache
@@ -411,10 +412,10 @@ def front_end_numbers(cache: CachedFeatures) -> dict:
     fronts = cache.front_ends
     if fronts is None:
         return {}
-    on_disk = set(fronts.store.entries) if fronts.store else set()
-    return {"front_end_bytes": fronts.memory_bytes, "front_end_utterances": len(fronts.memory),
+    on_disk = set(fronts.store.disk.entries) if fronts.store.disk else set()
+    return {"front_end_bytes": fronts.store.memory_bytes, "front_end_utterances": len(fronts.store.memory),
             "front_end_disk_bytes": fronts.disk_bytes(), "front_end_disk_utterances": len(on_disk),
-            "front_end_kept_utterances": len(on_disk | set(fronts.memory))}   # memory holds copies of disk ones too
+            "front_end_kept_utterances": len(on_disk | set(fronts.store.memory))}   # memory holds copies of disk ones too
 
 
 def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.device, run_dir: Path,

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
         train_fold(run, fold, data, backbone, source, run_dir, device, spec)
         results = _aggregate(run_dir, stage.fold_ids, run)
-    if hasattr(source, "disk_bytes"):
-        log.info(f"feature cache: {source.stats}, {source.disk_bytes() / 2**20:.1f} MiB on disk under {source.cache_root}")
+    if source.cache_report():
+        log.info(source.cache_report())
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "
              f"{results['meta']['folds_done']}; results: {run_dir / 'results.json'}")
 

@@ -156,7 +156,7 @@ def test_attack_fold_attacks_only_what_its_own_clean_pass_gets_right(trained):
     """Given clean predictions that call every utterance correct (as a stale cache could), the fold attacks only
     those its own clean pass classifies correctly: the same outcome as letting it compute the clean pass."""
     from utils.data.utterances import Utterance
-    from utils.features.cache import AudioBank
+    from utils.features.source import AudioBank
     from utils.trust.safety import AttackSpec, attack_fold
 
     model, wav, lengths, labels = trained

@@ -20,11 +20,12 @@ sys.path.insert(0, str(REPO))
 from model.backbones import build_backbone  # noqa: E402
 from model.heads import CNNSelfAttention  # noqa: E402
 from synthetic_project import load_script  # noqa: E402
-from utils.core.io import save_torch, write_wav  # noqa: E402
+from utils.core.io import write_wav  # noqa: E402
 from utils.runs.identity import RunConfig  # noqa: E402
 from utils.data.utterances import Utterance  # noqa: E402
-from utils.features.cache import (AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures,  # noqa: E402
-                                  feature_budgets)
+from utils.features.budget import feature_budgets  # noqa: E402
+from utils.features.cache import CachedFeatures, LastLayerFeatures  # noqa: E402
+from utils.features.source import AudioBank, LiveFeatures  # noqa: E402
 from utils.training.pipeline import make_source  # noqa: E402
 from utils.features.shards import ENTRY_BYTES, ShardStore  # noqa: E402
 from utils.data.synthetic import EMOTIONS, make_corpus, make_speaker, synthesize  # noqa: E402
@@ -239,10 +240,10 @@ def test_changed_audio_is_recomputed_and_keys_follow_weights_and_kind(utts, tmp_
 
     other = build_backbone("wavlm", random_init=True, tiny=True)
     other.weights_id += "+finetuned:x"
-    keys = {cached(b, tmp_path, kind=k)._key(utts[0].path)
+    keys = {cached(b, tmp_path, kind=k).key(utts[0].path)
             for b, k in ((bb, CachedFeatures), (other, CachedFeatures), (bb, LastLayerFeatures))}
     assert len(keys) == 3
-    assert cached(bb, tmp_path)._key(utts[0].path) == first._key(utts[0].path)
+    assert cached(bb, tmp_path).key(utts[0].path) == first.key(utts[0].path)
 
 
 def prepared_project(root: Path) -> Path:
@@ -331,8 +332,8 @@ def test_a_bounded_cache_stays_within_budget_and_predicts_as_the_unbounded_one(n
     source = bounded(bb, tmp_path / "bounded", budget)      # nothing in memory: disk or live
     assert source.prepare(utts) == utts
     got = trained_predictions(source, utts)
-    hidden = len(source.store.entries)
-    fronts = len(source.front_ends.store.entries) if source.front_ends else 0
+    hidden = len(source.store.disk.entries)
+    fronts = len(source.front_ends.store.disk.entries) if source.front_ends else 0
     print(f"\n{name}, budget {fraction:.0%} of {full.disk_bytes()} B: {source.disk_bytes()} B on disk, {hidden} "
           f"hidden states, {fronts} front ends, {source.stats['live']} live; max probability difference "
           f"{np.abs(got.probabilities - expected.probabilities).max():.2e}")
@@ -378,9 +379,9 @@ def test_bf16_front_ends_count_2_bytes_a_value_and_predict_as_the_unbounded_cach
                             front_end_dtype=torch.bfloat16)
     source.prepare(utts)
     fronts = source.front_ends
-    assert set(source.store.entries) == {source.keys[utts[0].path]}
-    assert set(fronts.store.entries) == {fronts.keys[u.path] for u in utts[1:]}
-    assert {e[4] for e in fronts.store.entries.values()} == {"bfloat16"} and source.disk_bytes() <= budget
+    assert set(source.store.disk.entries) == {source.keys[utts[0].path]}
+    assert set(fronts.store.disk.entries) == {fronts.keys[u.path] for u in utts[1:]}
+    assert {e[4] for e in fronts.store.disk.entries.values()} == {"bfloat16"} and source.disk_bytes() <= budget
     assert source.stats["live"] == source.stats["live_from_front_end"] == len(utts) - 1
 
     scale = max(full.get(u).float().abs().max().item() for u in utts)
@@ -405,9 +406,9 @@ def test_front_ends_are_kept_in_the_given_order_when_not_all_fit(where, utts, tm
     source = bounded(bb, tmp_path, *((budget, 0) if where == "disk" else (0, budget)))
     source.prepare(utts)
     fronts = source.front_ends
-    kept = set(fronts.store.entries) | set(fronts.memory)
-    assert kept == {fronts.keys[u.path] for u in utts[:4]} and not source.store.entries and not source.memory
-    assert source.disk_bytes() <= budget and source.pool.used <= budget
+    kept = set(fronts.store.disk.entries) | set(fronts.store.memory)
+    assert kept == {fronts.keys[u.path] for u in utts[:4]} and not source.store.disk.entries and not source.store.memory
+    assert source.disk_bytes() <= budget and source.store.pool.used <= budget
     assert source.stats["computed"] == source.stats["live_from_front_end"] == 4 and source.stats["live"] == len(utts)
     expected, got = trained_predictions(full, utts), trained_predictions(source, utts)
     diff = np.abs(got.probabilities - expected.probabilities).max()
@@ -423,11 +424,11 @@ def test_hidden_states_are_kept_in_the_given_order_when_not_all_fit(name, utts, 
     utts = [utts[i] for i in (3, 0, 6, 2, 7, 1, 5, 4)]
     full = cached(bb, None)
     full.prepare(utts)
-    stored = [full.memory[full.keys[u.path]] for u in utts[:3]]
+    stored = [full.store.memory[full.keys[u.path]] for u in utts[:3]]
     budget = sum(t.numel() * t.element_size() + ENTRY_BYTES for t in stored)
     source = bounded(bb, tmp_path, budget)
     assert source.prepare(utts) == utts
-    assert set(source.store.entries) == {source.keys[u.path] for u in utts[:3]} and source.disk_bytes() <= budget
+    assert set(source.store.disk.entries) == {source.keys[u.path] for u in utts[:3]} and source.disk_bytes() <= budget
     assert source.stats["computed"] == 3 and source.stats["live"] == 5
     assert [source.length(u) for u in utts] == [full.length(u) for u in utts]
     expected, got = trained_predictions(full, utts), trained_predictions(source, utts)
@@ -439,15 +440,15 @@ def test_memory_holds_what_the_disk_cannot(utts, tmp_path):
     bb = backbone("wavlm")
     full = cached(bb, None)
     full.prepare(utts)
-    budget = full.memory_bytes // 3
+    budget = full.store.memory_bytes // 3
     source = bounded(bb, tmp_path, disk_budget=budget, memory_budget=budget)
     source.prepare(utts)
     tiers = (source, source.front_ends)
-    on_disk = {k for t in tiers for k in t.store.entries}
-    in_memory = {k for t in tiers for k in t.memory}
-    assert source.disk_bytes() <= budget and 0 < source.pool.used == sum(t.memory_bytes for t in tiers) <= budget
+    on_disk = {k for t in tiers for k in t.store.disk.entries}
+    in_memory = {k for t in tiers for k in t.store.memory}
+    assert source.disk_bytes() <= budget and 0 < source.store.pool.used == sum(t.store.memory_bytes for t in tiers) <= budget
     assert on_disk and in_memory - on_disk       # memory holds what the disk cannot (and copies of disk entries)
-    hidden = len(source.store.entries) + len(source.memory)
+    hidden = len(source.store.disk.entries) + len(source.store.memory)
     assert source.stats["live"] == len(utts) - hidden and source.stats["live_from_front_end"] > 0
 
 
@@ -455,11 +456,11 @@ def test_a_damaged_front_end_shard_is_recomputed(utts, tmp_path):
     bb = backbone("wavlm")
     full = cached(bb, None)
     full.prepare(utts)
-    budget = int(0.6 * full.memory_bytes)      # every front end, and a few hidden states
+    budget = int(0.6 * full.store.memory_bytes)      # every front end, and a few hidden states
     first = bounded(bb, tmp_path, budget)
     first.prepare(utts)
-    hidden, fronts = len(first.store.entries), len(first.front_ends.store.entries)
-    [shard] = first.front_ends.store.folder.glob("shard-*.bin")
+    hidden, fronts = len(first.store.disk.entries), len(first.front_ends.store.disk.entries)
+    [shard] = first.front_ends.store.disk.folder.glob("shard-*.bin")
     assert hidden > 0 and fronts > 0 and first.stats["live_from_front_end"] == fronts
     shard.write_bytes(shard.read_bytes()[:-100])
     second = bounded(bb, tmp_path, budget)
@@ -469,7 +470,7 @@ def test_a_damaged_front_end_shard_is_recomputed(utts, tmp_path):
     assert second.disk_bytes() <= budget
     assert all(fp16_close(second.get(u), full.get(u)) for u in utts)
 
-    [shard] = second.front_ends.store.folder.glob("shard-*.bin")
+    [shard] = second.front_ends.store.disk.folder.glob("shard-*.bin")
     flipped = bytearray(shard.read_bytes())  # one byte of data changed: caught by its checksum when first read
     flipped[-1] ^= 0xFF
     shard.write_bytes(bytes(flipped))
@@ -484,15 +485,15 @@ def test_a_damaged_shard_is_recomputed_and_the_others_kept(utts, tmp_path):
     first = cached(bb, tmp_path)
     first.prepare(utts[:4])
     first.prepare(utts[4:])                 # two prepare calls, two shards
-    shards = sorted(first.store.folder.glob("shard-*.bin"))
-    truncated = first.store.entries[first._key(utts[0].path)][0]
+    shards = sorted(first.store.disk.folder.glob("shard-*.bin"))
+    truncated = first.store.disk.entries[first.key(utts[0].path)][0]
     kept = next(p for p in shards if p != truncated)
     assert len(shards) == 2
     truncated.write_bytes(truncated.read_bytes()[:-100])
     second = cached(bb, tmp_path)
     second.prepare(utts)
     assert second.stats == {"computed": 4, "from_disk": 4, "from_memory": 0, "live": 0, "live_from_front_end": 0}
-    assert kept.is_file() and not truncated.exists() and len(list(first.store.folder.glob("shard-*.bin"))) == 2
+    assert kept.is_file() and not truncated.exists() and len(list(first.store.disk.folder.glob("shard-*.bin"))) == 2
     assert all(torch.equal(second.get(u), first.get(u)) for u in utts)
 
     flipped = bytearray(kept.read_bytes())  # same size, one byte of data changed: caught by its checksum
@@ -512,7 +513,8 @@ from pathlib import Path
 import torch
 from model.backbones import build_backbone
 from utils.data.utterances import Utterance
-from utils.features.cache import AudioBank, CachedFeatures
+from utils.features.cache import CachedFeatures
+from utils.features.source import AudioBank
 torch.set_num_threads(1)
 bb = build_backbone("wavlm", random_init=True, tiny=True)
 utts = [Utterance(p, "s", "F", p, 0) for p in sys.argv[3:]]
@@ -533,29 +535,11 @@ def test_two_processes_filling_one_cache_at_once(utts, tmp_path):
     assert [s["computed"] for s in stats] == [0, len(utts)] and stats[0]["from_disk"] == len(utts)
     reader = cached(backbone("wavlm"), tmp_path)
     reader.prepare(utts)
-    assert reader.stats["from_disk"] == len(utts) and len(reader.store.entries) == len(utts)
-    assert len(list(reader.store.folder.glob("shard-*.bin"))) == 1
+    assert reader.stats["from_disk"] == len(utts) and len(reader.store.disk.entries) == len(utts)
+    assert len(list(reader.store.disk.folder.glob("shard-*.bin"))) == 1
     fresh = cached(backbone("wavlm"), None)
     fresh.prepare(utts)
     assert all(torch.equal(reader.get(u), fresh.get(u)) for u in utts)
-
-
-def test_a_cache_of_the_per_utterance_layout_is_moved_into_shards(utts, tmp_path):
-    bb = backbone("wavlm")
-    fresh = cached(bb, None)
-    fresh.prepare(utts)
-    folder = tmp_path / bb.name / CachedFeatures.kind
-    for u in utts:                         # the earlier layout: <key[:2]>/<key>.pt, torch.save'd fp16 [L, F, D]
-        key = fresh._key(u.path)
-        save_torch(folder / key[:2] / f"{key}.pt", fresh.get(u))
-    (folder / fresh._key(utts[3].path)[:2] / f"{fresh._key(utts[3].path)}.pt").write_bytes(b"PK damaged")
-    source = cached(bb, tmp_path)
-    source.prepare(utts)
-    assert source.stats == {"computed": 1, "from_disk": len(utts) - 1, "from_memory": 0, "live": 0,
-                            "live_from_front_end": 0}
-    assert not list(folder.glob("**/*.pt")) and len(source.store.entries) == len(utts)
-    assert all(torch.equal(source.get(u), fresh.get(u)) for i, u in enumerate(utts) if i != 3)
-    assert fp16_close(source.get(utts[3]), fresh.get(utts[3]))     # computed again, alone
 
 
 def test_cache_budgets_are_logged_once_per_run_even_when_they_move(tmp_path, caplog):

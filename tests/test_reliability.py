@@ -25,7 +25,7 @@ from utils.core.config import corpus_dir, load_config
 from utils.data.utterances import load_fold
 from utils.data.corpora import preprocessed_name
 from utils.core.errors import TrustSerError, run_main
-from utils.features.cache import AudioBank
+from utils.features.source import AudioBank
 from utils.training.finetune import fold_finished
 from utils.core.io import save_torch, write_json
 from utils.data.layout import audio_dir, split_path

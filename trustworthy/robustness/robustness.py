@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.core.io import read_json  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
-from utils.features.cache import AudioBank  # noqa: E402
+from utils.features.source import AudioBank  # noqa: E402
 from utils.runs.cli import base_parser  # noqa: E402
 from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
 from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, resolve_device, run_flags,  # noqa: E402

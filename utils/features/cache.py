@@ -1,121 +1,30 @@
-"""Where the head's input comes from: frozen hidden states computed once (memory + disk cache), the cached input
-of a trainable last layer, or a live backbone."""
+"""The stored feature sources: a frozen backbone's hidden states computed once (CachedFeatures, with the front-end
+tier FrontEndFeatures), and the cached input of a trainable last layer (LastLayerFeatures)."""
 import hashlib
-import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from itertools import accumulate
 from pathlib import Path
 
 import torch
 
-from utils.data.audio import BadAudioError, load_utterance
-from utils.data.utterances import Utterance, length_sorted_batches, pad_features, pad_waveforms
-from utils.core.errors import TrustSerError
-from utils.core.io import load_torch
+from model.backbones.base import frame_mask
 from utils.core.progress import progress
+from utils.data.utterances import Utterance, length_sorted_batches, pad_features, pad_waveforms
+from utils.features.budget import MemoryBudget, existing_folder, fitting, plan_tiers
 from utils.features.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
-
-log = logging.getLogger("trust-ser")
-
-
-class AudioBank:
-    """Cropped 16 kHz waveforms, read once per process; unreadable files raise, or are skipped with --skip_bad."""
-
-    def __init__(self, max_seconds: float, skip_bad: bool):
-        self.max_seconds, self.skip_bad = max_seconds, skip_bad
-        self.wavs: dict[str, torch.Tensor] = {}
-        self.bad: dict[str, str] = {}
-
-    def get(self, path: str) -> torch.Tensor | None:
-        if path not in self.wavs and path not in self.bad:
-            try:
-                self.wavs[path] = load_utterance(path, self.max_seconds)
-            except BadAudioError as err:
-                if not self.skip_bad:
-                    raise TrustSerError(f"{err} (pass --skip_bad to skip such files)") from None
-                log.warning(f"skipping: {err}")
-                self.bad[path] = str(err)
-        return self.wavs.get(path)
+from utils.features.source import AudioBank, FeatureSource, autocast_for, to_device
+from utils.features.storage import TieredStore, nbytes
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast for frozen passes on CUDA; plain fp32 on CPU so CPU results are exact."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-class LiveFeatures:
-    """Runs the backbone on every batch (--finetune unfrozen, or --no_cache: the original's per-epoch loop)."""
-
-    def __init__(self, backbone, audio: AudioBank, device: torch.device, round_like_cache: bool):
-        self.backbone, self.audio, self.device = backbone, audio, device
-        self.round_like_cache = round_like_cache   # frozen --no_cache: same fp16 rounding as the cache
-
-    def prepare(self, utts: list[Utterance]) -> list[Utterance]:
-        return [u for u in utts if self.audio.get(u.path) is not None]
-
-    def length(self, u: Utterance) -> int:
-        return len(self.audio.get(u.path))
-
-    def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The padded waveforms on the device (what can be read ahead of the batch before)."""
-        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
-        return _to_device(wav, self.device), lengths.to(self.device)
-
-    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        wav, lengths = fetched
-        with torch.set_grad_enabled(grad), (nullcontext() if grad else autocast_for(self.device)):
-            hidden, _, mask = self.backbone(wav, lengths)
-        if self.round_like_cache:
-            hidden = hidden.to(torch.float16)
-        return hidden.float(), mask
-
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.finish(self.fetch(utts), grad)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensor to the device; through pinned memory on CUDA, so the copy overlaps compute."""
-    if device.type != "cuda" or t.is_cuda:
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def prefetched(source, groups: list[list[Utterance]], grad: bool = False):
-    """(utterances, (hidden, mask)) for each group in turn, while a background thread reads the next group
-    (disk -> memory -> device, and any frozen features that are computed live). Only the trainable part
-    (source.finish) runs in the caller's thread, after the previous step, so results do not change."""
-    if not hasattr(source, "fetch"):          # a source without a read-ahead part
-        yield from ((g, source.batch(g, grad)) for g in groups)
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(source.fetch, groups[0]) if groups else None
-        for i, group in enumerate(groups):
-            fetched = pending.result()
-            if i + 1 < len(groups):
-                pending = pool.submit(source.fetch, groups[i + 1])
-            yield group, source.finish(fetched, grad)
-
-
-class MemoryBudget:
-    """Bytes of (device) memory that stored features may take, shared by the stores of one source."""
-
-    def __init__(self, budget_bytes: int):
-        self.budget, self.used = budget_bytes, 0
-        self.disk_copies: list[tuple["_StoredFeatures", str]] = []   # (store, key) in memory and also on disk
-
-
-class _StoredFeatures:
+class StoredFeatures(FeatureSource):
     """What a frozen backbone pass gives per utterance ([L, F, D], as `dtype`), computed once in length-sorted
     batches and reused across epochs, folds and scripts, keyed by what is stored (`kind`), backbone weights,
     audio file (path, size, mtime), crop length and precision. Three tiers, filled in the order utterances are
-    prepared (the stage scripts prepare the training split first: it is read most): disk shards
-    (utils/features/shards.py) up to `disk_budget_bytes` for the whole cache, memory (on the device) up to
-    `memory_budget_bytes` (what is on disk nowhere first, then copies of disk entries), and for what fits in
-    neither, the same frozen pass run live whenever a batch needs it (eval mode, no_grad, fp16-rounded,
-    length-sorted within the batch).
+    prepared (the stage scripts prepare the training split first: it is read most): disk shards up to
+    `disk_budget_bytes` for the whole cache, memory (on the device) up to `memory_budget_bytes` (utils/features/
+    storage.py), and for what fits in neither, the same frozen pass run live whenever a batch needs it (eval mode,
+    no_grad, fp16-rounded, length-sorted within the batch).
 
     Subclasses say what is stored (`_encode`) and how a batch is made of it (`finish`)."""
 
@@ -127,25 +36,23 @@ class _StoredFeatures:
                  memory: MemoryBudget | None = None):
         self.backbone, self.audio, self.device, self.batch_size = backbone, audio, device, batch_size
         self.cache_root = cache_root
-        self.pool = memory or MemoryBudget(memory_budget_bytes)
-        self.memory: dict[str, torch.Tensor] = {}
         self.keys: dict[str, str] = {}
         self.frames: dict[str, int] = {}      # key -> frames, for every prepared utterance, stored or live
-        self.memory_bytes = 0
         self.precision = "bf16" if device.type == "cuda" else "fp32"
         self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0, "live": 0}   # live: kept nowhere
         self.live: set[str] = set()
-        self.store = None
+        disk = None
         if cache_root is not None:
             if disk_budget_bytes is None:
-                disk_budget_bytes = shutil.disk_usage(_existing(cache_root)).free
-            self.store = ShardStore(self._folder(), cache_root, disk_budget_bytes)
+                disk_budget_bytes = shutil.disk_usage(existing_folder(cache_root)).free
+            disk = ShardStore(cache_root / backbone.name / self.kind, cache_root, disk_budget_bytes)
+        self.store = TieredStore(device, memory or MemoryBudget(memory_budget_bytes), disk)
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored tensors [L, B, F, D] and frame lengths [B] of a padded batch."""
         raise NotImplementedError
 
-    def _key(self, path: str) -> str:
+    def key(self, path: str) -> str:
         """Cache key of the file as it is now (weights, path, size, mtime, crop, precision); kept per process."""
         st = os.stat(path)
         ident = (f"{self.kind}|{self.backbone.weights_id}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
@@ -155,37 +62,21 @@ class _StoredFeatures:
         self.keys[path] = hashlib.sha1(ident.encode()).hexdigest()
         return self.keys[path]
 
-    def _folder(self) -> Path:
-        return self.cache_root / self.backbone.name / self.kind
+    def _known_key(self, path: str) -> str:
+        return self.keys.get(path) or self.key(path)
 
-    def _remember(self, key: str, stored: torch.Tensor, on_disk: bool) -> bool:
-        """Keep it in memory if it fits; an utterance stored nowhere else may push out copies of disk entries,
-        so that memory and disk together hold as much as they can."""
-        size, pool = _nbytes(stored), self.pool
-        while not on_disk and pool.used + size > pool.budget and pool.disk_copies:
-            store, copy = pool.disk_copies.pop()
-            store._forget(copy)
-        if pool.used + size > pool.budget:
-            return False
-        self.memory[key] = stored.to(self.device)
-        self.memory_bytes += size
-        pool.used += size
-        if on_disk:
-            pool.disk_copies.append((self, key))
-        return True
-
-    def _forget(self, key: str) -> None:
-        size = _nbytes(self.memory.pop(key))
-        self.memory_bytes -= size
-        self.pool.used -= size
+    def front_end_features(self) -> "FrontEndFeatures | None":
+        """The backbone's front-end tier within this cache's budgets (deterministic front ends only)."""
+        if not self.backbone.front_end_is_deterministic:
+            return None
+        return FrontEndFeatures(self.backbone, self.audio, self.device, self.batch_size, self.cache_root,
+                                self.store.pool.budget, memory=self.store.pool)
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
         """Make sure every utterance is stored, or known to be computed live; returns those whose audio is
         readable. One process at a time fills a cache folder; the next finds the work done."""
-        with self.store.filling() if self.store else nullcontext():
-            if self.store:
-                self.store.refresh()
-                self._read_old_layout()
+        with self.store.filling():
+            self.store.refresh()
             missing = []
             for u in utts:
                 if u.path in self.audio.bad:
@@ -193,10 +84,10 @@ class _StoredFeatures:
                 if not os.path.isfile(u.path):
                     self.audio.get(u.path)      # raises, or records it as bad with --skip_bad
                     continue
-                key = self._key(u.path)
-                if key in self.memory:
+                key = self.key(u.path)
+                if key in self.store.memory:
                     self.stats["from_memory"] += 1
-                elif self.store and key in self.store:
+                elif key in self.store:
                     self.stats["from_disk"] += 1
                     self.frames[key] = self.store.frames(key)
                 elif key not in self.live:
@@ -204,24 +95,30 @@ class _StoredFeatures:
             self._compute(missing)
         return [u for u in utts if u.path not in self.audio.bad]
 
+    def fetch_waveforms(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What fetch gives for a padded batch of waveforms on the device (lengths on the host): the frozen pass,
+        rounded to the stored type, [L, B, F, D], and the mask [B, F]."""
+        with torch.no_grad(), autocast_for(self.device):
+            stored, n_frames = self._encode(wav, lengths)
+        return stored.to(self.dtype), frame_mask(n_frames, stored.shape[2])
+
     def _frozen_pass(self, utts: list[Utterance]):
-        """(utterance, stored tensor [L, F, D]) for each utterance, in length-sorted batches."""
+        """(utterance, stored tensor [L, F, D]) for each utterance, in length-sorted batches. Frame counts come
+        from the lengths on the host, so cutting the batch into utterances waits for nothing on the device."""
         lengths = [len(self.audio.get(u.path)) for u in utts]
         for idx in length_sorted_batches(lengths, self.batch_size):
             batch_utts = [utts[i] for i in idx]
             wav, wav_len = pad_waveforms([self.audio.get(u.path) for u in batch_utts])
-            with torch.no_grad(), autocast_for(self.device):
-                stored, n_frames = self._encode(_to_device(wav, self.device), wav_len.to(self.device))
-            stored = stored.to(self.dtype)
-            for i, u in enumerate(batch_utts):
-                yield u, stored[:, i, : int(n_frames[i])].contiguous()
+            stored, _ = self.fetch_waveforms(to_device(wav, self.device), wav_len)
+            for u, n, one in zip(batch_utts, self.backbone.frame_lengths(wav_len).tolist(), stored.unbind(1)):
+                yield u, one[:, :n].contiguous()
 
     def _compute(self, utts: list[Utterance]) -> None:
         """The frozen pass over utterances not stored yet: disk shards, then memory, for those that fit the room
         left, in the order given (the training split first); the rest run live, and are not computed now."""
         unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
         frames = self._record_frames(unique)
-        kept = _fitting(self._room(), [n * self._bytes_per_frame() + ENTRY_BYTES for n in frames])
+        kept = fitting(self.store.room(), [n * self._bytes_per_frame() + ENTRY_BYTES for n in frames])
         for u in unique[kept:]:
             self._run_live(self.keys[u.path])
         unique = unique[:kept]
@@ -229,20 +126,19 @@ class _StoredFeatures:
             return
         self.backbone.eval()
         pending, pending_bytes = [], 0
-        passes = self._frozen_pass(unique)
         desc = f"{self.backbone.name} {self.kind} features"
-        for u, one in progress(passes, total=len(unique), desc=desc):
-            key = self.keys[u.path]
+        for u, one in progress(self._frozen_pass(unique), total=len(unique), desc=desc):
             self.stats["computed"] += 1
-            if self.store:
-                pending.append((key, one.cpu()))
-                pending_bytes += _nbytes(one)
-                if pending_bytes >= SHARD_BYTES:
-                    self._write(pending)
-                    pending, pending_bytes = [], 0
-            elif not self._remember(key, one, on_disk=False):
-                self._run_live(key)
-        self._write(pending)
+            pending.append((self.keys[u.path], one))    # on the device: the disk write copies it, memory keeps it
+            pending_bytes += nbytes(one)
+            if pending_bytes >= SHARD_BYTES:
+                self._keep(pending)
+                pending, pending_bytes = [], 0
+        self._keep(pending)
+
+    def _keep(self, pending: list[tuple[str, torch.Tensor]]) -> None:
+        for key in self.store.keep(pending):
+            self._run_live(key)
 
     def _record_frames(self, utts: list[Utterance]) -> list[int]:
         """The frames the backbone gives each utterance (what its stored tensor or live pass will have), kept."""
@@ -254,98 +150,36 @@ class _StoredFeatures:
         """What one frame of a stored tensor takes ([L, F, D]: L hidden states of D values)."""
         return self.backbone.num_layers * self.backbone.hidden_dim * self.dtype.itemsize
 
-    def _room(self) -> int:
-        """Bytes left in the memory and disk budgets together."""
-        room = self.pool.budget - self.pool.used
-        return room + (self.store.budget - self.store.used_bytes() if self.store else 0)
-
-    def _write(self, pending: list[tuple[str, torch.Tensor]]) -> None:
-        """Disk shards for what the budget allows; memory for what fits; the rest will run live."""
-        written = self.store.write(pending) if pending else set()
-        for key, one in pending:
-            if not self._remember(key, one, on_disk=key in written) and key not in written:
-                self._run_live(key)
-
     def _run_live(self, key: str) -> None:
         self.live.add(key)
         self.stats["live"] = len(self.live)
-
-    def _read_old_layout(self) -> None:
-        """A cache of the earlier layout (one .pt per utterance, same keys) is moved into shards, within the
-        budget; its files are deleted either way."""
-        old = sorted(self._folder().glob("??/*.pt"))
-        if not old:
-            return
-        log.info(f"moving {len(old)} per-utterance feature files of the old cache layout in {self._folder()} "
-                 f"into shards")
-        pending, pending_bytes = [], 0
-        for i, path in enumerate(old):
-            try:
-                if path.stem not in self.store:
-                    pending.append((path.stem, load_torch(path)))
-                    pending_bytes += _nbytes(pending[-1][1])
-            except TrustSerError as err:
-                log.warning(f"dropping unreadable old cache entry: {err}")
-            if pending and (pending_bytes >= SHARD_BYTES or i == len(old) - 1):
-                self.store.write(pending)
-                pending, pending_bytes = [], 0
-        for path in old:
-            path.unlink(missing_ok=True)
-        for folder in {p.parent for p in old}:
-            if not any(folder.iterdir()):
-                folder.rmdir()
-
-    def _stored(self, key: str) -> torch.Tensor | None:
-        if key in self.memory:
-            return self.memory[key]
-        if self.store and key in self.store:
-            stored = self.store.read(key)
-            if stored is not None:       # None: a damaged shard, deleted; computed live from now on
-                kept = self._remember(key, stored, on_disk=True)
-                return self.memory[key] if kept else _to_device(stored, self.device)
-        return None
 
     def get(self, u: Utterance) -> torch.Tensor:
         return self.fetch_stored([u])[0]
 
     def fetch_stored(self, utts: list[Utterance]) -> list[torch.Tensor]:
         """Each utterance's stored tensor on the device; what is not stored runs through the frozen pass now."""
-        found = [self._stored(self.keys.get(u.path) or self._key(u.path)) for u in utts]
+        found = [self.store.get(self._known_key(u.path)) for u in utts]
         live = [u for u, f in zip(utts, found) if f is None]
         computed = dict(self._frozen_pass(live)) if live else {}
         return [f if f is not None else computed[u] for u, f in zip(utts, found)]
 
     def length(self, u: Utterance) -> int:
-        key = self.keys.get(u.path) or self._key(u.path)
+        key = self._known_key(u.path)
         return self.frames[key] if key in self.frames else self.get(u).shape[1]
 
     def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored fp16 tensors of a batch, zero-padded to [L, B, F, D], and the mask [B, F]."""
         return pad_features(self.fetch_stored(utts))
 
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.finish(self.fetch(utts), grad)
-
     def disk_bytes(self) -> int:
-        return self.store.used_bytes(self._folder()) if self.store else 0
+        return self.store.disk_bytes()
+
+    def cache_report(self) -> str:
+        return f"feature cache: {self.stats}, {self.disk_bytes() / 2**20:.1f} MiB on disk under {self.cache_root}"
 
 
-def _fitting(room: int, sizes: list[int]) -> int:
-    """How many of the first sizes fit in room together."""
-    return sum(1 for need in accumulate(sizes) if need <= room)
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-class FrontEndFeatures(_StoredFeatures):
+class FrontEndFeatures(StoredFeatures):
     """The output of a backbone's deterministic front end (wav2vec 2.0 / WavLM / HuBERT / data2vec: the CNN
     encoder, which has no dropout and never trains), [1, F, C], stored as the hidden states are: the same in train
     and eval mode, so a batch needs only run the rest of the backbone. Stored in the type the frozen pass gives
@@ -358,9 +192,12 @@ class FrontEndFeatures(_StoredFeatures):
     kind = "front_end"
 
     def __init__(self, *args, dtype: torch.dtype | None = None, **kwargs):
-        """As _StoredFeatures; `dtype` overrides the stored type (tests: bf16 on CPU)."""
+        """As StoredFeatures; `dtype` overrides the stored type (tests: bf16 on CPU)."""
         super().__init__(*args, **kwargs)
         self.dtype = dtype or (torch.bfloat16 if self.precision == "bf16" else torch.float32)   # bf16 on CUDA
+
+    def front_end_features(self) -> "FrontEndFeatures":
+        return self
 
     def _bytes_per_frame(self) -> int:
         return self.backbone.front_end_dim * self.dtype.itemsize
@@ -375,13 +212,10 @@ class FrontEndFeatures(_StoredFeatures):
 
     def stored_frames(self, path: str) -> int | None:
         """Frames of the utterance's stored front end (memory or disk), None if it has none."""
-        key = self.keys.get(path) or self._key(path)
-        if key in self.memory:
-            return self.memory[key].shape[1]
-        return self.store.frames(key) if self.store and key in self.store else None
+        return self.store.frames(self._known_key(path))
 
 
-class CachedFeatures(_StoredFeatures):
+class CachedFeatures(StoredFeatures):
     """A frozen backbone's hidden states [L, F, D], stored; batches are just padded.
 
     Backbones with a deterministic front end (front_end_is_deterministic) get a second tier in the same disk and
@@ -402,11 +236,15 @@ class CachedFeatures(_StoredFeatures):
         super().__init__(backbone, audio, device, batch_size, cache_root, memory_budget_bytes, disk_budget_bytes)
         self.front_ends = None
         if backbone.front_end_is_deterministic:
+            disk = self.store.disk
             self.front_ends = FrontEndFeatures(backbone, audio, device, batch_size, cache_root, memory_budget_bytes,
-                                               self.store.budget if self.store else None, memory=self.pool,
+                                               disk.budget if disk else None, memory=self.store.pool,
                                                dtype=front_end_dtype)
             self.stats["live_from_front_end"] = 0   # of the live ones, those that start from a stored front end
         self.from_front_end: set[str] = set()
+
+    def front_end_features(self) -> FrontEndFeatures | None:
+        return self.front_ends
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, n_frames, _ = self.backbone(wav, lengths)
@@ -417,10 +255,10 @@ class CachedFeatures(_StoredFeatures):
         return hidden.float(), mask
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
-        front_store = self.front_ends.store if self.front_ends else None
-        with front_store.filling() if front_store else nullcontext():
-            if front_store:
-                front_store.refresh()
+        if not self.front_ends:
+            return super().prepare(utts)
+        with self.front_ends.store.filling():
+            self.front_ends.store.refresh()
             return super().prepare(utts)
 
     def _compute(self, utts: list[Utterance]) -> None:
@@ -438,28 +276,14 @@ class CachedFeatures(_StoredFeatures):
         if not todo:
             return
         frames = self._record_frames(todo)
-        kept, hidden_kept = self._plan_tiers(todo, frames)
+        front_per_frame, hidden_per_frame = self.front_ends._bytes_per_frame(), self._bytes_per_frame()
+        # every entry counts ENTRY_BYTES for its shard index, also in memory, where it takes none
+        kept, as_hidden = plan_tiers(self.store.room(), [n * front_per_frame + ENTRY_BYTES for n in frames],
+                                     [n * (hidden_per_frame - front_per_frame) for n in frames])
         for u in todo[kept:]:           # room for neither: the whole backbone runs live, nothing is computed now
             self._run_live(self.keys[u.path])
         if kept:
-            self._compute_tiers(todo[:kept], hidden_kept)
-
-    def _plan_tiers(self, utts: list[Utterance], frames: list[int]) -> tuple[int, set[str]]:
-        """What the room left in both budgets holds, in the order given (the training split first): the front ends
-        of the first `kept` utterances, the longest run of them that fits, then, in the same order, the hidden
-        states of as many of those as the rest holds in place of their front ends (`hidden_kept`, paths).
-        Every entry counts ENTRY_BYTES for its shard index, also in memory, where it takes none."""
-        front_per_frame, hidden_per_frame = self.front_ends._bytes_per_frame(), self._bytes_per_frame()
-        room = self._room()
-        sizes = [n * front_per_frame + ENTRY_BYTES for n in frames]
-        kept = _fitting(room, sizes)
-        need, hidden_kept = sum(sizes[:kept]), set()
-        for u, n in zip(utts[:kept], frames):
-            more = n * (hidden_per_frame - front_per_frame)
-            if need + more <= room:
-                hidden_kept.add(u.path)
-                need += more
-        return kept, hidden_kept
+            self._compute_tiers(todo[:kept], {u.path for u, h in zip(todo, as_hidden) if h})
 
     def _compute_tiers(self, utts: list[Utterance], hidden_kept: set[str]) -> None:
         """One pass (front end, then the layers from it) over utts: hidden states for `hidden_kept`, front ends
@@ -470,18 +294,18 @@ class CachedFeatures(_StoredFeatures):
         hidden_items, front_items, pending_bytes = [], [], 0
         desc = f"{self.backbone.name} {self.kind} features (+ {FrontEndFeatures.kind})"
         for u, front, hidden in progress(self._two_tier_pass(utts), total=len(utts), desc=desc):
-            key, front_key = self.keys[u.path], self.front_ends._key(u.path)
+            key, front_key = self.keys[u.path], self.front_ends.key(u.path)
             self.stats["computed"] += 1
             if u.path in hidden_kept:
-                hidden_items.append((key, hidden.cpu(), front_key, front.cpu()))
-                pending_bytes += _nbytes(hidden)
+                hidden_items.append((key, hidden, front_key, front))
+                pending_bytes += nbytes(hidden)
             else:
-                front_items.append((key, front_key, front.cpu()))
-                pending_bytes += _nbytes(front)
+                front_items.append((key, front_key, front))
+                pending_bytes += nbytes(front)
             if pending_bytes >= SHARD_BYTES:
-                self._write_tiers(hidden_items, front_items)
+                self._keep_tiers(hidden_items, front_items)
                 hidden_items, front_items, pending_bytes = [], [], 0
-        self._write_tiers(hidden_items, front_items)
+        self._keep_tiers(hidden_items, front_items)
 
     def _two_tier_pass(self, utts: list[Utterance]):
         """(utterance, front end [1, F, C], hidden states [L, F, D]) in length-sorted batches; the layers run
@@ -491,23 +315,18 @@ class CachedFeatures(_StoredFeatures):
             batch_utts = [utts[i] for i in idx]
             wav, wav_len = pad_waveforms([self.audio.get(u.path) for u in batch_utts])
             with torch.no_grad(), autocast_for(self.device):
-                front, n_frames = self.backbone.front_end(_to_device(wav, self.device), wav_len.to(self.device))
+                front, n_frames = self.backbone.front_end(to_device(wav, self.device), wav_len)
                 hidden, _, _ = self.backbone.forward_from_front_end(front, n_frames)
             front, hidden = front.to(self.front_ends.dtype), hidden.to(self.dtype)
-            for i, u in enumerate(batch_utts):
-                n = int(n_frames[i])
+            for i, (u, n) in enumerate(zip(batch_utts, self.backbone.frame_lengths(wav_len).tolist())):
                 yield u, front[i, :n].unsqueeze(0).contiguous(), hidden[:, i, :n].contiguous()
 
-    def _write_tiers(self, hidden_items: list, front_items: list) -> None:
-        written = self.store.write([(k, h) for k, h, _, _ in hidden_items]) if self.store and hidden_items else set()
-        for key, hidden, front_key, front in hidden_items:
-            if not self._remember(key, hidden, on_disk=key in written) and key not in written:
-                front_items.append((key, front_key, front))
-        fronts = self.front_ends
-        written = fronts.store.write([(k, f) for _, k, f in front_items]) if fronts.store and front_items else set()
-        for key, front_key, front in front_items:
-            kept = fronts._remember(front_key, front, on_disk=front_key in written) or front_key in written
-            self._run_live(key, from_front_end=kept)
+    def _keep_tiers(self, hidden_items: list, front_items: list) -> None:
+        lost = self.store.keep([(k, h) for k, h, _, _ in hidden_items])
+        front_items += [(key, front_key, front) for key, _, front_key, front in hidden_items if key in lost]
+        lost = self.front_ends.store.keep([(k, f) for _, k, f in front_items])
+        for key, front_key, _ in front_items:
+            self._run_live(key, from_front_end=front_key not in lost)
 
     def _run_live(self, key: str, from_front_end: bool = False) -> None:
         super()._run_live(key)
@@ -516,13 +335,12 @@ class CachedFeatures(_StoredFeatures):
             self.stats["live_from_front_end"] = len(self.from_front_end)
 
     def fetch_stored(self, utts: list[Utterance]) -> list[torch.Tensor]:
-        """As _StoredFeatures.fetch_stored; what has only a front end stored runs the layers from it."""
+        """As StoredFeatures.fetch_stored; what has only a front end stored runs the layers from it."""
         if not self.front_ends:
             return super().fetch_stored(utts)
-        found = {u.path: self._stored(self.keys.get(u.path) or self._key(u.path)) for u in utts}
+        found = {u.path: self.store.get(self._known_key(u.path)) for u in utts}
         missing = [u for u in utts if found[u.path] is None]
-        fronts = {u.path: self.front_ends._stored(self.front_ends.keys.get(u.path) or self.front_ends._key(u.path))
-                  for u in missing}
+        fronts = {u.path: self.front_ends.store.get(self.front_ends._known_key(u.path)) for u in missing}
         from_front = [(u.path, fronts[u.path]) for u in missing if fronts[u.path] is not None]
         from_wav = [u for u in missing if fronts[u.path] is None]
         if from_front:
@@ -547,7 +365,7 @@ class CachedFeatures(_StoredFeatures):
         return super().disk_bytes() + front
 
 
-class LastLayerFeatures(_StoredFeatures):
+class LastLayerFeatures(StoredFeatures):
     """--finetune unfrozen_last_layer: the frozen lower hidden states and the last layer's input are stored
     ([L-1] + [1] slices), and each batch runs only the (trainable) last layer on them.
 
@@ -567,33 +385,3 @@ class LastLayerFeatures(_StoredFeatures):
         with torch.set_grad_enabled(grad), (nullcontext() if grad else autocast_for(self.device)):
             last = self.backbone.run_last_layer(stored[-1].float(), mask)
         return torch.cat([stored[:-1], last.float().unsqueeze(0)]), mask   # fp16 lower states promoted to fp32
-
-
-GiB = 2 ** 30
-_logged_budgets: set[Path] = set()      # cache folders whose budgets this process has logged
-
-
-def feature_budgets(cache_gb: float | None, memory_gb: float | None, device: torch.device,
-                    cache_root: Path) -> tuple[int, int]:
-    """Bytes of (memory, disk) the cached features may take: --memory_gb / --cache_gb, or what is free with a
-    margin: 60% of free GPU memory (CUDA) or 30% of available host memory; the cache's present size plus
-    80% of the free disk space. Logged once per process and cache folder: stages that prepare a source per
-    fold (privacy, safety) recompute them, and free memory moves a little between folds."""
-    if memory_gb is not None:
-        memory = int(memory_gb * GiB)
-    elif device.type == "cuda":
-        memory = int(0.6 * torch.cuda.mem_get_info(device)[0])
-    else:
-        memory = int(0.3 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    if cache_gb is not None:
-        disk = int(cache_gb * GiB)
-    else:
-        in_use = ShardStore(cache_root, cache_root, 0).used_bytes()
-        disk = in_use + int(0.8 * shutil.disk_usage(_existing(cache_root)).free)
-    line = (f"feature cache budgets: {memory / GiB:.1f} GiB of {device.type} memory"
-            f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {disk / GiB:.1f} GiB on disk "
-            f"under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
-    if cache_root not in _logged_budgets:
-        _logged_budgets.add(cache_root)
-        log.info(line)
-    return memory, disk

@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from utils.data.utterances import Utterance, length_sorted_batches
-from utils.features.cache import prefetched
+from utils.features.source import prefetched
 from utils.training.metrics import classification_scores
 
 log = logging.getLogger("trust-ser")

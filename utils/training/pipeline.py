@@ -17,7 +17,9 @@ from utils.runs.cli import parse_folds
 from utils.core.config import REPO_ROOT, config_flag, load_config
 from utils.data.corpora import Corpus, get_corpus
 from utils.core.errors import TrustSerError
-from utils.features.cache import AudioBank, CachedFeatures, LastLayerFeatures, LiveFeatures, feature_budgets
+from utils.features.budget import feature_budgets
+from utils.features.cache import CachedFeatures, LastLayerFeatures
+from utils.features.source import AudioBank, LiveFeatures
 from utils.core.io import load_torch, read_json, write_json
 from utils.training.metrics import mean_std, value_folds
 from utils.data.layout import cache_dir

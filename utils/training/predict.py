@@ -11,7 +11,6 @@ the run's test predictions saw them (fp16 where the feature cache stored them), 
 probabilities of fold_k_test_predictions.csv.
 """
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from utils.data.utterances import length_sorted_batches, pad_waveforms
 from utils.data.corpora import get_corpus
 from utils.core.errors import TrustSerError
 from utils.core.io import write_csv
+from utils.features.cache import CachedFeatures, LastLayerFeatures, StoredFeatures
+from utils.features.source import AudioBank, LiveFeatures, to_device
 from utils.runs.paths import finetune_dir
 from utils.training.pipeline import load_trained, resolve_device
 from utils.training.protocol import crop_seconds, fold_ids
@@ -84,29 +85,26 @@ class EmotionRecognizer:
     def probabilities(self, clips: list[torch.Tensor]) -> torch.Tensor:
         """[N, classes]: the folds' softmax outputs, averaged."""
         probs = torch.zeros(len(clips), len(self.class_names))
+        sources = [self._source(backbone) for backbone, _ in self.models]
         for idx in length_sorted_batches([len(c) for c in clips], self.run.eval_batch_size):
             wav, lengths = pad_waveforms([clips[i] for i in idx])
-            wav, lengths = wav.to(self.device), lengths.to(self.device)
-            shared = None
-            for backbone, head in self.models:
+            wav, shared = to_device(wav, self.device), None
+            for source, (backbone, head) in zip(sources, self.models):
                 if shared is None or backbone is not self.models[0][0]:
-                    shared = self._hidden(backbone, wav, lengths)
+                    shared = source.finish(source.fetch_waveforms(wav, lengths))
                 probs[idx] += torch.softmax(head(*shared).float(), dim=1).cpu()
         return probs / len(self.models)
 
-    def _hidden(self, backbone, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The head's input as the run's test evaluation computed it: stored (fp16) hidden states of a frozen
-        backbone; fp16 lower states plus the live last layer with unfrozen_last_layer; live with unfrozen."""
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext())
-        with autocast:
-            if self.run.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
-                lower, last_input, _, mask = backbone.forward_until_last(wav, lengths)
-                last = backbone.run_last_layer(last_input.half().float(), mask)
-                return torch.cat([lower.half().float(), last.float().unsqueeze(0)]), mask
-            hidden, _, mask = backbone(wav, lengths)
+    def _source(self, backbone) -> LiveFeatures | StoredFeatures:
+        """The feature source the run's test evaluation read the head's input from (no cache: a batch runs
+        through the source's own frozen pass and finishing step): stored (fp16) hidden states of a frozen backbone;
+        fp16 lower states plus the live last layer with unfrozen_last_layer; live with unfrozen."""
+        audio = AudioBank(self.run.audio_duration, skip_bad=False)
         if self.run.finetune == "frozen":
-            hidden = hidden.half()
-        return hidden.float(), mask
+            return CachedFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
+        if self.run.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
+            return LastLayerFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
+        return LiveFeatures(backbone, audio, self.device, round_like_cache=False)
 
     def classify_files(self, paths: list[Path], skip: list[str] | None = None) -> tuple[list[Path], torch.Tensor]:
         """Probabilities of the readable files; unreadable ones are named in `skip` (and logged). Files are read

@@ -9,7 +9,8 @@ import torch
 from utils.core.errors import TrustSerError
 from utils.data.corpora import SINGLE_SPLIT_RUNS, Corpus
 from utils.data.utterances import Utterance, pad_waveforms
-from utils.features.cache import FrontEndFeatures, LiveFeatures, _StoredFeatures, autocast_for
+from utils.features.cache import StoredFeatures
+from utils.features.source import FeatureSource, LiveFeatures, autocast_for, to_device
 from utils.runs.identity import RunConfig
 
 
@@ -124,7 +125,7 @@ def protocol_source(run: RunConfig, backbone, source, device: torch.device):
                              padded_batch=protocol.padded_batch_features)
 
 
-class TrainModeFeatures:
+class TrainModeFeatures(FeatureSource):
     """--protocol original: while the backbone is in train mode (train_epoch), every batch runs it live with
     dropout and LayerDrop, new features every epoch, as the original's loop (no_grad and bf16 autocast on CUDA
     for a frozen backbone), with `padded_batch` on the zero-padded batch as the original formed it (shuffled,
@@ -133,39 +134,39 @@ class TrainModeFeatures:
     trainable backbone, a live fp32 pass. Without `padded_batch`, wav2vec2/WavLM batches start from the stored
     per-clip CNN encoder output."""
 
-    def __init__(self, backbone, eval_source, device: torch.device, live_eval_fp32: bool, padded_batch: bool):
+    def __init__(self, backbone, eval_source: FeatureSource, device: torch.device, live_eval_fp32: bool,
+                 padded_batch: bool):
         self.backbone, self.eval_source, self.device = backbone, eval_source, device
         self.live_eval_fp32 = live_eval_fp32 and isinstance(eval_source, LiveFeatures)
         self.padded_batch = padded_batch
         self.audio = eval_source.audio
+        # the cache's own front-end tier where it has one; either way within the cache's memory budget
         self.front_ends = None
-        if backbone.front_end_is_deterministic and isinstance(eval_source, _StoredFeatures) and not padded_batch:
-            # the cache's own front-end tier where it has one; either way within the cache's memory budget
-            self.front_ends = getattr(eval_source, "front_ends", None) or FrontEndFeatures(
-                backbone, self.audio, device, eval_source.batch_size, eval_source.cache_root,
-                eval_source.pool.budget, memory=eval_source.pool)
+        if isinstance(eval_source, StoredFeatures) and not padded_batch:
+            self.front_ends = eval_source.front_end_features()
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
         kept = self.eval_source.prepare(utts)
         return self.front_ends.prepare(kept) if self.front_ends else kept
 
-    def __getattr__(self, name):     # length, stats, disk_bytes, cache_root...: the eval source's
-        if name == "eval_source":
-            raise AttributeError(name)
-        return getattr(self.eval_source, name)
+    def length(self, u: Utterance) -> int:
+        return self.eval_source.length(u)
+
+    def cache_report(self) -> str | None:
+        return self.eval_source.cache_report()
 
     def _from_eval_source(self) -> bool:
         return not self.backbone.training and not self.live_eval_fp32
 
     def fetch(self, utts: list[Utterance]):
-        """What can be read ahead of the batch (utils.features.cache.prefetched): the eval source's part, or the stored
-        front ends / waveforms that the live train-mode pass starts from."""
+        """What can be read ahead of the batch (utils.features.source.prefetched): the eval source's part, or the
+        stored front ends / waveforms that the live train-mode pass starts from."""
         if self._from_eval_source():
             return self.eval_source.fetch(utts)
         if self.front_ends and self.backbone.training:
             return self.front_ends.fetch(utts)
         wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
-        return wav.to(self.device), lengths.to(self.device)
+        return to_device(wav, self.device), lengths
 
     def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's hidden states; the live pass runs here, in the caller's thread, so dropout draws in order."""
@@ -184,9 +185,6 @@ class TrainModeFeatures:
     def _padded_batch(self):
         """A training batch's features as the original made them of the padded batch (not dev/test's)."""
         return self.backbone.padded_batch_features() if self.padded_batch and self.backbone.training else nullcontext()
-
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.finish(self.fetch(utts), grad)
 
 
 @contextmanager

@@ -31,7 +31,7 @@ import torchaudio.functional as AF
 from utils.core.errors import TrustSerError
 from utils.data.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
 from utils.data.utterances import Utterance
-from utils.features.cache import AudioBank, LiveFeatures
+from utils.features.source import AudioBank, LiveFeatures
 from utils.training.loop import evaluate
 from utils.training.metrics import classification_scores
 from utils.trust.attacks import measured_snr_db, scale_to_snr, valid_mask

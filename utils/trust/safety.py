@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from utils.trust.attacks import attack_success_rate, fgsm, gaussian_noise, measured_snr_db, pgd
 from utils.data.utterances import Utterance, length_sorted_batches, pad_waveforms
-from utils.features.cache import AudioBank, autocast_for
+from utils.features.source import AudioBank, autocast_for
 from utils.training.metrics import classification_scores
 from utils.runs.identity import RunConfig
 from utils.training.pipeline import make_source

@@ -1,0 +1,120 @@
+"""The interface every feature source implements (FeatureSource), what the sources share (the audio, the copy to
+the device, read-ahead) and the live source."""
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Protocol
+
+import torch
+
+from utils.core.errors import TrustSerError
+from utils.data.audio import BadAudioError, load_utterance
+from utils.data.utterances import Utterance, pad_waveforms
+
+log = logging.getLogger("trust-ser")
+
+
+class AudioBank:
+    """Cropped 16 kHz waveforms, read once per process; unreadable files raise, or are skipped with --skip_bad."""
+
+    def __init__(self, max_seconds: float, skip_bad: bool):
+        self.max_seconds, self.skip_bad = max_seconds, skip_bad
+        self.wavs: dict[str, torch.Tensor] = {}
+        self.bad: dict[str, str] = {}
+
+    def get(self, path: str) -> torch.Tensor | None:
+        if path not in self.wavs and path not in self.bad:
+            try:
+                self.wavs[path] = load_utterance(path, self.max_seconds)
+            except BadAudioError as err:
+                if not self.skip_bad:
+                    raise TrustSerError(f"{err} (pass --skip_bad to skip such files)") from None
+                log.warning(f"skipping: {err}")
+                self.bad[path] = str(err)
+        return self.wavs.get(path)
+
+
+class FeatureSource(Protocol):
+    """Where the head's input comes from. A batch is made in two steps: `fetch` (what can be read ahead of the
+    batch, in a background thread: see prefetched) and `finish` (the part that may train, in the caller's
+    thread); `batch` is both."""
+
+    audio: AudioBank
+
+    def prepare(self, utts: list[Utterance]) -> list[Utterance]:
+        """Whatever is done once before batches (computing what is stored); the utterances whose audio is readable."""
+        ...
+
+    def length(self, u: Utterance) -> int:
+        """The utterance's length, in the unit batches are sorted by (samples or frames)."""
+        ...
+
+    def fetch(self, utts: list[Utterance]):
+        ...
+
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's input: hidden states [L, B, F, D] (fp32) and the mask [B, F] (True = real frame)."""
+        ...
+
+    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.finish(self.fetch(utts), grad)
+
+    def cache_report(self) -> str | None:
+        """A line on what the source's cache holds, where it has one."""
+        return None
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast for frozen passes on CUDA; plain fp32 on CPU so CPU results are exact."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to the device; through pinned memory on CUDA, so the copy overlaps compute."""
+    if device.type != "cuda" or t.is_cuda:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def prefetched(source: FeatureSource, groups: list[list[Utterance]], grad: bool = False):
+    """(utterances, (hidden, mask)) for each group in turn, while a background thread reads the next group
+    (disk -> memory -> device, and any frozen features that are computed live). Only the trainable part
+    (source.finish) runs in the caller's thread, after the previous step, so results do not change."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(source.fetch, groups[0]) if groups else None
+        for i, group in enumerate(groups):
+            fetched = pending.result()
+            if i + 1 < len(groups):
+                pending = pool.submit(source.fetch, groups[i + 1])
+            yield group, source.finish(fetched, grad)
+
+
+class LiveFeatures(FeatureSource):
+    """Runs the backbone on every batch (--finetune unfrozen, or --no_cache: the original's per-epoch loop)."""
+
+    def __init__(self, backbone, audio: AudioBank, device: torch.device, round_like_cache: bool):
+        self.backbone, self.audio, self.device = backbone, audio, device
+        self.round_like_cache = round_like_cache   # frozen --no_cache: same fp16 rounding as the cache
+
+    def prepare(self, utts: list[Utterance]) -> list[Utterance]:
+        return [u for u in utts if self.audio.get(u.path) is not None]
+
+    def length(self, u: Utterance) -> int:
+        return len(self.audio.get(u.path))
+
+    def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded waveforms on the device, their lengths on the host (what the backbone reads them as)."""
+        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
+        return self.fetch_waveforms(to_device(wav, self.device), lengths)
+
+    def fetch_waveforms(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What fetch gives for a padded batch of waveforms on the device: the batch itself."""
+        return wav, lengths
+
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        wav, lengths = fetched
+        with torch.set_grad_enabled(grad), (nullcontext() if grad else autocast_for(self.device)):
+            hidden, _, mask = self.backbone(wav, lengths)
+        if self.round_like_cache:
+            hidden = hidden.to(torch.float16)
+        return hidden.float(), mask
