@@ -1,6 +1,6 @@
 """`--protocol`: "fixed" (the default, this project's procedure) or "original" (the original code's procedure,
-number for number). Every difference between the two is one named field of `Protocol`; README "The two
-protocols" explains each one."""
+number for number). Every difference `--protocol original` switches back is one named field of `Protocol`;
+README "The two protocols" explains each one, and what it cannot reproduce."""
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
