@@ -232,23 +232,25 @@ def test_seeded_runs_over_one_split_are_averaged_and_resume(tmp_path):
     manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, split=True)
     config = tmp_path / "config.yml"
     config.write_text(f"project_dir: {tmp_path / 'project'}\n")
-    run_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine", "--config", str(config))
-    run_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
+    load_script("train_split_gen/manifest.py").main(["--manifest", str(manifest), "--dataset", "mine",
+                                                     "--config", str(config)])
+    load_script("preprocess_audio/preprocess_audio.py").main(["--dataset", "mine", "--config", str(config)])
     flags = ["--dataset", "mine", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
              "--num_epochs", "1", "--conv_layers", "1", "--hidden_size", "8", "--pooling", "mean", "--batch_size", "4",
              "--config", str(config)]
-    run_script("experiment/finetune_single_thread.py", *flags, "--seeds", "2")
+    finetune = load_script("experiment/finetune_single_thread.py").main
+    finetune([*flags, "--seeds", "2"])
     run_dir = tmp_path / "project" / "finetune" / "mine" / "apc" / "lr00002_ep1_cnn_conv1_hid8_mean_frozen_tiny_randinit"
     heads = [torch.load(run_dir / f"fold_{k}.pt", weights_only=True) for k in (1, 2)]
     assert (heads[0]["model_seq.0.weight"] - heads[1]["model_seq.0.weight"]).abs().max() > 1e-3   # seeds 8 and 16
     first = (run_dir / "fold_1.pt").stat().st_mtime_ns
-    run_script("experiment/finetune_single_thread.py", *flags, "--seeds", "3")            # trains run 3 only
+    finetune([*flags, "--seeds", "3"])                                                  # trains run 3 only
     assert (run_dir / "fold_1.pt").stat().st_mtime_ns == first
     results = json.loads((run_dir / "results.json").read_text())
     uars = [results[k]["uar"] for k in ("1", "2", "3")]
     assert results["meta"]["folds_done"] == [1, 2, 3] and run_folds(run_dir, [1]) == [1, 2, 3]   # the report's
     assert results["average"]["uar"] == pytest.approx(np.mean(uars)) and results["std"]["uar"] == pytest.approx(np.std(uars))
-    run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--seeds", "3", "--bootstrap", "0")
+    load_script("trustworthy/fairness/fairness_evaluation.py").main([*flags, "--seeds", "3", "--bootstrap", "0"])
     fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "apc" / run_dir.name / "results.json").read_text())
     assert fairness["meta"]["folds_done"] == [1, 2, 3]
 
