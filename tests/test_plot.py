@@ -257,3 +257,31 @@ def test_ranges_ticks_and_radius():
     assert place(fairness, 40.0, (10.0, 30.0)) == Point(0.0, -1)
     assert place(privacy, 45.0, (50.0, 100.0)) == Point(1.0, 1)               # below 50: beyond the better end
     assert place(uar, 70.0, (50.0, 70.0)) == Point(1.0, 0)
+
+
+def test_axes_add_robustness_and_calibration_in_the_given_order(tmp_path, spider):
+    project = _fake_project(tmp_path / "project")
+    for model, (drop, ece) in {"wavlm": (12.5, 0.041), "apc": (31.0, 0.187)}.items():
+        _write(project / "robustness" / "iemocap" / model / RUN / "results.json",
+               {"average": {"mean_uar_drop": drop}, "std": {"mean_uar_drop": 2.0}, "meta": {"folds_done": [1, 2]}})
+        finetune = project / "finetune" / "iemocap" / model / RUN / "results.json"
+        results = json.loads(finetune.read_text())
+        results["average"]["ece"], results["std"] = ece, {**results["std"], "ece": 0.01}
+        finetune.write_text(json.dumps(results))
+    default, chosen = tmp_path / "default", tmp_path / "chosen"
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(default)])
+    assert "Robustness" not in (default / "trust_profile.md").read_text()       # the original's five by default
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(chosen), "--axes",
+                 "uar,fairness,safety,privacy,sustainability,robustness,calibration"])
+    _assert_image(chosen / "compare.png")
+    markdown = (chosen / "trust_profile.md").read_text()
+    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 62.50 ± 3.00 | 91.70 ± 0.50 | 41.60 | " \
+           "12.50 ± 2.00 (2 folds) | 4.10 ± 1.00 |" in markdown
+    assert "Robustness 0 to 40; Calibration 0 to 20." in markdown        # natural: 0 to a round value >= the largest
+    with open(chosen / "trust_profile.csv") as f:
+        rows = {row["pretrain_model"]: row for row in csv.DictReader(f)}
+    assert float(rows["apc"]["robustness_uar_drop_pts"]) == 31.0 and float(rows["apc"]["calibration_ece_pct"]) == 18.7
+    for bad in ("uar,fairness", "uar,fairness,speed", "uar,uar,safety"):
+        with pytest.raises(TrustSerError, match="--axes"):
+            spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(chosen),
+                         "--axes", bad])

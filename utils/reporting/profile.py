@@ -8,7 +8,8 @@ from utils.runs.paths import RunId
 from utils.runs.stages import STAGE, STAGES, Measurement, Variant, is_random_init, measure
 
 CSV_COLUMNS = {"uar": "uar_pct", "fairness": "fairness_pct", "privacy": "privacy_gender_uar_pct",
-               "safety": "safety_success_pct", "gflops": "gflops"}
+               "safety": "safety_success_pct", "gflops": "gflops", "robustness": "robustness_uar_drop_pts",
+               "calibration": "calibration_ece_pct"}
 PRETTY_MODELS = {"wav2vec2_0": "Wav2vec 2.0", "wavlm": "WavLM", "apc": "APC", "tera": "TERA",
                  "whisper_tiny": "Whisper Tiny", "whisper_base": "Whisper Base", "whisper_small": "Whisper Small"}
 
@@ -32,9 +33,9 @@ class RunProfile:
     def notes(self) -> list[str]:
         return [m.note for m in self.measurements.values() if m.note]
 
-    @property
-    def missing_titles(self) -> list[str]:
-        return [s.title for s in STAGES if self.value(s.key) is None]
+    def missing_titles(self, keys) -> list[str]:
+        """Titles of the axes (stage keys) this run has no value for."""
+        return [STAGE[k].title for k in keys if self.value(k) is None]
 
 
 def load_profile(project_dir: Path, run: RunId, label: str, variant: Variant) -> RunProfile:
@@ -117,13 +118,15 @@ def table_rows(profiles: list[RunProfile]) -> list[list]:
 
 
 def table_markdown(profiles: list[RunProfile], ranges: dict, variant: Variant) -> str:
-    titles = [axis_label(s.key, variant).replace("\n", ": ") for s in STAGES]
-    lines = ["| Model | Run | Folds | " + " | ".join(titles) + " |", "|" + "---|" * (len(STAGES) + 3)]
+    """The runs' values on the axes shown (the keys of ranges, in their order)."""
+    shown = [STAGE[k] for k in ranges]
+    titles = [axis_label(s.key, variant).replace("\n", ": ") for s in shown]
+    lines = ["| Model | Run | Folds | " + " | ".join(titles) + " |", "|" + "---|" * (len(shown) + 3)]
     for p in profiles:
-        cells = [cell(p.measurements[s.key], p.folds) for s in STAGES]
+        cells = [cell(p.measurements[s.key], p.folds) for s in shown]
         name = p.label + (" (random init)" if p.random_init else "")
         lines.append(f"| {name} | {p.run.name} | {p.folds or 'n/a'} | " + " | ".join(cells) + " |")
-    direction = ", ".join(f"{s.title} {'higher' if s.higher_is_better else 'lower'} is better" for s in STAGES)
+    direction = ", ".join(f"{s.title} {'higher' if s.higher_is_better else 'lower'} is better" for s in shown)
     chart = "; ".join(f"{s.title} " + ("n/a" if ranges[s.key] is None else
-                                       f"{fmt(ranges[s.key][0])} to {fmt(ranges[s.key][1])}") for s in STAGES)
+                                       f"{fmt(ranges[s.key][0])} to {fmt(ranges[s.key][1])}") for s in shown)
     return "\n".join(lines) + f"\n\n{direction}.\n\nChart ranges: {chart}.\n"

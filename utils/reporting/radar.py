@@ -20,9 +20,11 @@ import numpy as np  # noqa: E402
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.core.io import save_figure  # noqa: E402
 from utils.reporting.profile import RunProfile, axis_label, fmt  # noqa: E402
-from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
+from utils.runs.stages import STAGE, TrustStage, Variant  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
+DEFAULT_AXES = ("uar", "fairness", "privacy", "safety", "gflops")     # the original's five
+AXIS_ALIASES = {"sustainability": "gflops", "performance": "uar"}
 HOLE = 0.25         # empty disc at the centre (in radius units), where each axis' inner value is written
 
 
@@ -78,11 +80,26 @@ def parse_ranges(specs: list[str] | None) -> dict[str, tuple[float, float]]:
     return ranges
 
 
-def axis_ranges(profiles: list[RunProfile], given: dict, num_classes: int,
-                zoom: bool) -> dict[str, tuple[float, float] | None]:
-    """Per axis: the --ranges one, else the natural (or zoomed) range; None where no run has a value."""
+def parse_axes(spec: str | None) -> list[str]:
+    """--axes uar,fairness,...: the stage keys to draw, in order (default: the original's five axes)."""
+    if not spec:
+        return list(DEFAULT_AXES)
+    axes = [AXIS_ALIASES.get(a, a) for a in (x.strip() for x in spec.split(",")) if a]
+    names = ", ".join(list(STAGE) + list(AXIS_ALIASES))
+    unknown = [a for a in axes if a not in STAGE]
+    if unknown:
+        raise TrustSerError(f"--axes: unknown axis {', '.join(unknown)}; choose from {names}")
+    if len(set(axes)) != len(axes) or len(axes) < 3:
+        raise TrustSerError(f"--axes {spec}: a radar needs at least 3 different axes (from {names})")
+    return axes
+
+
+def axis_ranges(profiles: list[RunProfile], given: dict, num_classes: int, zoom: bool,
+                axes: list[str] = DEFAULT_AXES) -> dict[str, tuple[float, float] | None]:
+    """Per axis shown (stage keys, in drawing order): the --ranges one, else the natural (or zoomed) range; None
+    where no run has a value."""
     ranges = {}
-    for stage in STAGES:
+    for stage in (STAGE[k] for k in axes):
         values = [p.value(stage.key) for p in profiles if p.value(stage.key) is not None]
         derive = zoom_range if zoom else natural_range
         ranges[stage.key] = given.get(stage.key) or (derive(stage, values, num_classes) if values else None)
@@ -113,8 +130,10 @@ def place(stage: TrustStage, value: float, value_range: tuple[float, float]) -> 
 
 # ---------------------------------------------------------------- drawing
 
-def _angles() -> np.ndarray:
-    return np.pi / 2 + 2 * np.pi * np.arange(len(STAGES)) / len(STAGES)
+def _axes(ranges: dict) -> list[tuple[TrustStage, float]]:
+    """(stage, spoke angle) of each axis shown: the keys of ranges, counter-clockwise from the top."""
+    angles = np.pi / 2 + 2 * np.pi * np.arange(len(ranges)) / len(ranges)
+    return [(STAGE[k], float(a)) for k, a in zip(ranges, angles)]
 
 
 def _side(angle: float, ccw: bool) -> tuple[float, float, str, str]:
@@ -132,11 +151,11 @@ def _new_radar(ranges: dict, variant: Variant):
     ax.set_ylim(0, 1)
     ax.set_rorigin(-HOLE)
     ax.set_yticks([])
-    ax.set_xticks(_angles() % (2 * np.pi), labels=[])
+    ax.set_xticks([a % (2 * np.pi) for _, a in _axes(ranges)], labels=[])
     ax.xaxis.grid(True, color="0.75", linewidth=0.8)
     ax.spines["polar"].set_color("0.6")
     ax.spines["inner"].set_color("0.75")
-    for stage, angle in zip(STAGES, _angles()):
+    for stage, angle in _axes(ranges):
         missing = ranges[stage.key] is None
         _axis_title(ax, angle, axis_label(stage.key, variant) + ("\n(n/a)" if missing else ""),
                     color="0.55" if missing else "black")
@@ -176,12 +195,12 @@ def _value_text(profile: RunProfile, key: str, point: Point) -> str:
 
 def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) -> None:
     drawn = [(stage, angle, place(stage, profile.value(stage.key), ranges[stage.key]))
-             for stage, angle in zip(STAGES, _angles()) if profile.value(stage.key) is not None]
+             for stage, angle in _axes(ranges) if profile.value(stage.key) is not None]
     # a collapsed probe measures nothing: it gets a mark, not a corner of the polygon (it would read as privacy)
     corners = [(a, p.radius) for s, a, p in drawn if not profile.measurements[s.key].collapsed]
     if corners:
         thetas, radii = zip(*(corners + corners[:1]))
-        ax.plot(thetas, radii, color=color, linewidth=2, label=legend_label(profile), zorder=4)
+        ax.plot(thetas, radii, color=color, linewidth=2, label=legend_label(profile, ranges), zorder=4)
         ax.fill(thetas, radii, color=color, alpha=0.15, zorder=3)
     for stage, angle, point in drawn:
         if profile.measurements[stage.key].collapsed:
@@ -200,25 +219,25 @@ def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) 
                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=0.8, alpha=0.9))
 
 
-def run_facts(profile: RunProfile) -> list[str]:
-    """What a reader must know before believing a run's profile."""
+def run_facts(profile: RunProfile, axes) -> list[str]:
+    """What a reader must know before believing a run's profile on these axes (stage keys)."""
     facts = ["random init"] if profile.random_init else []
     if profile.folds is not None:
         facts.append(f"{profile.folds} fold{'s' if profile.folds != 1 else ''}")
-    if profile.missing_titles:
-        facts.append("n/a: " + ", ".join(profile.missing_titles))
+    if profile.missing_titles(axes):
+        facts.append("n/a: " + ", ".join(profile.missing_titles(axes)))
     return facts
 
 
-def legend_label(profile: RunProfile) -> str:
-    return textwrap.fill(" · ".join([profile.label] + run_facts(profile)), width=34)
+def legend_label(profile: RunProfile, axes) -> str:
+    return textwrap.fill(" · ".join([profile.label] + run_facts(profile, axes)), width=34)
 
 
 def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float) -> None:
     lines = [f"{dataset}; outward = more trustworthy on every axis"]
     keys = []
     for p in profiles:
-        for stage in STAGES:
+        for stage, _ in _axes(ranges):
             m = p.measurements[stage.key]
             if m.collapsed:
                 keys.append("✕ hollow, off the polygon: the privacy probe predicted one class only "
@@ -232,7 +251,8 @@ def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float
 def draw_single(profile: RunProfile, ranges: dict, color, variant: Variant, dataset: str, path: Path) -> None:
     fig, ax = _new_radar({k: (None if profile.value(k) is None else r) for k, r in ranges.items()}, variant)
     _plot_profile(ax, profile, ranges, color, annotate=True)
-    title = "\n".join([profile.label] + ([" · ".join(run_facts(profile))] if run_facts(profile) else []))
+    facts = run_facts(profile, ranges)
+    title = "\n".join([profile.label] + ([" · ".join(facts)] if facts else []))
     ax.set_title(title, fontsize=16 if len(profile.label) <= 24 else 12, fontweight="bold", color=color, pad=80)
     _footer(ax, [profile], ranges, dataset, y=-0.13)
     save_png(fig, path)
@@ -245,7 +265,7 @@ def draw_overlay(profiles: list[RunProfile], ranges: dict, variant: Variant, dat
     ax.set_title(f"Trust profiles: {dataset}", fontsize=16, fontweight="bold", pad=72)
     ncol = min(len(profiles), 3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=ncol, frameon=False, fontsize=9.5)
-    rows = math.ceil(len(profiles) / ncol) * max(legend_label(p).count("\n") + 1 for p in profiles)
+    rows = math.ceil(len(profiles) / ncol) * max(legend_label(p, ranges).count("\n") + 1 for p in profiles)
     _footer(ax, profiles, ranges, dataset, y=-0.15 - 0.037 * rows)
     save_png(fig, path)
 

@@ -18,7 +18,7 @@ from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
 from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
 from utils.reporting.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
 from utils.reporting.trust_figures import draw_reliability, draw_robustness  # noqa: E402
-from utils.runs.stages import STAGES, Variant, dig  # noqa: E402
+from utils.runs.stages import STAGE, Variant, dig  # noqa: E402
 from utils.trust.calibration import pooled_predictions  # noqa: E402
 
 SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
@@ -216,7 +216,7 @@ def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path
         p = r.profile
         lines += [f"## {p.label}", "", f"Run `{p.run.pretrain_model}/{p.run.name}`"
                   + (" (random initial weights: a pipeline check, not a result)" if p.random_init else "") + ".", ""]
-        lines += [f"- {s.title}: {cell(p.measurements[s.key], p.folds)}" for s in STAGES]
+        lines += [f"- {STAGE[k].title}: {cell(p.measurements[k], p.folds)}" for k in ranges]
         lines += ["", f"- Radar: [{link(charts[p.label])}]({link(charts[p.label])})"]
         for name, path in r.figures():
             lines.append(f"- {name}: " + (f"[{link(path)}]({link(path)})" if path else "n/a (no results for it)"))

@@ -106,6 +106,9 @@ def profile_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--fairness_metric", default="statistical_parity",
                    choices=["statistical_parity", "equality_of_opportunity", "demographic_parity"])
     p.add_argument("--zoom", action="store_true", help="tight automatic ranges around the runs' values (close runs)")
+    p.add_argument("--axes", default=None, metavar="AXIS,AXIS,...",
+                   help="axes to draw, in order, from uar, fairness, privacy, safety, sustainability (gflops), "
+                        "robustness, calibration (default: the original's five: uar,fairness,privacy,safety,gflops)")
     p.add_argument("--ranges", nargs="+", default=None, metavar="AXIS=LOW:HIGH",
                    help="fixed axis ranges in the axis' units; AXIS one of uar, fairness, privacy, safety, gflops")
     return p

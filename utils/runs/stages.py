@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from utils.core.io import read_json
-from utils.runs.paths import RunId, attack_dir, fairness_dir, finetune_dir, flops_dir, privacy_dir
+from utils.runs.paths import RunId, attack_dir, fairness_dir, finetune_dir, flops_dir, privacy_dir, robustness_dir
 from utils.runs.identity import RunConfig
 
 RESULTS_FILE = "results.json"       # utils.training.pipeline.aggregate's output in every averaged stage
@@ -71,6 +71,12 @@ STAGES: list[TrustStage] = [
     TrustStage("gflops", "Sustainability", False, "GFLOPs", 1.0, False,
                lambda p, r, v: flops_dir(p, r), FLOPS_FILE, lambda v: ["gflops"],
                lambda v: "GFLOPs per utterance"),
+    TrustStage("robustness", "Robustness", False, "points", 1.0, True,
+               lambda p, r, v: robustness_dir(p, r), RESULTS_FILE, lambda v: ["mean_uar_drop"],
+               lambda v: "UAR drop under perturbation (points)"),
+    TrustStage("calibration", "Calibration", False, "%", 100.0, True,
+               lambda p, r, v: finetune_dir(p, r), RESULTS_FILE, lambda v: ["ece"],
+               lambda v: "expected calibration error (%)"),
 ]
 STAGE = {s.key: s for s in STAGES}
 
