@@ -2,6 +2,7 @@
 female, s06-s10 male), an age-group column, a stereo FLAC and 22.05 kHz WAV files among the audio. Every stage
 runs in process through its script's main(argv): split -> preprocess -> finetune (tiny WavLM, 2 folds) ->
 fairness (--group_by age_group) -> safety -> privacy (fold 1) -> sustainability -> plot_spider -> report."""
+import ast
 import json
 import os
 import stat
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from manifest_corpus import write_manifest_corpus
-from synthetic_project import load_script
+from synthetic_project import REPO, load_script
 from utils.data.audio import audio_info
 from utils.trust.fairness import multiclass_statistical_parity
 
@@ -33,6 +34,12 @@ def grouped_manifest(root: Path) -> Path:
     manifest = root / "yours.csv"
     table.to_csv(manifest, index=False)
     return manifest
+
+
+CHAIN = ["train_split_gen/manifest.py", "preprocess_audio/preprocess_audio.py", "experiment/finetune_single_thread.py",
+         "trustworthy/fairness/fairness_evaluation.py", "trustworthy/safety/adversarial_attack.py",
+         "trustworthy/privacy/gender_inference.py", "trustworthy/sustainability/sustainability.py",
+         "trustworthy/plot_spider.py", "trustworthy/report.py"]
 
 
 def run(script: str, *argv: str) -> None:
@@ -67,6 +74,14 @@ def chain(tmp_path_factory):
 
 def results(project: Path, stage: str) -> dict:
     return json.loads((project / stage / "yours" / RUN / "results.json").read_text())
+
+
+def test_every_script_of_the_chain_runs_as_a_command():
+    """The chain runs in process through main(argv); a user runs the files, which need their __main__ guard."""
+    for script in CHAIN:
+        tree = ast.parse((REPO / script).read_text())
+        guards = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+        assert [ast.unparse(g.body[0]) for g in guards] == ["run_main(main)"], script
 
 
 @pytest.mark.slow

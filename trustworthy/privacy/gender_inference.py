@@ -79,3 +79,7 @@ def log_summary(results: dict, collapsed: list[int], out_dir: Path) -> None:
     log.info("gender inference test UAR (50% = nothing leaks): " + ", ".join(parts)
              + (f" (original probe collapsed to one class in fold {', '.join(map(str, collapsed))})" if collapsed
                 else "") + f"; results: {out_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    run_main(main)
