@@ -23,6 +23,7 @@ FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tin
          "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
          "--conv_layers", "2", "--pooling", "mean", "--hidden_size", "32", "--batch_size", "8"]
 RUN = "lr0005_ep1_cnn_conv2_hid32_mean_frozen_tiny_randinit"
+CLASS_NAMES = ["neu", "sad", "ang", "hap"]      # the demo corpus' classes, in class-index order
 N_TEST = 80    # 2 test speakers x 4 emotions x 10 utterances
 RUN_CONFIG = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, tiny=True, learning_rate=0.005,
                        num_epochs=1, conv_layers=2, pooling="mean", hidden_size=32, batch_size=8, device="cpu")
@@ -49,10 +50,12 @@ def test_five_fold_finetune_writes_everything_and_beats_chance(project):
         best = json.loads((run_dir / f"fold_{fold}.json").read_text())["best"]
         preds = pd.read_csv(run_dir / f"fold_{fold}_test_predictions.csv")
         assert len(preds) == best["num_test"] == N_TEST
-        assert list(preds.columns[:5]) == ["key", "speaker", "gender", "label", "prediction"]
+        assert list(preds.columns) == ["key", "speaker", "gender", "label", "prediction",
+                                       *(f"prob_{name}" for name in CLASS_NAMES)]
+        assert set(preds.label) == set(CLASS_NAMES) and set(preds.prediction) <= set(CLASS_NAMES)   # as predict.py
         np.testing.assert_allclose(preds.filter(like="prob_").sum(axis=1), 1.0, atol=1e-4)
         assert best["uar"] == pytest.approx(100 * np.mean([(preds.prediction[preds.label == c] == c).mean()
-                                                           for c in range(4)]), rel=1e-5)
+                                                           for c in CLASS_NAMES]), rel=1e-5)
     results = json.loads((run_dir / "results.json").read_text())
     assert sorted(k for k in results if k.isdigit()) == ["1", "2", "3", "4", "5"]
     uar = results["average"]["uar"]
@@ -73,7 +76,7 @@ def test_original_readme_command_parses_and_explains_what_is_missing(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "iemocap_fold1.json not found" in proc.stderr
-    assert proc.stderr.strip().endswith("run first: python3 train_split_gen/iemocap.py")
+    assert proc.stderr.strip().endswith(f"run first: python3 train_split_gen/iemocap.py --config {config}")
 
 
 def test_split_command_names_each_corpus_script():
@@ -111,7 +114,8 @@ def test_fairness_from_the_saved_predictions_equals_the_model_path(project):
         preds = model_predictions(config, int(fold))
         saved = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / f"fold_{fold}_test_predictions.csv",
                             dtype={"speaker": str, "gender": str})
-        assert sorted(zip(preds.key, preds.prediction)) == sorted(zip(saved.key, saved.prediction))
+        assert sorted(zip(preds.key, preds.prediction.map(CLASS_NAMES.__getitem__))) == \
+            sorted(zip(saved.key, saved.prediction))
         for attr in ("speaker", "gender"):
             expected = fairness_report(preds.label, preds.prediction, preds[attr], n_bootstrap=0, seed=0)
             got = results[fold][attr]
@@ -151,8 +155,8 @@ def test_fgsm_attacks_what_the_finetuned_model_got_right_and_fp32_agrees_on_cpu(
         runs[" ".join(extra)] = json.loads((attack / "results.json").read_text())
     cached, live = runs[""]["1"], runs["--fp32 --overwrite"]["1"]
     assert cached["num_attacked"] == int((preds.label == preds.prediction).sum()) > 0
-    assert cached["clean_uar"] == pytest.approx(
-        classification_scores(preds.label.to_numpy(), preds.prediction.to_numpy(), 4)["uar"], rel=1e-5)
+    labels, predictions = (preds[c].map(CLASS_NAMES.index).to_numpy() for c in ("label", "prediction"))
+    assert cached["clean_uar"] == pytest.approx(classification_scores(labels, predictions, 4)["uar"], rel=1e-5)
     assert (live["num_attacked"], live["num_flipped"]) == (cached["num_attacked"], cached["num_flipped"])
     assert runs["--fp32 --overwrite"]["meta"]["attack"]["precision"] == "fp32"
 
@@ -173,7 +177,7 @@ def test_privacy_trains_a_gender_head_on_fold_1(project):
     assert len({history[str(epoch)]["test"]["loss"] for epoch in range(10)}) == 10
     assert not list((out / "privacy" / "gender" / "demo" / "apc" / RUN).glob("fold_1_epoch_*"))
     preds = pd.read_csv(out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
-    assert set(preds.label) == {0, 1} and list(preds.columns[-2:]) == ["prob_female", "prob_male"]
+    assert set(preds.label) == {"female", "male"} and list(preds.columns[-2:]) == ["prob_female", "prob_male"]
     assert 0.0 <= results["average"]["uar"] <= 100.0
     assert results["1"]["collapsed"] is (preds.prediction.nunique() == 1)
     assert results["meta"]["collapsed"] is results["1"]["collapsed"]

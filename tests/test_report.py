@@ -31,7 +31,8 @@ def _finetune_run(project: Path, model: str, folds: dict) -> Path:
     run_dir = project / "finetune" / "demo" / model / RUN
     for fold, pairs in folds.items():
         _write(run_dir / f"fold_{fold}.json", json.dumps(_history(4, best=fold)))
-        rows = "".join(f"u{i},spk{i},F,{label},{pred},0.25,0.25,0.25,0.25\n" for i, (label, pred) in enumerate(pairs))
+        rows = "".join(f"u{i},spk{i},F,{CLASSES[label]},{CLASSES[pred]},0.25,0.25,0.25,0.25\n"
+                       for i, (label, pred) in enumerate(pairs))
         _write(run_dir / f"fold_{fold}_test_predictions.csv",
                "key,speaker,gender,label,prediction," + ",".join(f"prob_{c}" for c in CLASSES) + "\n" + rows)
     _write(run_dir / "results.json", json.dumps({"average": {"uar": 55.0}, "std": {"uar": 1.5},

@@ -1,6 +1,5 @@
 """The per-run report: training curves and confusion matrix of each run, and one report.md per dataset with the
 trust table, the radar charts and links to every figure."""
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
-from utils.training.finetune import predictions_path  # noqa: E402
+from utils.training.finetune import predictions_path, read_predictions  # noqa: E402
 from utils.core.io import read_json, write_csv, write_text  # noqa: E402
 from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
 from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
@@ -105,13 +104,11 @@ def confusion_counts(run_dir: Path, folds: list[int], num_classes: int) -> tuple
         path = predictions_path(run_dir, fold)
         if not path.is_file():
             continue
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                try:
-                    counts[int(row["label"]), int(row["prediction"])] += 1
-                except (KeyError, ValueError, IndexError):
-                    raise TrustSerError(f"{path}: row {row.get('key', '?')} has no valid label/prediction "
-                                        f"(classes 0..{num_classes - 1})") from None
+        for row in read_predictions(path):
+            try:
+                counts[row["label"], row["prediction"]] += 1
+            except IndexError:
+                raise TrustSerError(f"{path}: row {row['key']} has a class beyond the corpus' {num_classes}") from None
         found.append(fold)
     return counts, found
 

@@ -51,21 +51,28 @@ def predictions_path(run_dir: Path, fold: int) -> Path:
 
 
 def write_predictions(path: Path, result: EvalResult, class_names: list[str]) -> None:
-    """One row per test utterance: key, speaker, gender, label, prediction and class probabilities."""
+    """One row per test utterance: key, speaker, gender, label and prediction (class names, as predict.py writes
+    them), then the class probabilities."""
     header = ["key", "speaker", "gender", "label", "prediction", *(f"prob_{name}" for name in class_names)]
-    write_csv(path, [header, *([u.key, u.speaker, u.gender, u.label, int(pred), *(f"{p:.6f}" for p in probs)]
-                              for u, pred, probs in zip(result.utterances, result.predictions, result.probabilities))])
+    write_csv(path, [header, *([u.key, u.speaker, u.gender, class_names[u.label], class_names[int(pred)],
+                                *(f"{p:.6f}" for p in probs)]
+                               for u, pred, probs in zip(result.utterances, result.predictions, result.probabilities))])
 
 
 def read_predictions(path: Path) -> list[dict]:
-    """The rows of a predictions CSV: key, speaker, gender (str), label and prediction (int)."""
+    """The rows of a predictions CSV: key, speaker, gender (str); label and prediction as class indices, in the
+    order of its prob_<class> columns; probs (floats, in that order)."""
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    names = [c.removeprefix("prob_") for c in reader.fieldnames or [] if c.startswith("prob_")]
+    index = {name: i for i, name in enumerate(names)}
     try:
-        return [{"key": r["key"], "speaker": r["speaker"], "gender": r["gender"], "label": int(r["label"]),
-                 "prediction": int(r["prediction"])} for r in rows]
+        return [{"key": r["key"], "speaker": r["speaker"], "gender": r["gender"], "label": index[r["label"]],
+                 "prediction": index[r["prediction"]], "probs": [float(r[f"prob_{n}"]) for n in names]} for r in rows]
     except (KeyError, TypeError, ValueError) as err:
-        raise TrustSerError(f"{path} is not a predictions file of this project ({type(err).__name__}: {err})") from None
+        raise TrustSerError(f"{path} is not a predictions file of this project ({type(err).__name__}: {err}); its "
+                            f"label and prediction columns hold class names of its prob_<class> columns") from None
 
 
 @dataclass(frozen=True)

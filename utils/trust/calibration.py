@@ -10,10 +10,9 @@ calibration error, Brier score and the reliability diagram's bins, per fold and 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from utils.core.errors import TrustSerError
-from utils.training.finetune import predictions_path
+from utils.training.finetune import predictions_path, read_predictions
 
 ECE_BINS = 15
 CALIBRATION_KEYS = ["ece", "brier"]    # per fold and averaged in the finetune results.json
@@ -45,15 +44,10 @@ def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def read_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities [N, classes], labels [N]) from a predictions CSV."""
-    try:
-        frame = pd.read_csv(path)
-        probs = frame.filter(regex="^prob_").to_numpy(dtype=float)
-        labels = frame["label"].to_numpy(dtype=int)
-    except (KeyError, ValueError, pd.errors.ParserError) as err:
-        raise TrustSerError(f"{path} is not a predictions file of this project ({type(err).__name__}: {err})") from None
-    if probs.shape[1] == 0 or len(labels) == 0 or labels.min() < 0 or labels.max() >= probs.shape[1]:
-        raise TrustSerError(f"{path}: no prob_<class> columns, no rows, or a label outside the classes")
-    return probs, labels
+    rows = read_predictions(path)       # labels are checked against the prob_<class> columns there
+    if not rows:
+        raise TrustSerError(f"{path}: a predictions file without rows")
+    return np.array([r["probs"] for r in rows], dtype=float), np.array([r["label"] for r in rows], dtype=int)
 
 
 def calibration_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
