@@ -14,13 +14,13 @@ from utils.data.corpora import CORPORA, SINGLE_SPLIT_RUNS, get_corpus  # noqa: E
 from utils.core.errors import run_main  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="iemocap")  # RunConfig's default (not imported: it loads torch)
     parser.add_argument("--config", default=None)
     parser.add_argument("--protocol", default="fixed", choices=list(SINGLE_SPLIT_RUNS))
     parser.add_argument("--seeds", default=None, type=int)
-    args, _ = parser.parse_known_args()
+    args, _ = parser.parse_known_args(argv)
     if args.dataset in CORPORA:  # no config needed
         corpus = get_corpus(args.dataset)
     else:

@@ -52,6 +52,10 @@ if [[ ! -f "$REPO/experiment/finetune_single_thread.py" ]]; then
 fi
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 [[ -x "$PY" ]] || PY=python3
+# Nothing below assumes a GPU (stages pick cuda when present, else cpu): a CPU-only or small node takes the
+# #SBATCH overrides of the README. Torch would start a thread per core of the node, not per CPU of the task.
+if [[ -n "${SLURM_CPUS_PER_TASK:-}" && -z "${OMP_NUM_THREADS:-}" ]]; then export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi
+STATUS_DIR="${TASK_STATUS_DIR:-$REPO/logs/status}"    # each task's exit status, for the aggregation
 FINETUNE="$REPO/experiment/finetune_single_thread.py"
 FAIRNESS="$REPO/trustworthy/fairness/fairness_evaluation.py"
 SAFETY="$REPO/trustworthy/safety/adversarial_attack.py"
@@ -76,9 +80,10 @@ CORPORA=(${CORPORA:-$(dataset_flag "$@")})
 (( ${#CORPORA[@]} )) || CORPORA=(iemocap)
 
 STAGE_FLAGS=("$@")
-folds_of() {   # the folds of a corpus: FOLDS if set, else its own (scripts/corpus_folds.py; a manifest corpus' too)
-    if [[ -n "${FOLDS:-}" ]]; then echo "$FOLDS"; return; fi
-    "$PY" "$REPO/scripts/corpus_folds.py" "${STAGE_FLAGS[@]}" --dataset "$1"
+folds_of() {   # the folds of a corpus: FOLDS if set, else its own; an unknown corpus fails either way
+    local own
+    own=$("$PY" "$REPO/scripts/corpus_folds.py" "${STAGE_FLAGS[@]}" --dataset "$1") || return 2
+    echo "${FOLDS:-$own}"
 }
 
 # The tasks, corpus by corpus, backbone by backbone, fold by fold: TASKS[i]="corpus backbone fold first_fold".
@@ -92,6 +97,10 @@ for corpus in "${CORPORA[@]}"; do
     done
 done
 NUM_TASKS=${#TASKS[@]}
+if (( NUM_TASKS == 0 )); then
+    echo "error: no tasks: BACKBONES and FOLDS must not be empty" >&2
+    exit 2
+fi
 
 run() {   # one stage script: echoed first, then run (or only echoed with DRY_RUN=1)
     echo "+ $*"
@@ -119,27 +128,64 @@ fold_task() {   # fold_task CORPUS BACKBONE FOLD FIRST_FOLD [flags...]: the trus
     return $status
 }
 
+status_file() {   # status_file CORPUS BACKBONE FOLD FLAGS...: where the task of these flags records its exit status
+    local id
+    id=$(printf '%s\n' "${@:4}" | cksum | cut -d' ' -f1)
+    echo "$STATUS_DIR/${1}__${2//\//_}__fold${3}__${id}"
+}
+
+record() {   # record FILE STATE LOG: "started" at the start of a task, "exit N" at its end
+    [[ -n "${DRY_RUN:-}" ]] && return 0
+    mkdir -p "$STATUS_DIR" && echo "$2 ${3:--}" > "$1.tmp" && mv "$1.tmp" "$1"
+}
+
+failed_tasks() {   # failed_tasks FLAGS...: "index (corpus backbone fold: why[, log])" of every task that failed
+    local i corpus backbone fold first file state code log
+    for i in "${!TASKS[@]}"; do
+        read -r corpus backbone fold first <<< "${TASKS[i]}"
+        file=$(status_file "$corpus" "$backbone" "$fold" "$@")
+        [[ -f "$file" ]] || continue            # never submitted (or not yet started)
+        read -r state code log < "$file"
+        [[ "$state $code" == "exit 0" ]] && continue
+        if [[ "$state" == started ]]; then log=$code code="started, no exit status (killed, timed out, preempted or still running)"
+        else code="exit $code"; fi
+        echo "$i ($corpus $backbone fold $fold: $code${log:+, log $log})"
+    done | sed 's/, log -)/)/'
+}
+
 aggregate_all() {   # results.json of every stage, corpus and backbone from the per-fold files; goes on past gaps
-    local corpus backbone attack output status=0
+    local corpus backbone attack output status=0 failed
+    failed=$(failed_tasks "$@")
     for corpus in "${CORPORA[@]}"; do
       for backbone in "${BACKBONES[@]}"; do
         local common=(--dataset "$corpus" --pretrain_model "$backbone" --aggregate_only "$@")
         if ! output=$(run "$PY" "$FINETUNE" "${common[@]}" 2>&1); then
-            if [[ "$output" == *"no finished folds"* ]]; then   # a list wider than what was trained
-                echo "skipping $backbone on $corpus: no finished folds to aggregate (not trained yet)"
-                continue
+            # one line per run: the other stages would only repeat finetune's error (e.g. a bad backbone name)
+            if [[ "$output" == *"no finished folds"* && "$failed" != *"($corpus $backbone fold"* ]]; then
+                echo "skipping $backbone on $corpus: no finished folds and no task of it ran (never submitted)"
+            elif [[ "$output" != *"no finished folds"* ]]; then
+                echo "$output"
+                status=2
             fi
-            status=1
+            continue
         fi
         echo "$output"
-        run "$PY" "$FAIRNESS" "${common[@]}" || status=1
+        run "$PY" "$FAIRNESS" "${common[@]}" || status=2
         for attack in "${ATTACKS[@]}"; do
-            run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
+            run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=2
         done
-        run "$PY" "$ROBUSTNESS" "${common[@]}" "${ROBUSTNESS_FLAGS[@]}" || status=1
-        run "$PY" "$PRIVACY" "${common[@]}" || status=1
+        run "$PY" "$ROBUSTNESS" "${common[@]}" "${ROBUSTNESS_FLAGS[@]}" || status=2
+        run "$PY" "$PRIVACY" "${common[@]}" || status=2
       done
     done
+    if [[ -n "$failed" ]]; then
+        local indices
+        indices=$(cut -d' ' -f1 <<< "$failed" | paste -sd, -)
+        echo "error: $(wc -l <<< "$failed") of $NUM_TASKS tasks failed: $(paste -sd';' - <<< "$failed" | sed 's/;/; /g');" \
+             "fix the cause, rerun them (sbatch --array=$indices scripts/slurm_array.sh ARGS, or the same" \
+             "run_local.sh command), then aggregate again" >&2
+        status=2
+    fi
     return $status
 }
 
@@ -156,4 +202,10 @@ if [[ ! "$TASK" =~ ^[0-9]+$ ]] || (( TASK >= NUM_TASKS )); then
 fi
 read -r CORPUS BACKBONE FOLD FIRST_FOLD <<< "${TASKS[TASK]}"
 echo "task $TASK of $NUM_TASKS: corpus $CORPUS, backbone $BACKBONE, fold $FOLD"
-fold_task "$CORPUS" "$BACKBONE" "$FOLD" "$FIRST_FOLD" "$@"
+STATUS=$(status_file "$CORPUS" "$BACKBONE" "$FOLD" "$@")
+LOG="${SLURM_ARRAY_JOB_ID:+logs/trust-ser_${SLURM_ARRAY_JOB_ID}_${TASK}.out}"     # the #SBATCH --output pattern
+record "$STATUS" started "$LOG"
+code=0
+fold_task "$CORPUS" "$BACKBONE" "$FOLD" "$FIRST_FOLD" "$@" || code=2       # a stage failed (its error is above)
+record "$STATUS" "exit $code" "$LOG"
+exit $code

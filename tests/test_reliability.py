@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -471,8 +472,17 @@ def test_no_unsafe_torch_load_anywhere():
 # ---------------------------------------------------------------- scale-out scripts
 
 def _bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The script run from another folder; the tasks' exit statuses go to a fresh folder unless TASK_STATUS_DIR."""
+    env.setdefault("TASK_STATUS_DIR", tempfile.mkdtemp(prefix="task_status_"))
     return subprocess.run(["bash", str(REPO / "scripts" / script), *args], env={**ENV, **env}, cwd="/",
                           capture_output=True, text=True, timeout=60)
+
+
+def _fake_python(path: Path, body: str) -> Path:
+    """A stand-in for the stage scripts: `body` is a sh case over "$1 $*" (the script path, then every flag)."""
+    path.write_text(f'#!/bin/sh\ncase "$1 $*" in\n{body}\nesac\nexit 0\n')
+    path.chmod(0o755)
+    return path
 
 
 def test_scale_out_scripts_parse_and_map_tasks(tmp_path):
@@ -520,9 +530,10 @@ def test_aggregating_skips_runs_that_were_never_trained(tmp_path):
                     '*tera*) echo "error: no finished folds in /x; nothing to aggregate" >&2; exit 2;; esac;; esac\n'
                     'exit 0\n')
     fake.chmod(0o755)
-    proc = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", BACKBONES="apc tera", PYTHON=str(fake))
+    proc = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", BACKBONES="apc tera", FOLDS="1 2",
+                 PYTHON=str(fake))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skipping tera on demo: no finished folds to aggregate" in proc.stdout
+    assert "skipping tera on demo: no finished folds and no task of it ran (never submitted)" in proc.stdout
     ran = [line.split()[2].split("/")[-1] + " " + line.split()[6] for line in proc.stdout.splitlines()
            if line.startswith("+ ")]
     assert "fairness_evaluation.py apc" in ran and "fairness_evaluation.py tera" not in ran
@@ -534,10 +545,74 @@ def test_a_failing_stage_fails_the_task_but_not_the_other_stages(tmp_path):
     fake.chmod(0o755)
     proc = _bash("slurm_array.sh", SLURM_ARRAY_TASK_ID="0", BACKBONES="apc", FOLDS="1 2", PYTHON=str(fake))
     ran = [Path(line.split()[2]).name for line in proc.stdout.splitlines() if line.startswith("+ ")]
-    assert proc.returncode == 1 and ran[-2:] == ["gender_inference.py", "sustainability.py"]
-    proc = _bash("slurm_array.sh", SLURM_ARRAY_TASK_ID="0", BACKBONES="apc", FOLDS="1 2", PYTHON="/bin/false")
+    assert proc.returncode == 2 and ran[-2:] == ["gender_inference.py", "sustainability.py"]
+    broken = _fake_python(tmp_path / "broken", "    *finetune_single_thread.py*) exit 1;;")
+    proc = _bash("slurm_array.sh", SLURM_ARRAY_TASK_ID="0", BACKBONES="apc", FOLDS="1 2", PYTHON=str(broken))
     ran = [Path(line.split()[2]).name for line in proc.stdout.splitlines() if line.startswith("+ ")]
-    assert proc.returncode == 1 and ran == ["finetune_single_thread.py"]       # nothing to evaluate
+    assert proc.returncode == 2 and ran == ["finetune_single_thread.py"]       # nothing to evaluate
+
+
+def test_aggregation_names_the_failed_tasks_once_and_exits_2(tmp_path):
+    """Task 1 is killed mid-finetune (no exit status), task 2 fails, task 3 is never submitted."""
+    fake = _fake_python(tmp_path / "python", """
+    *finetune_single_thread.py*tera*--aggregate_only*) echo "error: no finished folds in /x; nothing to aggregate" >&2
+        exit 2;;
+    *finetune_single_thread.py*apc*--folds\ 2*) kill -9 $PPID;;
+    *finetune_single_thread.py*tera*) echo "error: fold 1 is broken" >&2; exit 2;;""")
+    env = dict(BACKBONES="apc tera", FOLDS="1 2", PYTHON=str(fake), TASK_STATUS_DIR=str(tmp_path / "status"),
+               SLURM_ARRAY_JOB_ID="77")
+    codes = [_bash("slurm_array.sh", "--dataset", "demo", SLURM_ARRAY_TASK_ID=str(t), **env).returncode
+             for t in range(3)]
+    assert codes == [0, -9, 2]
+    proc = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", **env)
+    assert proc.returncode == 2 and "skipping" not in proc.stdout
+    assert proc.stderr == (
+        "error: 2 of 4 tasks failed: 1 (demo apc fold 2: started, no exit status (killed, timed out, preempted or "
+        "still running), log logs/trust-ser_77_1.out); 2 (demo tera fold 1: exit 2, log logs/trust-ser_77_2.out); "
+        "fix the cause, rerun them (sbatch --array=1,2 scripts/slurm_array.sh ARGS, or the same run_local.sh "
+        "command), then aggregate again\n")
+    other_flags = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", "--hidden_size", "64", **env)
+    assert other_flags.returncode == 0 and other_flags.stderr == ""       # another run: its tasks never ran
+
+
+def test_a_bad_backbone_is_named_once_by_the_aggregation(tmp_path):
+    fake = _fake_python(tmp_path / "python", """
+    *nosuch*) echo "error: unknown --pretrain_model 'nosuch'" >&2; exit 2;;""")
+    proc = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", BACKBONES="apc nosuch", FOLDS="1",
+                 PYTHON=str(fake))
+    assert proc.returncode == 2 and (proc.stdout + proc.stderr).count("unknown --pretrain_model") == 1
+    assert "fairness_evaluation.py --dataset demo --pretrain_model apc" in proc.stdout
+
+
+def test_an_unknown_corpus_fails_the_task_count_loudly():
+    """--array=0-$(... --last_task) must not become --array=0-: nothing on stdout, one line on stderr."""
+    for env in (dict(CORPORA="demo typo"), dict(CORPORA="typo", FOLDS="1 2")):
+        proc = _bash("slurm_array.sh", "--last_task", BACKBONES="apc", PYTHON=sys.executable, **env)
+        assert (proc.returncode, proc.stdout) == (2, "") and proc.stderr.count("\n") == 1
+        assert "unknown --dataset 'typo'" in proc.stderr
+    proc = _bash("slurm_array.sh", "--last_task", "--dataset", "demo", FOLDS=" ", PYTHON=sys.executable)
+    assert (proc.returncode, proc.stdout) == (2, "") and "no tasks" in proc.stderr
+
+
+def test_corpus_folds_in_process(capsys):
+    corpus_folds = load_script("scripts/corpus_folds.py")
+    corpus_folds.main(["--dataset", "msp-improv", "--hidden_size", "64"])
+    corpus_folds.main(["--dataset", "meld", "--protocol", "original"])
+    assert capsys.readouterr().out == "1 2 3 4 5 6\n1 2 3 4 5\n"
+    with pytest.raises(TrustSerError, match="unknown --dataset 'typo'"):
+        corpus_folds.main(["--dataset", "typo"])
+
+
+def test_a_cpu_only_task_gets_the_threads_slurm_gave_it(tmp_path):
+    fake = _fake_python(tmp_path / "python", """
+    *) echo "$OMP_NUM_THREADS ${CUDA_VISIBLE_DEVICES-unset}" >> %s;;""" % (tmp_path / "seen"))
+    env = {k: v for k, v in ENV.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_array.sh"), "--dataset", "demo"], cwd="/",
+                          env={**env, "SLURM_ARRAY_TASK_ID": "0", "SLURM_CPUS_PER_TASK": "2", "BACKBONES": "apc",
+                               "FOLDS": "1", "PYTHON": str(fake), "TASK_STATUS_DIR": str(tmp_path / "status")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert set((tmp_path / "seen").read_text().splitlines()) == {"2 "}       # every stage: 2 threads, no GPU
 
 
 def test_run_local_runs_every_task_then_aggregates():
@@ -549,11 +624,11 @@ def test_run_local_runs_every_task_then_aggregates():
     per_fold = {f: [Path(c[0]).name for c in commands if "--folds" in c and c[c.index("--folds") + 1] == f]
                 for f in ("1", "2")}
     assert sorted(per_fold["1"]) == sorted(["finetune_single_thread.py", "fairness_evaluation.py",
-                                            "adversarial_attack.py", "adversarial_attack.py",
+                                            "adversarial_attack.py", "adversarial_attack.py", "robustness.py",
                                             "gender_inference.py", "sustainability.py"])
     assert sorted(per_fold["2"]) == sorted(["finetune_single_thread.py", "fairness_evaluation.py",
-                                            "adversarial_attack.py", "adversarial_attack.py"])
+                                            "adversarial_attack.py", "adversarial_attack.py", "robustness.py"])
     aggregate = [c for c in commands if "--aggregate_only" in c]
-    assert commands[-len(aggregate):] == aggregate and len(aggregate) == 5    # after every task
+    assert commands[-len(aggregate):] == aggregate and len(aggregate) == 6    # after every task
     assert {Path(c[0]).name for c in aggregate} == set(scripts) - {"sustainability.py"}
     assert all(c[c.index("--pretrain_model") + 1] == "whisper_tiny" and "--random_init" in c for c in commands)
