@@ -7,8 +7,9 @@
 #   mkdir -p logs                # Slurm writes the task logs there (logs/trust-ser_<job>_<task>.out)
 #   sbatch --array=0-$(( 7 * 5 - 1 ))%8 scripts/slurm_array.sh --dataset iemocap --learning_rate 0.0005 \
 #       --num_epochs 30 --conv_layers 2 --pooling mean --hidden_size 128
-#   CORPORA="iemocap crema_d" sbatch --array=0-$(CORPORA="iemocap crema_d" bash scripts/slurm_array.sh --last_task) \
-#       scripts/slurm_array.sh --num_epochs 30 ...       # several corpora: their folds come from utils/data/corpora.py
+#   export CORPORA="iemocap crema_d"      # several corpora: their folds come from utils/data/corpora.py
+#   LAST=$(bash scripts/slurm_array.sh --last_task) && sbatch --array=0-$LAST scripts/slurm_array.sh --num_epochs 30 ...
+#   sbatch --gres=none --cpus-per-task=2 --mem=8G ...     # CPU-only or small nodes: override the #SBATCH lines below
 #
 # Every flag after the script name goes to every stage script, so give only the shared ones (those of
 # utils/runs/cli.py: --dataset, --learning_rate, --hidden_size, --batch_size, --config, ...). The #SBATCH --array
@@ -21,7 +22,9 @@
 #   bash scripts/slurm_array.sh --aggregate_only --dataset iemocap ...            # e.g. on the login node
 # or chain it to the array:
 #   JOB=$(sbatch --parsable scripts/slurm_array.sh ARGS)
-#   sbatch --dependency=afterany:$JOB --array=0 scripts/slurm_array.sh --aggregate_only ARGS
+#   sbatch --dependency=afterany:$JOB --array=0 --gres=none scripts/slurm_array.sh --aggregate_only ARGS
+# A task exits 2 when one of its stages failed; the aggregation exits 2 naming the failed tasks (their exit
+# status is kept under logs/status/, or TASK_STATUS_DIR) and skips runs none of whose tasks ran.
 #
 # Environment: CORPORA (default: the --dataset flag, else iemocap), BACKBONES, FOLDS (default: every fold of
 # each corpus, from scripts/corpus_folds.py: 5 for iemocap, 6 for msp-improv, a manifest corpus' own), PRIVACY_FOLDS, ATTACKS override the lists below (space-separated); PERTURBATIONS (the robustness
