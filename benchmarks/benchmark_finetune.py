@@ -52,6 +52,7 @@ from utils.core.io import write_json  # noqa: E402
 from utils.training.pipeline import build_head, load_state  # noqa: E402
 from utils.training.protocol import apply_to_backbone, protocol_source  # noqa: E402
 from utils.runs.identity import RunConfig  # noqa: E402
+from utils.runs.paths import RunFolder  # noqa: E402
 from utils.trust.safety import AttackSpec, attack_fold, attack_precision, cached_predictions  # noqa: E402
 from utils.training.loop import evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch  # noqa: E402
 
@@ -386,7 +387,8 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
         for k in range(1, args.run_folds + 1):
             with clock.stage("folds"):
                 data = {split: source.prepare(utts) for split, utts in corpus.fold(k).items()}
-                finetune.train_fold(head_run(args), k, data, backbone, source, run_dir, device, spec)
+                finetune.train_fold(head_run(args), k, data, backbone, source, RunFolder(run_dir, trains=True), device,
+                                    spec)
             batches += args.epochs * training_batches(data, args.batch_size)
             evaluated += args.epochs * len(data["dev"]) + len(data["test"])   # test: once, by every epoch's head
     seconds = clock.seconds
@@ -424,7 +426,7 @@ def time_fgsm(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch.
     vs batched in fp32 with a live clean pass (same successes expected) vs the safety stage's default (batched,
     clean predictions from the feature cache, bf16 autocast on CUDA), which is what the ratio compares."""
     head = build_head(head_run(args), backbone, NUM_CLASSES).to(device)
-    load_state(head, run_dir / f"fold_{PER_EPOCH_FOLD}.pt")
+    load_state(head, RunFolder(run_dir).head(PER_EPOCH_FOLD))
     head.eval()
     backbone.eval()
     test = corpus.fold(PER_EPOCH_FOLD)["test"]

@@ -13,11 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.runs.cli import base_parser  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
-from utils.training.finetune import RESULT_KEYS, FitSpec, best_of_fold, folds_to_train, train_fold  # noqa: E402
-from utils.runs.paths import finetune_dir  # noqa: E402
+from utils.training.finetune import RESULT_KEYS, FitSpec, folds_to_train, train_fold  # noqa: E402
+from utils.runs.paths import RunFolder, finetune_folder  # noqa: E402
 from utils.trust.calibration import CALIBRATION_KEYS, add_calibration  # noqa: E402
 from utils.training.pipeline import (aggregate, make_backbone, make_source, prepare_splits, resolve_device,  # noqa: E402
-                            run_flags, start_stage)
+                                     run_flags, start_folder, start_stage, take_folder)
 
 log = logging.getLogger("trust-ser")
 
@@ -25,11 +25,12 @@ log = logging.getLogger("trust-ser")
 def main(argv: list[str] | None = None) -> None:
     stage = start_stage(base_parser(__doc__.splitlines()[0]), argv=argv)
     args, run, config, corpus, folds = stage.args, stage.run, stage.config, stage.corpus, stage.folds
-    run_dir = finetune_dir(config["project_dir"], run)
-    todo = [] if args.aggregate_only else folds_to_train(run_dir, folds, run.overwrite)
+    folder = finetune_folder(config["project_dir"], run)
+    take_folder(stage, folder)
+    todo = [] if args.aggregate_only else folds_to_train(folder, folds, run.overwrite)
     if not todo:    # nothing to train: no backbone to load (no hub access needed)
-        _aggregate(run_dir, stage.fold_ids, run)
-        log.info(f"results: {run_dir / 'results.json'}")
+        _aggregate(folder, stage.fold_ids, run)
+        log.info(f"results: {folder.results}")
         return
     splits = {fold: load_fold(config["project_dir"], run.dataset, fold, run.config) for fold in todo}   # fail fast, before any download
     device = resolve_device(run.device)
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     trains_backbone = backbone.finetune != "frozen"     # --protocol original: not every backbone fine-tunes
     initial = {k: v.clone() for k, v in backbone.state_dict().items()} if trains_backbone else None
     source = make_source(run, backbone, device, config["project_dir"], grad_backbone=trains_backbone)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    start_folder(stage, folder)
     spec = FitSpec(corpus.class_names, run.learning_rate, run.num_epochs, class_weighted=True)
     for fold in todo:
         if initial is not None:
@@ -46,18 +47,17 @@ def main(argv: list[str] | None = None) -> None:
         for split, utts in data.items():
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
-        train_fold(run, fold, data, backbone, source, run_dir, device, spec)
-        results = _aggregate(run_dir, stage.fold_ids, run)
+        train_fold(run, fold, data, backbone, source, folder, device, spec)
+        results = _aggregate(folder, stage.fold_ids, run)
     if source.cache_report():
         log.info(source.cache_report())
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "
-             f"{results['meta']['folds_done']}; results: {run_dir / 'results.json'}")
+             f"{results['meta']['folds_done']}; results: {folder.results}")
 
 
-def _aggregate(run_dir, folds: list[int], run) -> dict:
+def _aggregate(folder: RunFolder, folds: list[int], run) -> dict:
     """results.json: test scores at each fold's best epoch and the calibration of its test probabilities."""
-    return aggregate(run_dir, folds, RESULT_KEYS + CALIBRATION_KEYS, run_flags(run), pick=best_of_fold,
-                     summary=add_calibration(run_dir))
+    return aggregate(folder, folds, RESULT_KEYS + CALIBRATION_KEYS, run_flags(run), summary=add_calibration(folder))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Predict the emotion of new recordings with a trained run: its fold models' probabilities, averaged.
 
-python3 experiment/predict.py <the run's flags, as for finetune_single_thread.py> --audio FILE_OR_DIR [...] \
-    [--output preds.csv] [--folds 1,2]
+python3 experiment/predict.py <the run's flags, as for finetune_single_thread.py, or --run RUN_FOLDER> \
+    --audio FILE_OR_DIR [...] [--output preds.csv] [--folds 1,2]
 """
 import logging
 import sys
@@ -9,19 +9,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.runs.cli import predict_parser  # noqa: E402
+from utils.runs.cli import add_run_flag, predict_parser  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.training.predict import EmotionRecognizer, find_audio, write_predictions_csv  # noqa: E402
-from utils.training.pipeline import start_stage  # noqa: E402
+from utils.training.pipeline import start_stage, trained_folder  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = predict_parser(__doc__.splitlines()[0])
+    parser = add_run_flag(predict_parser(__doc__.splitlines()[0]))
     parser.add_argument("--audio", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
     parser.add_argument("--output", default="predictions.csv", type=Path, help="CSV: path, prediction, prob_<class>")
     stage = start_stage(parser, argv=argv)
+    trained_folder(stage)       # checkpoints of this run, not of another
     files = find_audio(stage.args.audio)
     recognizer = EmotionRecognizer.from_run(stage.run, stage.project_dir, stage.folds)
     log.info(f"{len(files)} audio files; averaging {len(recognizer.models)} fold model(s) {stage.folds}")

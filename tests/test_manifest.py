@@ -22,7 +22,7 @@ from train_split_gen.common import dev_groups, kfold, last_fifth
 APC = ["--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "1",
        "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8", "--learning_rate",
        "0.005"]
-RUN = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_tiny_randinit"
+RUN = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_tiny_randinit_bs8"
 
 
 def _config(root):
@@ -155,7 +155,7 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
              "mean", "--batch_size", "4", "--config", str(config)]
     run_script("experiment/finetune_single_thread.py", *flags)
     run_dir = (tmp_path / "project" / "finetune" / "mine" / "my-hubert" /
-               "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer")
+               "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer_bs4")
     assert (run_dir / "fold_1_backbone.pt").is_file()
     run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
     fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "my-hubert" / run_dir.name /

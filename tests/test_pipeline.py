@@ -22,7 +22,7 @@ from utils.runs.identity import RunConfig
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
          "--learning_rate", "0.005", "--downstream_model", "cnn", "--num_epochs", "1", "--num_layers", "3",
          "--conv_layers", "2", "--pooling", "mean", "--hidden_size", "32", "--batch_size", "8"]
-RUN = "lr0005_ep1_cnn_conv2_hid32_mean_frozen_tiny_randinit"
+RUN = "lr0005_ep1_cnn_conv2_hid32_mean_frozen_tiny_randinit_bs8"
 CLASS_NAMES = ["neu", "sad", "ang", "hap"]      # the demo corpus' classes, in class-index order
 N_TEST = 80    # 2 test speakers x 4 emotions x 10 utterances
 RUN_CONFIG = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, tiny=True, learning_rate=0.005,
@@ -92,12 +92,12 @@ def test_split_command_names_each_corpus_script():
 def model_predictions(config, fold: int) -> pd.DataFrame:
     """The trained model's test predictions recomputed here from its checkpoint (the path fairness no longer takes)."""
     from utils.data.utterances import load_fold
-    from utils.runs.paths import finetune_dir
+    from utils.runs.paths import finetune_folder
     from utils.training.pipeline import load_trained, make_source
     from utils.training.loop import evaluate
 
     project = str(config.parent / "project")
-    backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), fold, torch.device("cpu"), 4)
+    backbone, head = load_trained(RUN_CONFIG, finetune_folder(project, RUN_CONFIG), fold, torch.device("cpu"), 4)
     source = make_source(RUN_CONFIG, backbone, torch.device("cpu"), project, grad_backbone=False)
     test = source.prepare(load_fold(project, "demo", fold)["test"])
     result = evaluate(head, backbone, source, test, 32, 4)
@@ -196,12 +196,12 @@ def direct_linear_probe(config) -> float:
     from sklearn.preprocessing import StandardScaler
 
     from utils.data.utterances import load_fold
-    from utils.runs.paths import finetune_dir
+    from utils.runs.paths import finetune_folder
     from utils.training.pipeline import load_trained, make_source
     from utils.trust.privacy import pooled_embeddings
 
     project = str(config.parent / "project")
-    backbone, head = load_trained(RUN_CONFIG, finetune_dir(project, RUN_CONFIG), 1, torch.device("cpu"), 4)
+    backbone, head = load_trained(RUN_CONFIG, finetune_folder(project, RUN_CONFIG), 1, torch.device("cpu"), 4)
     source = make_source(RUN_CONFIG, backbone, torch.device("cpu"), project, grad_backbone=False)
     utts = [u for split in load_fold(project, "demo", 1).values() for u in source.prepare(split)]
     x = pooled_embeddings(head, source, utts, 32)

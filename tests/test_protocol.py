@@ -142,7 +142,7 @@ def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(demo_
              "--finetune", "unfrozen", "--folds", "1", "--config", str(config)]
     run_script("experiment/finetune_single_thread.py", *flags, "--protocol", "original")
     runs = tmp_path / "project" / "finetune" / "demo" / "wav2vec2_0"
-    run_dir = runs / "lr00002_ep1_cnn_conv2_hid32_att_unfrozen_tiny_randinit_origproto"
+    run_dir = runs / "lr00002_ep1_cnn_conv2_hid32_att_unfrozen_tiny_randinit_origproto_bs8"
     assert [p.name for p in runs.iterdir()] == [run_dir.name]
     assert not (run_dir / "fold_1_backbone.pt").exists()      # the original never fine-tuned wav2vec2
     results = json.loads((run_dir / "results.json").read_text())

@@ -27,10 +27,9 @@ from utils.data.utterances import load_fold
 from utils.data.corpora import preprocessed_name
 from utils.core.errors import TrustSerError, run_main
 from utils.features.source import AudioBank
-from utils.training.finetune import fold_finished
 from utils.core.io import save_torch, write_json
 from utils.data.layout import audio_dir, split_path
-from utils.runs.paths import fairness_dir, finetune_dir
+from utils.runs.paths import RunFolder, fairness_dir, finetune_dir
 from utils.training.pipeline import load_state
 
 FINETUNE = "experiment/finetune_single_thread.py"
@@ -127,7 +126,7 @@ def test_fold_killed_mid_training_resumes_to_the_identical_result(base, referenc
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
-    assert last.is_file() and not fold_finished(run_dir, 1)
+    assert last.is_file() and not RunFolder(run_dir, trains=True).fold_finished(1)
     epochs_done = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= epochs_done < 4 and not (run_dir / "fold_1_test_predictions.csv").exists()
     heads = {p.name for p in run_dir.glob("fold_1_epoch_*_head.pt")}        # kept to score the test split at the end

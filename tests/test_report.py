@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from utils.reporting.report import confusion_counts, read_history, row_normalised
+from utils.runs.paths import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "lr00005_ep30_cnn_conv2_hid128_mean_frozen_randinit"
@@ -46,7 +47,7 @@ def test_history_and_confusion_numbers(tmp_path):
     assert history.epochs == [0, 1, 2, 3] and history.best_epoch == 2
     assert history.curves[("dev", "uar")] == [25.0, 35.0, 45.0, 55.0]
     assert history.curves[("test", "loss")] == pytest.approx([1.4, 1.3, 1.2, 1.1])
-    counts, found = confusion_counts(run_dir, [1, 2, 3, 4, 5], len(CLASSES))
+    counts, found = confusion_counts(RunFolder(run_dir), [1, 2, 3, 4, 5], len(CLASSES))
     assert found == [1, 2]
     assert counts.tolist() == [[2, 1, 0, 0], [0, 3, 0, 0], [0, 0, 1, 1], [0, 0, 1, 2]]
     share = row_normalised(counts)

@@ -19,7 +19,7 @@ from utils.trust.fairness import multiclass_statistical_parity
 MODEL = ["--pretrain_model", "wavlm", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "2",
          "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8",
          "--learning_rate", "0.005"]
-RUN = Path("wavlm") / "lr0005_ep2_cnn_conv1_hid16_mean_frozen_tiny_randinit"
+RUN = Path("wavlm") / "lr0005_ep2_cnn_conv1_hid16_mean_frozen_tiny_randinit_bs8"
 FEMALE, MALE = [f"s{i:02d}" for i in range(1, 6)], [f"s{i:02d}" for i in range(6, 11)]
 
 
@@ -140,7 +140,7 @@ def test_privacy_on_a_split_with_one_gender_in_dev_and_test(tmp_path, caplog):
     run("experiment/finetune_single_thread.py", *flags)
     with caplog.at_level("INFO"):
         run("trustworthy/privacy/gender_inference.py", *flags, "--bootstrap", "20")
-    name = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_tiny_randinit"
+    name = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_tiny_randinit_bs8"
     privacy = json.loads((tmp_path / "project" / "privacy" / "gender" / "split" / "wavlm" / name /
                           "results.json").read_text())
     assert privacy["1"]["original_probe_skipped"] == "dev holds female speakers only; test holds male speakers only"

@@ -23,7 +23,7 @@ import torch
 
 from model.backbones.apc import APC_360HR, APC_URL, TINY_APC, APCBackbone
 from model.backbones.base import (FINETUNE_MODES, MIN_SAMPLES, RANDOM_SEED, SAMPLE_RATE, Backbone, BackboneSpec,
-                                  file_identity)
+                                  content_fingerprint, file_identity)
 from model.backbones.hf import HUB_ID, hf_config
 from model.backbones.tera import TERA_URL, TERABackbone, tera_config
 from model.backbones.wav2vec2 import (TINY_SSL, WAV2VEC2_BASE_960H, WAVLM_BASE_PLUS, Data2VecAudioBackbone,
@@ -32,7 +32,7 @@ from model.backbones.whisper import TINY_WHISPER, WhisperBackbone, whisper_confi
 from utils.core.errors import TrustSerError
 
 __all__ = ["BACKBONES", "FINETUNE_MODES", "MIN_SAMPLES", "SAMPLE_RATE", "Backbone", "BackboneSpec", "backbone_spec",
-           "build_backbone", "check_backbone_name"]
+           "build_backbone", "check_backbone_name", "weights_identity"]
 
 BACKBONES: dict[str, BackboneSpec] = {
     "apc": BackboneSpec("apc", APC_URL, 512, 3, APC_360HR, TINY_APC),
@@ -99,7 +99,7 @@ def build_backbone(name: str, *, pretrain_path: str | None = None, random_init: 
     family = _FAMILIES[spec.family]
     config = spec.tiny if tiny else spec.config
     if random_init:
-        weights_id = f"random:{name}:{'tiny' if tiny else 'full'}:seed{RANDOM_SEED}"
+        weights_id = _random_id(name, tiny)
         with torch.random.fork_rng(devices=[]):  # every script rebuilds the same weights, caller's RNG untouched
             torch.manual_seed(RANDOM_SEED)
             return family.random(name, config, weights_id, finetune)
@@ -116,3 +116,22 @@ def build_backbone(name: str, *, pretrain_path: str | None = None, random_init: 
         raise TrustSerError(f"{source} gives {backbone.num_layers} hidden states of size {backbone.hidden_dim}; "
                             f"{name}{' (tiny)' if tiny else ''} gives {expected[1]} of size {expected[0]}")
     return backbone
+
+
+def _random_id(name: str, tiny: bool) -> str:
+    return f"random:{name}:{'tiny' if tiny else 'full'}:seed{RANDOM_SEED}"
+
+
+def weights_identity(name: str, pretrain_path: str | None = None, random_init: bool = False,
+                     tiny: bool = False) -> str:
+    """What a run's backbone starts from, without building it (no download): its seeded random weights, a hub
+    repository, or a local folder / checkpoint file and a fingerprint of its contents."""
+    if random_init:
+        return _random_id(name, tiny)
+    local = pretrain_path or (name if name not in BACKBONES and Path(name).is_dir() else None)
+    if local:
+        path = Path(local).expanduser()
+        if not path.exists():
+            raise TrustSerError(f"--pretrain_path {path} does not exist")
+        return f"local:{path.resolve()}:{content_fingerprint(path)}"
+    return f"hub:{BACKBONES[name].hub_id if name in BACKBONES else name}"

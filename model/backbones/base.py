@@ -1,6 +1,7 @@
 """What every backbone shares: the Backbone base class (encoding, finetune modes, the split at the last layer),
 its registry entry (BackboneSpec) and helpers for masks, weight identities and s3prl checkpoints."""
 import argparse
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,27 @@ def file_identity(path: Path) -> str:
     stats = [f.stat() for f in files]
     newest = max((int(s.st_mtime) for s in stats), default=0)
     return f"file:{path.resolve()}:{sum(s.st_size for s in stats)}:{newest}"
+
+
+WEIGHT_SUFFIXES = {".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
+FINGERPRINT_BYTES = 1 << 20
+
+
+def content_fingerprint(path: Path) -> str:
+    """16 hex digits over the weights and configuration files of a model folder (or one checkpoint file): each
+    file's name, size, first and last MiB. Other weights change them; moving or touching the files does not."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
+                                                 and p.suffix in WEIGHT_SUFFIXES
+                                                 and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if file != path else file.name}:{size}:".encode())
+        with file.open("rb") as f:
+            digest.update(f.read(FINGERPRINT_BYTES))
+            f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def hub_offline() -> bool:

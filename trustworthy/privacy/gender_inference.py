@@ -12,12 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.runs.cli import base_parser  # noqa: E402
+from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.training.finetune import RESULT_KEYS, best_of_fold  # noqa: E402
-from utils.runs.paths import privacy_dir  # noqa: E402
-from utils.training.pipeline import aggregate, resolve_device, run_flags, start_stage  # noqa: E402
-from utils.trust.privacy import PROBE_DESCRIPTION, collapsed_folds, privacy_fold, probe_finished  # noqa: E402
+from utils.training.finetune import RESULT_KEYS  # noqa: E402
+from utils.runs.paths import RunFolder, privacy_dir  # noqa: E402
+from utils.training.pipeline import (aggregate, resolve_device, run_flags, start_folder, start_stage,  # noqa: E402
+                                     take_folder, trained_folder)
+from utils.trust.privacy import PROBE_DESCRIPTION, collapsed_folds, privacy_fold  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 
@@ -27,25 +28,27 @@ def ci_text(ci: list | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
     parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
     parser.add_argument("--bootstrap", default=1000, type=int, help="speaker resamples for the linear probe's 95%% CI")
     stage = start_stage(parser, default_folds="1", argv=argv)
     args, run, corpus = stage.args, stage.run, stage.corpus
-    out_dir = privacy_dir(stage.project_dir, run, args.privacy_attack)
+    out = RunFolder(privacy_dir(stage.project_dir, run, args.privacy_attack), trains=True)
+    take_folder(stage, out)
     if not args.aggregate_only:
-        device = resolve_device(run.device)
+        trained, device = trained_folder(stage), resolve_device(run.device)
         for fold in stage.folds:
-            if probe_finished(out_dir, fold) and not run.overwrite:
-                log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
+            if out.fold_finished(fold) and not run.overwrite:
+                log.info(f"fold {fold}: already evaluated in {out.path}, skipping (--overwrite to redo)")
                 continue
-            best = privacy_fold(run, fold, stage.project_dir, out_dir, device, corpus.num_classes, args.bootstrap)
+            start_folder(stage, out)
+            best = privacy_fold(run, fold, stage.project_dir, trained, out, device, corpus.num_classes, args.bootstrap)
             log.info(f"fold {fold}: {original_text(best)}; {linear_text(best['linear_probe'])}")
-    collapsed = collapsed_folds(out_dir, stage.fold_ids)
+    collapsed = collapsed_folds(out, stage.fold_ids)
     meta = {**run_flags(run), "collapsed": bool(collapsed), "collapsed_folds": collapsed,
             "linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}
-    results = aggregate(out_dir, stage.fold_ids, RESULT_KEYS + ["linear_probe.uar"], meta, pick=best_of_fold)
-    log_summary(results, collapsed, out_dir)
+    results = aggregate(out, stage.fold_ids, RESULT_KEYS + ["linear_probe.uar"], meta)
+    log_summary(results, collapsed, out.results)
 
 
 def original_text(best: dict) -> str:
@@ -62,7 +65,7 @@ def linear_text(probe: dict) -> str:
             f"folds over {probe['num_utterances']} utterances)")
 
 
-def log_summary(results: dict, collapsed: list[int], out_dir: Path) -> None:
+def log_summary(results: dict, collapsed: list[int], results_path: Path) -> None:
     """The averages, over how many of the evaluated folds each, and why a probe is missing where it is."""
     done, folds = results["meta"]["folds_done"], results["meta"]["value_folds"]
     parts = []
@@ -78,7 +81,7 @@ def log_summary(results: dict, collapsed: list[int], out_dir: Path) -> None:
             log.warning(f"fold {fold}: linear probe not available: {entry['linear_probe']['reason']}")
     log.info("gender inference test UAR (50% = nothing leaks): " + ", ".join(parts)
              + (f" (original probe collapsed to one class in fold {', '.join(map(str, collapsed))})" if collapsed
-                else "") + f"; results: {out_dir / 'results.json'}")
+                else "") + f"; results: {results_path}")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
-from utils.core.io import read_json  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.features.source import AudioBank  # noqa: E402
-from utils.runs.cli import base_parser  # noqa: E402
-from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
+from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
+from utils.runs.paths import RunFolder, robustness_dir  # noqa: E402
 from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, resolve_device, run_flags,  # noqa: E402
-                                     start_stage)
+                                     start_stage, trained_folder)
 from utils.training.protocol import crop_seconds, protocol_of  # noqa: E402
 from utils.trust.robustness import (DEFAULT_PERTURBATIONS, RobustnessSpec, load_noises,  # noqa: E402
                                     parse_perturbations, result_keys, score_fold)
@@ -27,7 +26,7 @@ log = logging.getLogger("trust-ser")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
     parser.add_argument("--perturbations", default=DEFAULT_PERTURBATIONS,
                         help="comma-separated: white_<dB>db, pink_<dB>db, noise_<dB>db (--noise_dir), babble_<dB>db, "
                              "reverb_<RT60>ms, telephone, clip_<percent of peak>pct, gain_<dB>db "
@@ -39,14 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     spec = RobustnessSpec(parse_perturbations(args.perturbations, args.noise_dir), run.eval_batch_size,
                           protocol_of(run).uar_classes)
     noises = load_noises(args.noise_dir) if args.noise_dir else None
-    out_dir = robustness_dir(stage.project_dir, run)
+    out = RunFolder(robustness_dir(stage.project_dir, run))
     names = [p.name for p in spec.perturbations]
     redone = stage.folds if run.overwrite and not args.aggregate_only else []
-    _check_earlier_folds(out_dir, [f for f in stage.fold_ids if f not in redone], names)
-    device = resolve_device(run.device)
+    _check_earlier_folds(out, [f for f in stage.fold_ids if f not in redone], names)
+    trained, device = trained_folder(stage), resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
-        backbone, head = load_trained(run, finetune_dir(stage.project_dir, run), fold, device, num_classes)
+        backbone, head = load_trained(run, trained, fold, device, num_classes)
         audio = AudioBank(crop_seconds(run), run.skip_bad)
         test = [u for u in load_fold(stage.project_dir, run.dataset, fold, run.config)["test"]
                 if audio.get(u.path) is not None]
@@ -55,23 +54,23 @@ def main(argv: list[str] | None = None) -> None:
                  f"points over {len(names)} perturbations")
         return {**result, "skipped_bad_audio": len(audio.bad)}
 
-    evaluate_folds(stage, out_dir, evaluate_fold)
+    evaluate_folds(stage, out, evaluate_fold)
     meta = {**run_flags(run), "robustness": {
         "perturbations": names, "noise_dir": str(Path(args.noise_dir).resolve()) if args.noise_dir else None,
         "noise_files": len(noises) if noises else 0, "sample_rate": 16000,
         "seed": "per utterance: sha256 of 'fold/perturbation/key'",
         "definitions": "utils/trust/robustness.py (README: Robustness Evaluation)"}}
-    results = aggregate(out_dir, stage.fold_ids, result_keys(spec.perturbations), meta)
+    results = aggregate(out, stage.fold_ids, result_keys(spec.perturbations), meta)
     log.info(f"mean UAR drop {results['average']['mean_uar_drop']:.2f} points (clean UAR "
-             f"{results['average']['clean']['uar']:.2f}%); results: {out_dir / 'results.json'}")
+             f"{results['average']['clean']['uar']:.2f}%); results: {out.results}")
 
 
-def _check_earlier_folds(out_dir: Path, folds: list[int], names: list[str]) -> None:
+def _check_earlier_folds(out: RunFolder, folds: list[int], names: list[str]) -> None:
     """A kept fold file of another perturbation list would mix into results.json: stop and say so."""
     for fold in folds:
-        path = out_dir / f"fold_{fold}.json"
-        if path.is_file() and sorted(read_json(path).get("perturbations", {})) != sorted(names):
-            raise TrustSerError(f"{path} holds other perturbations ({', '.join(read_json(path)['perturbations'])}); "
+        result = out.fold_result(fold)
+        if result is not None and sorted(result.get("perturbations", {})) != sorted(names):
+            raise TrustSerError(f"{out.fold_json(fold)} holds other perturbations ({', '.join(result['perturbations'])}); "
                                 f"pass --overwrite to redo the fold with these")
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.runs.cli import base_parser  # noqa: E402
+from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.runs.paths import attack_dir, finetune_dir  # noqa: E402
+from utils.runs.paths import RunFolder, attack_dir  # noqa: E402
 from utils.training.loop import set_seed  # noqa: E402
-from utils.training.pipeline import aggregate, evaluate_folds, load_trained, resolve_device, run_flags, start_stage  # noqa: E402
+from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, resolve_device, run_flags,  # noqa: E402
+                                     start_stage, trained_folder)
 from utils.trust.safety import ATTACK_METHODS, attack_fold, attack_precision, attack_spec, clean_inputs  # noqa: E402
 
 log = logging.getLogger("trust-ser")
@@ -22,7 +23,7 @@ RESULT_KEYS = ["success_rate", "measured_snr_db", "clean_uar"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
     parser.add_argument("--attack_method", default="fgsm", choices=ATTACK_METHODS)
     parser.add_argument("--snr", "-snr", default=45, type=int, help="SNR (dB) of the perturbation")
     parser.add_argument("--pgd_steps", default=10, type=int)
@@ -32,12 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     stage = start_stage(parser, argv=argv)
     args, run, num_classes = stage.args, stage.run, stage.corpus.num_classes
     attack = attack_spec(run, args.attack_method, args.snr, args.pgd_steps, args.fp32)
-    out_dir = attack_dir(stage.project_dir, run, attack.method, attack.snr)
-    device = resolve_device(run.device)
+    out = RunFolder(attack_dir(stage.project_dir, run, attack.method, attack.snr))
+    trained, device = trained_folder(stage), resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
         set_seed(8 * fold)      # as the original: the train-mode gradient pass draws dropout
-        backbone, head = load_trained(run, finetune_dir(stage.project_dir, run), fold, device, num_classes)
+        backbone, head = load_trained(run, trained, fold, device, num_classes)
         test = load_fold(stage.project_dir, run.dataset, fold, run.config)["test"]
         test, audio, clean = clean_inputs(run, attack, backbone, head, test, device, stage.project_dir, num_classes)
         result = {**attack_fold(backbone, head, test, audio, attack, device, num_classes, clean),
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
                  + (f" ({result['success_rate']:.2f}%)" if result["success_rate"] is not None else ""))
         return result
 
-    evaluate_folds(stage, out_dir, evaluate_fold)
+    evaluate_folds(stage, out, evaluate_fold)
     meta = {**run_flags(run), "attack": {"method": attack.method, "snr": attack.snr, "pgd_steps": attack.pgd_steps,
                                          "precision": attack_precision(attack, device)}}
-    results = aggregate(out_dir, stage.fold_ids, RESULT_KEYS, meta)
-    log.info(f"attack success rate {results['average']['success_rate']:.2f}%; results: {out_dir / 'results.json'}")
+    results = aggregate(out, stage.fold_ids, RESULT_KEYS, meta)
+    log.info(f"attack success rate {results['average']['success_rate']:.2f}%; results: {out.results}")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.runs.cli import base_parser  # noqa: E402
+from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
-from utils.runs.paths import finetune_dir  # noqa: E402
-from utils.training.pipeline import resolve_device, run_flags, start_stage  # noqa: E402
+from utils.runs.paths import RunFolder, flops_dir  # noqa: E402
+from utils.training.pipeline import (resolve_device, run_flags, start_folder, start_stage, take_folder,  # noqa: E402
+                                     trained_folder)
 from utils.training.protocol import protocol_of  # noqa: E402
 from utils.runs.stages import STAGE  # noqa: E402
 from utils.trust.sustainability import (count_flops, count_parameters, measure_latency, model_to_profile,  # noqa: E402
@@ -56,19 +57,20 @@ def profile(model: Classifier, seconds: float, batch: int, repeats: int, device:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
     parser.add_argument("--input_seconds", default=6.0, type=float, help="input length for FLOPs and latency")
     parser.add_argument("--throughput_batch", default=8, type=int)
     parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
     stage = start_stage(parser, argv=argv)
     args, run, config, corpus, fold = stage.args, stage.run, stage.config, stage.corpus, stage.folds[0]
-    out = STAGE["gflops"].result_path(config["project_dir"], run)
+    out, folder = STAGE["gflops"].result_path(config["project_dir"], run), RunFolder(flops_dir(config["project_dir"], run))
+    take_folder(stage, folder)
     if out.is_file() and not run.overwrite:
         log.info(f"already measured: {out}, skipping (--overwrite to redo)")
         return
     device = resolve_device(run.device)
-    backbone, head, trained = model_to_profile(run, finetune_dir(config["project_dir"], run), fold, device,
-                                               corpus.num_classes)
+    backbone, head, trained = model_to_profile(run, trained_folder(stage), fold, device, corpus.num_classes)
+    start_folder(stage, folder)
     result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats, device)
     if protocol_of(run).thop_style_gflops:
         result["gflops_original_style"] = thop_style_gflops(backbone, head, device)

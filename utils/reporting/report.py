@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
-from utils.training.finetune import predictions_path, read_predictions  # noqa: E402
+from utils.training.finetune import read_predictions  # noqa: E402
 from utils.core.io import read_json, write_csv, write_text  # noqa: E402
-from utils.runs.paths import finetune_dir, robustness_dir  # noqa: E402
+from utils.runs.paths import RunFolder, finetune_folder, robustness_dir  # noqa: E402
 from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
 from utils.reporting.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
 from utils.reporting.trust_figures import draw_reliability, draw_robustness  # noqa: E402
@@ -64,8 +64,8 @@ def _score(epoch: dict, split: str, metric: str) -> float:
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
-def fold_histories(run_dir: Path, folds: list[int]) -> list[FoldHistory]:
-    return [read_history(run_dir / f"fold_{f}.json", f) for f in folds if (run_dir / f"fold_{f}.json").is_file()]
+def fold_histories(run: RunFolder, folds: list[int]) -> list[FoldHistory]:
+    return [read_history(run.fold_json(f), f) for f in folds if run.fold_json(f).is_file()]
 
 
 def draw_training_curves(histories: list[FoldHistory], title: str, path: Path) -> None:
@@ -97,11 +97,11 @@ def draw_training_curves(histories: list[FoldHistory], title: str, path: Path) -
 
 # ---------------------------------------------------------------- confusion matrix
 
-def confusion_counts(run_dir: Path, folds: list[int], num_classes: int) -> tuple[np.ndarray, list[int]]:
+def confusion_counts(run: RunFolder, folds: list[int], num_classes: int) -> tuple[np.ndarray, list[int]]:
     """Label x prediction counts summed over the folds' test predictions, and the folds found."""
     counts, found = np.zeros((num_classes, num_classes), dtype=int), []
     for fold in folds:
-        path = predictions_path(run_dir, fold)
+        path = run.predictions(fold)
         if not path.is_file():
             continue
         for row in read_predictions(path):
@@ -164,25 +164,25 @@ def run_folds(run_dir: Path, corpus_folds: list[int]) -> list[int]:
 
 def draw_run(project_dir: Path, profile: RunProfile, corpus_folds: list[int], class_names: list[str],
              out: Path) -> RunFigures:
-    run_dir = finetune_dir(project_dir, profile.run)
-    folds = run_folds(run_dir, corpus_folds)
-    histories = fold_histories(run_dir, folds)
+    run = finetune_folder(project_dir, profile.run)
+    folds = run_folds(run, corpus_folds)
+    histories = fold_histories(run, folds)
     curves = confusion = None
     if histories:
         curves = out / "training_curves.png"
         draw_training_curves(histories, f"{profile.label}: training curves ({profile.run.name})", curves)
-    counts, found = confusion_counts(run_dir, folds, len(class_names))
+    counts, found = confusion_counts(run, folds, len(class_names))
     if found:
         confusion = out / "confusion_matrix.png"
         draw_confusion(counts, class_names, f"{profile.label}: test predictions, {len(found)} fold"
                        f"{'s' if len(found) != 1 else ''} summed ({counts.sum()} utterances)", confusion)
-    return RunFigures(profile, curves, confusion, found, draw_run_reliability(run_dir, profile.label, found, out),
+    return RunFigures(profile, curves, confusion, found, draw_run_reliability(run, profile.label, found, out),
                       draw_run_robustness(project_dir, profile, out))
 
 
-def draw_run_reliability(run_dir: Path, label: str, folds: list[int], out: Path) -> Path | None:
+def draw_run_reliability(run: RunFolder, label: str, folds: list[int], out: Path) -> Path | None:
     """The reliability diagram of the folds' test probabilities pooled (None without predictions)."""
-    pooled = pooled_predictions(run_dir, folds)
+    pooled = pooled_predictions(run, folds)
     if pooled is None:
         return None
     draw_reliability(*pooled, f"{label}: test probabilities, {len(folds)} fold{'s' if len(folds) != 1 else ''} "
@@ -192,7 +192,7 @@ def draw_run_reliability(run_dir: Path, label: str, folds: list[int], out: Path)
 
 def draw_run_robustness(project_dir: Path, profile: RunProfile, out: Path) -> Path | None:
     """UAR under perturbation from the robustness stage's results.json (None where it did not run)."""
-    path = robustness_dir(project_dir, profile.run) / "results.json"
+    path = RunFolder(robustness_dir(project_dir, profile.run)).results
     if not path.is_file():
         return None
     folds = dig(read_json(path), ["meta", "folds_done"]) or []

@@ -74,6 +74,14 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregate_only", action="store_true", help="rebuild results.json from per-fold files")
 
 
+def add_run_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--run: an evaluation of a finished finetune run names it instead of repeating its flags."""
+    parser.add_argument("--run", default=None, metavar="RUN_FOLDER|MODEL/RUN",
+                        help="a finetune run folder, or MODEL/RUN under finetune/<--dataset> (as the trust profile "
+                             "names runs): the run's flags are read from its run.json")
+    return parser
+
+
 def parse_folds(spec: str | None, all_folds: list[int]) -> list[int]:
     """'--folds 3' or '--folds 1,2' -> [3] / [1, 2], checked against the corpus' folds."""
     from utils.core.errors import TrustSerError

@@ -1,24 +1,18 @@
-"""The one place that names run folders under <project_dir> (utils/data/layout.py names the corpus files)."""
+"""The one place that names run folders under <project_dir> and the files in them (utils/data/layout.py names the
+corpus files): no other module spells a per-fold file name."""
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.runs.identity import RunConfig
+from utils.core.errors import TrustSerError
+from utils.core.io import read_json
+from utils.runs.identity import RunConfig, folder_suffixes
 
 
 def run_name(run: RunConfig) -> str:
-    """The original's run folder name (its latest scripts end it with the finetune mode), plus suffixes
-    for settings it did not have."""
-    name = (f"lr{str(run.learning_rate).replace('.', '')}_ep{run.num_epochs}_{run.downstream_model}"
-            f"_conv{run.conv_layers}_hid{run.hidden_size}_{run.pooling}_{run.finetune}")
-    if run.audio_duration != 6:
-        name += f"_ad{run.audio_duration}"
-    if run.tiny:
-        name += "_tiny"
-    if run.random_init:
-        name += "_randinit"
-    if run.protocol != "fixed":
-        name += "_origproto"
-    return name
+    """The original's run folder name (its latest scripts end it with the finetune mode), plus a suffix for each
+    identity flag not at its default that the name does not show (utils/runs/identity.py IDENTITY)."""
+    return (f"lr{str(run.learning_rate).replace('.', '')}_ep{run.num_epochs}_{run.downstream_model}"
+            f"_conv{run.conv_layers}_hid{run.hidden_size}_{run.pooling}_{run.finetune}{folder_suffixes(run)}")
 
 
 def backbone_dir_name(pretrain_model: str) -> str:
@@ -69,3 +63,83 @@ def flops_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
 
 def robustness_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
     return _run_dir(project_dir, "robustness", run=run)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run folder (a finetune run, or one evaluation's outputs for it): every file name in it, and whether a
+    fold is finished.
+
+    A fold's fold_k.json is its result; where the folder trains heads (finetune, the privacy probe) it holds the
+    per-epoch history and, written last, the result under "best" (with the best epoch, after the fold's head
+    checkpoint and test predictions)."""
+    path: Path
+    trains: bool = False
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def record(self) -> Path:
+        """run.json: what the run is (utils/runs/identity.py run_record)."""
+        return self.path / "run.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / ".results.lock"
+
+    def fold_json(self, fold: int) -> Path:
+        return self.path / f"fold_{fold}.json"
+
+    def head(self, fold: int) -> Path:
+        """The best epoch's head."""
+        return self.path / f"fold_{fold}.pt"
+
+    def backbone(self, fold: int) -> Path:
+        """The best epoch's trained backbone weights (a backbone that is not frozen)."""
+        return self.path / f"fold_{fold}_backbone.pt"
+
+    def last(self, fold: int) -> Path:
+        """Everything to resume after the last finished epoch."""
+        return self.path / f"fold_{fold}_last.pt"
+
+    def epoch_head(self, fold: int, epoch: int) -> Path:
+        """An epoch's head, kept until the test split is scored after training."""
+        return self.path / f"fold_{fold}_epoch_{epoch}_head.pt"
+
+    def epoch_heads(self, fold: int) -> list[Path]:
+        return sorted(self.path.glob(f"fold_{fold}_epoch_*_head.pt"))
+
+    def partial_writes(self, fold: int | str) -> list[Path]:
+        """Temporary files a process killed mid-write left (utils/core/io.py names them .<name>.<random>.tmp)."""
+        return sorted(self.path.glob(f".fold_{fold}[._]*.tmp"))
+
+    def predictions(self, fold: int) -> Path:
+        """The test predictions: key, speaker, gender, label, prediction, class probabilities."""
+        return self.path / f"fold_{fold}_test_predictions.csv"
+
+    def fold_files(self, fold: int | str = "*") -> list[Path]:
+        """Every file of a fold (of every fold by default), partial writes included."""
+        return sorted(self.path.glob(f"fold_{fold}[._]*")) + self.partial_writes(fold)
+
+    def fold_result(self, fold: int) -> dict | None:
+        """The fold's result; None while the fold is not finished."""
+        if not self.fold_json(fold).is_file():
+            return None
+        try:
+            data = read_json(self.fold_json(fold))
+        except TrustSerError:       # damaged: the fold is done again
+            return None
+        result = (data.get("best") if self.trains else data) if isinstance(data, dict) else None
+        if isinstance(result, dict) and "best_epoch" in result and not (self.head(fold).is_file()
+                                                                      and self.predictions(fold).is_file()):
+            return None     # a trained head's result, without the head or its test predictions
+        return result
+
+    def fold_finished(self, fold: int) -> bool:
+        return self.fold_result(fold) is not None
+
+
+def finetune_folder(project_dir: str | Path, run: RunConfig | RunId) -> RunFolder:
+    return RunFolder(finetune_dir(project_dir, run), trains=True)

@@ -4,50 +4,32 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from utils.data.utterances import Utterance, class_weights
 from utils.core.errors import TrustSerError
-from utils.core.io import load_torch, read_json, save_torch, write_csv, write_json
+from utils.core.io import load_torch, save_torch, write_csv, write_json
 from utils.training.pipeline import build_head, trainable_backbone_state
 from utils.training.protocol import protocol_of
 from utils.runs.identity import RunConfig
+from utils.runs.paths import RunFolder
 from utils.training.loop import EvalResult, evaluate, evaluate_heads, make_optimizer, set_seed, train_epoch
 
 log = logging.getLogger("trust-ser")
 
 
-def fold_finished(run_dir: Path, fold: int) -> bool:
-    """A fold is finished once its fold_k.json holds the "best" entry (written last)."""
-    paths = [run_dir / f"fold_{fold}.pt", predictions_path(run_dir, fold), run_dir / f"fold_{fold}.json"]
-    if not all(p.is_file() for p in paths):
-        return False
-    try:
-        return "best" in read_json(paths[2])
-    except TrustSerError:
-        return False
-
-
 RESULT_KEYS = ["uar", "acc", "macro_f1"]    # averaged over folds in results.json
 
 
-def folds_to_train(run_dir: Path, folds: list[int], overwrite: bool) -> list[int]:
-    """The folds without complete outputs (all of them with --overwrite); the others are logged as skipped."""
-    todo = [f for f in folds if overwrite or not fold_finished(run_dir, f)]
+def folds_to_train(folder: RunFolder, folds: list[int], overwrite: bool) -> list[int]:
+    """The folds not finished (all of them with --overwrite); the others are logged as skipped."""
+    todo = [f for f in folds if overwrite or not folder.fold_finished(f)]
     for f in sorted(set(folds) - set(todo)):
-        log.info(f"fold {f}: already finished in {run_dir}, skipping (--overwrite to redo)")
+        log.info(f"fold {f}: already finished in {folder.path}, skipping (--overwrite to redo)")
     return todo
-
-
-def best_of_fold(fold_json: dict) -> dict | None:
-    """The per-fold result inside fold_k.json (the rest is the per-epoch history); None while unfinished."""
-    return fold_json.get("best")
-
-
-def predictions_path(run_dir: Path, fold: int) -> Path:
-    return run_dir / f"fold_{fold}_test_predictions.csv"
 
 
 def write_predictions(path: Path, result: EvalResult, class_names: list[str]) -> None:
@@ -82,10 +64,12 @@ class FitSpec:
     learning_rate: float
     num_epochs: int
     class_weighted: bool
+    # what the fold's result holds besides the scores, from the best head's test result (privacy: "collapsed")
+    annotate: Callable[[EvalResult], dict] = lambda test: {}
 
 
 def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], backbone: nn.Module, source,
-               run_dir: Path, device: torch.device, spec: FitSpec) -> dict:
+               folder: RunFolder, device: torch.device, spec: FitSpec) -> dict:
     """Best epoch by dev UAR; writes fold_k.pt (+ fold_k_backbone.pt), fold_k.json and test predictions.
 
     With a frozen backbone the test split is scored once, after the last epoch, by every epoch's head (kept in
@@ -102,10 +86,10 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
     uar_classes = protocol_of(run).uar_classes
     test_after_training = not any(p.requires_grad for p in backbone.parameters())
     state = {"epoch": 0, "history": {}, "best": None, "best_head": None, "best_backbone": None}
-    last_path = run_dir / f"fold_{fold}_last.pt"
+    last_path = folder.last(fold)
     if run.overwrite:
         last_path.unlink(missing_ok=True)
-    for stale in run_dir.glob(f".fold_{fold}[._]*.tmp"):   # left by a process killed mid-write; this fold is ours
+    for stale in folder.partial_writes(fold):   # left by a process killed mid-write; this fold is ours
         stale.unlink(missing_ok=True)
     if last_path.is_file():
         state = _resume(last_path, head, backbone, optimizer, scheduler, generator)
@@ -119,7 +103,7 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
         scheduler.step(dev.loss)
         entry = state["history"][str(epoch)] = {"train": train_res, "dev": dev.summary()}
         if test_after_training:
-            save_torch(_epoch_head_path(run_dir, fold, epoch), head.state_dict())
+            save_torch(folder.epoch_head(fold, epoch), head.state_dict())
             test_line = ""
         else:
             test = evaluate(head, backbone, source, data["test"], run.eval_batch_size, num_classes, uar_classes)
@@ -130,20 +114,15 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
             state["best"] = {"epoch": epoch, "dev_uar": dev.scores["uar"], "dev_acc": dev.scores["acc"]}
             state["best_head"] = copy.deepcopy(head.state_dict())
             state["best_backbone"] = copy.deepcopy(trainable_backbone_state(backbone))
-            save_torch(run_dir / f"fold_{fold}.pt", state["best_head"])
+            save_torch(folder.head(fold), state["best_head"])
         log.info(f"fold {fold} epoch {epoch}: train loss {train_res['loss']:.3f} UAR {train_res['uar']:.2f}% | "
                  f"dev UAR {dev.scores['uar']:.2f}% | {test_line}"
                  f"best epoch {state['best']['epoch']} (dev UAR {state['best']['dev_uar']:.2f}%)")
         state["epoch"] = epoch + 1
-        write_json(run_dir / f"fold_{fold}.json", state["history"])
+        write_json(folder.fold_json(fold), state["history"])
         _save_resume(last_path, state, head, backbone, optimizer, scheduler, generator)
 
-    return _finish_fold(run, fold, data, backbone, source, run_dir, class_names, head, state, last_path,
-                        test_after_training)
-
-
-def _epoch_head_path(run_dir: Path, fold: int, epoch: int) -> Path:
-    return run_dir / f"fold_{fold}_epoch_{epoch}_head.pt"
+    return _finish_fold(run, fold, data, backbone, source, folder, spec, head, state, test_after_training)
 
 
 def reported_scores(run: RunConfig, test_scores: dict, best_dev_uar: float) -> dict:
@@ -157,38 +136,39 @@ def reported_scores(run: RunConfig, test_scores: dict, best_dev_uar: float) -> d
     return scores
 
 
-def _finish_fold(run, fold, data, backbone, source, run_dir, class_names, head, state, last_path,
+def _finish_fold(run, fold, data, backbone, source, folder: RunFolder, spec: FitSpec, head, state,
                  test_after_training) -> dict:
+    class_names = spec.class_names
     eval_batch_size, uar_classes = run.eval_batch_size, protocol_of(run).uar_classes
     head.load_state_dict(state["best_head"])
     if state["best_backbone"]:
         backbone.load_state_dict(state["best_backbone"], strict=False)
-        save_torch(run_dir / f"fold_{fold}_backbone.pt", state["best_backbone"])
+        save_torch(folder.backbone(fold), state["best_backbone"])
     if test_after_training:
-        test = _score_epoch_heads(fold, data["test"], backbone, source, run_dir, head, state, eval_batch_size,
+        test = _score_epoch_heads(fold, data["test"], backbone, source, folder, head, state, eval_batch_size,
                                   len(class_names), uar_classes)
     else:
         test = evaluate(head, backbone, source, data["test"], eval_batch_size, len(class_names), uar_classes)
-    write_predictions(predictions_path(run_dir, fold), test, class_names)
+    write_predictions(folder.predictions(fold), test, class_names)
     result = {**reported_scores(run, test.scores, state["best"]["dev_uar"]),
               "dev_uar": state["best"]["dev_uar"], "dev_acc": state["best"]["dev_acc"],
               "best_epoch": state["best"]["epoch"], "num_test": len(data["test"]),
-              "weights": backbone.weights_id, "skipped_bad_audio": len(source.audio.bad)}
-    write_json(run_dir / f"fold_{fold}.json", {**state["history"], "best": result})
-    last_path.unlink(missing_ok=True)
-    for epoch_head in run_dir.glob(f"fold_{fold}_epoch_*_head.pt"):
+              "weights": backbone.weights_id, "skipped_bad_audio": len(source.audio.bad), **spec.annotate(test)}
+    write_json(folder.fold_json(fold), {**state["history"], "best": result})
+    folder.last(fold).unlink(missing_ok=True)
+    for epoch_head in folder.epoch_heads(fold):
         epoch_head.unlink()
     log.info(f"fold {fold} done: best epoch {result['best_epoch']}, test UAR {result['uar']:.2f}%, "
              f"ACC {result['acc']:.2f}%")
     return result
 
 
-def _score_epoch_heads(fold, test_utts, backbone, source, run_dir, head, state, eval_batch_size, num_classes,
-                       uar_classes) -> EvalResult:
+def _score_epoch_heads(fold, test_utts, backbone, source, folder: RunFolder, head, state, eval_batch_size,
+                       num_classes, uar_classes) -> EvalResult:
     """Every epoch's test scores into the history, from its saved head; the best epoch's result."""
     heads = []
     for epoch in range(state["epoch"]):
-        path = _epoch_head_path(run_dir, fold, epoch)
+        path = folder.epoch_head(fold, epoch)
         try:
             heads.append(copy.deepcopy(head))
             heads[-1].load_state_dict(load_torch(path))

@@ -6,12 +6,13 @@ import sys
 from argparse import ArgumentParser, Namespace
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from model.backbones import build_backbone, check_backbone_name
+from model.backbones import build_backbone, check_backbone_name, weights_identity
 from model.heads import CNNSelfAttention
 from utils.runs.cli import parse_folds
 from utils.core.config import REPO_ROOT, config_flag, load_config
@@ -25,7 +26,8 @@ from utils.training.metrics import mean_std, value_folds
 from utils.data.layout import cache_dir
 from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_seconds, fold_ids, head_shape,
                                      protocol_source)
-from utils.runs.identity import RunConfig
+from utils.runs.identity import IDENTITY, RunConfig, record_differences, run_record
+from utils.runs.paths import RunFolder, RunId, finetune_dir, finetune_folder
 
 log = logging.getLogger("trust-ser")
 
@@ -50,13 +52,21 @@ class Stage:
     def project_dir(self) -> str:
         return self.config["project_dir"]
 
+    @cached_property
+    def record(self) -> dict:
+        """This run's run.json."""
+        run = self.run
+        return run_record(run, weights_identity(run.pretrain_model, run.pretrain_path, run.random_init, run.tiny))
+
 
 def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: list[str] | None = None) -> Stage:
-    """Parse flags (argv, default: the command line), set up logging, read the config and check dataset, backbone
-    and folds before any work."""
+    """Parse flags (a finetune run's identity from its run.json with --run), set up logging, read the config and
+    check dataset, backbone and folds before any work."""
     args = parser.parse_args(argv)
     setup_logging()
     config = load_config(args.config)
+    if getattr(args, "run", None):
+        flags_of_run(args, parser, config["project_dir"])
     corpus = get_corpus(args.dataset, config["project_dir"])
     check_backbone_name(args.pretrain_model, args.pretrain_path)  # fails before any file is read or written
     run = RunConfig.from_args(args)
@@ -64,17 +74,87 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: 
     return Stage(args, run, config, corpus, parse_folds(args.folds or default_folds, all_folds), all_folds)
 
 
-def evaluate_folds(stage: Stage, out_dir: Path, evaluate_fold: Callable[[int], dict],
-                   done: Callable[[Path], bool] = Path.is_file) -> None:
-    """fold_k.json for each fold not yet done (all with --overwrite); nothing with --aggregate_only."""
+def flags_of_run(args: Namespace, parser: ArgumentParser, project_dir: str) -> None:
+    """--run: the identity flags from the run folder's run.json (a folder path, or MODEL/RUN under
+    finetune/<--dataset>, as the trust profile names runs); a flag given as well must agree with it."""
+    given = Path(args.run).expanduser()
+    folder = given if given.is_dir() else finetune_dir(project_dir, RunId(args.dataset, *_model_run(args.run)))
+    if not folder.is_dir():
+        raise TrustSerError(f"--run {args.run}: no such run folder ({folder})")
+    record = RunFolder(folder).record
+    if not record.is_file():
+        raise TrustSerError(f"--run {args.run}: {record} not found (a run of an earlier version); pass its flags "
+                            f"instead of --run")
+    stored = read_json(record).get("identity", {})
+    for flag in IDENTITY:
+        value = getattr(args, flag.name)
+        if value != parser.get_default(flag.name) and flag.canonical(value) != stored.get(flag.name):
+            raise TrustSerError(f"--{flag.name} {value} contradicts --run {args.run}, whose run.json says "
+                                f"{stored.get(flag.name)!r}; leave the flag out")
+        setattr(args, flag.name, stored.get(flag.name, value))
+    expected = finetune_dir(project_dir, RunConfig.from_args(args))
+    if expected.resolve() != folder.resolve():
+        raise TrustSerError(f"--run {args.run}: its run.json describes the run folder {expected} of project_dir "
+                            f"{project_dir}; pass --config with the project_dir the run belongs to")
+
+
+def _model_run(spec: str) -> tuple[str, str]:
+    parts = spec.strip("/").split("/")
+    if len(parts) != 2:
+        raise TrustSerError(f"--run {spec}: neither a run folder nor MODEL/RUN (a run under finetune/<dataset>)")
+    return parts[0], parts[1]
+
+
+def take_folder(stage: Stage, folder: RunFolder) -> None:
+    """Before a stage resumes, skips or aggregates the folds in `folder`: its run.json must describe this run.
+    Another run's folder is refused, unless --overwrite (which deletes that run's fold files); a folder an earlier
+    version wrote (no run.json) is read with a warning. A stage records the run (start_folder) before it writes
+    fold files."""
+    if folder.record.is_file():
+        differences = record_differences(read_json(folder.record), stage.record)
+        if differences and not stage.run.overwrite:
+            raise TrustSerError(f"{folder.record} describes another run ({'; '.join(differences)}); pass --overwrite "
+                                f"to replace it (its fold files are deleted), or run with its flags")
+        if differences:
+            log.warning(f"--overwrite: deleting the fold files of another run in {folder.path} ({'; '.join(differences)})")
+            for path in [*folder.fold_files(), folder.results]:
+                path.unlink(missing_ok=True)
+    elif folder.fold_files() or folder.results.is_file():
+        log.warning(f"{folder.path} has no run.json (written by an earlier version): its flags cannot be checked")
+
+
+def start_folder(stage: Stage, folder: RunFolder) -> None:
+    """run.json, as the stage starts writing fold files into `folder`."""
+    write_json(folder.record, stage.record)
+
+
+def trained_folder(stage: Stage) -> RunFolder:
+    """The finetune run whose checkpoints an evaluation reads; checkpoints another run trained are refused."""
+    folder = finetune_folder(stage.project_dir, stage.run)
+    if folder.record.is_file():
+        differences = record_differences(read_json(folder.record), stage.record)
+        if differences:
+            raise TrustSerError(f"the checkpoints in {folder.path} were trained as another run ({'; '.join(differences)})"
+                                f"; train this run: {finetune_command(stage.run)} --overwrite")
+    elif folder.fold_files():
+        log.warning(f"{folder.path} has no run.json (written by an earlier version): its flags cannot be checked")
+    return folder
+
+
+def evaluate_folds(stage: Stage, folder: RunFolder, evaluate_fold: Callable[[int], dict],
+                   complete: Callable[[dict], bool] = lambda result: True) -> None:
+    """Each fold's result file, for the folds not yet done (all with --overwrite); nothing with --aggregate_only.
+    complete(result): whether a finished fold's result holds all this call asks for."""
+    take_folder(stage, folder)
     if stage.args.aggregate_only:
         return
     for fold in stage.folds:
-        path = out_dir / f"fold_{fold}.json"
-        if done(path) and not stage.run.overwrite:
-            log.info(f"fold {fold}: already evaluated in {out_dir}, skipping (--overwrite to redo)")
+        result = folder.fold_result(fold)
+        if result is not None and complete(result) and not stage.run.overwrite:
+            log.info(f"fold {fold}: already evaluated in {folder.path}, skipping (--overwrite to redo)")
             continue
-        write_json(path, evaluate_fold(fold))
+        start_folder(stage, folder)
+        write_json(folder.fold_json(fold), evaluate_fold(fold))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,29 +202,28 @@ def prepare_splits(source, splits: dict[str, list]) -> dict[str, list]:
 
 
 def finetune_command(run: RunConfig) -> str:
-    """The finetune command that makes the checkpoints an evaluation needs: every flag that defines the run,
-    the usual ones always, the others (--pretrain_path, --batch_size, --protocol, ...) where not the default."""
-    always = {"dataset", "pretrain_model", "learning_rate", "downstream_model", "num_epochs", "conv_layers",
-              "pooling", "hidden_size", "finetune", "audio_duration"}
+    """The finetune command that makes the checkpoints an evaluation needs: every identity flag, those the folder
+    name shows always, the others (--pretrain_path, --batch_size, --protocol, ...) where not the default."""
     cmd = [sys.executable, str(REPO_ROOT / "experiment" / "finetune_single_thread.py")]
-    for name, value in run.defining_flags().items():
+    for flag in IDENTITY:
+        value = getattr(run, flag.name)
         if isinstance(value, bool):
-            cmd += [f"--{name}"] if value else []
-        elif name in always or value != getattr(RunConfig, name):
-            cmd.append(f"--{name} {shlex.quote(str(value))}")
+            cmd += [f"--{flag.name}"] if value else []
+        elif flag.suffix is None or value != getattr(RunConfig, flag.name):
+            cmd.append(f"--{flag.name} {shlex.quote(str(value))}")
     return " ".join(cmd) + config_flag(run.config)
 
 
-def load_trained(run: RunConfig, run_dir: Path, fold: int, device: torch.device, num_classes: int):
+def load_trained(run: RunConfig, folder: RunFolder, fold: int, device: torch.device, num_classes: int):
     """Backbone and head as finetune_single_thread.py saved them for this fold."""
-    head_path = run_dir / f"fold_{fold}.pt"
+    head_path = folder.head(fold)
     if not head_path.is_file():
         raise TrustSerError(f"checkpoint {head_path} not found; train it first: {finetune_command(run)} --folds {fold}")
     backbone = make_backbone(run, device)
     head = build_head(run, backbone, num_classes).to(device)
     load_state(head, head_path)
     if backbone.finetune != "frozen":
-        backbone_path = run_dir / f"fold_{fold}_backbone.pt"
+        backbone_path = folder.backbone(fold)
         load_state(backbone, backbone_path, strict=False)
         st = backbone_path.stat()
         backbone.weights_id += f"+finetuned:{backbone_path}:{st.st_size}:{st.st_mtime_ns}"   # its own feature cache
@@ -181,31 +260,26 @@ def run_flags(run: RunConfig) -> dict:
     return {"flags": run.defining_flags()}
 
 
-def aggregate(out_dir: Path, folds: list[int], keys: list[str], meta: dict, pick=lambda d: d,
+def aggregate(folder: RunFolder, folds: list[int], keys: list[str], meta: dict,
               summary: Callable[[dict], dict] | None = None) -> dict:
-    """results.json from whatever per-fold files exist: per fold values, average and std, and under
+    """results.json from the finished folds' results: per fold values, average and std, and under
     meta.value_folds the folds each average rests on (a value can be missing in some folds).
 
     Folds may finish in separate processes at the same time (--folds k): each writes its fold file first,
     then aggregates under an exclusive lock, so the last to aggregate sees every finished fold.
     summary(per_fold): may add values to each fold's entry (averaged too when `keys` names them) and returns
     entries over all folds for results.json (e.g. pooled over the folds' test sets)."""
-    with _exclusive(out_dir / ".results.lock"):
-        per_fold = {}
-        for fold in folds:
-            path = out_dir / f"fold_{fold}.json"
-            result = pick(read_json(path)) if path.is_file() else None
-            if result is not None:
-                per_fold[str(fold)] = result
+    with _exclusive(folder.lock):
+        per_fold = {str(fold): result for fold in folds if (result := folder.fold_result(fold)) is not None}
         if not per_fold:
-            raise TrustSerError(f"no finished folds in {out_dir}; nothing to aggregate")
+            raise TrustSerError(f"no finished folds in {folder.path}; nothing to aggregate")
         pooled = summary(per_fold) if summary else {}
         avg, std = mean_std(per_fold, keys)
         results = {**per_fold, **pooled, "average": avg, "std": std,
                    "meta": {**meta, "folds_done": sorted(int(f) for f in per_fold),
                             "folds_missing": [f for f in folds if str(f) not in per_fold],
                             "value_folds": value_folds(per_fold, keys)}}
-        write_json(out_dir / "results.json", results)
+        write_json(folder.results, results)
     return results
 
 

@@ -25,7 +25,7 @@ from utils.core.errors import TrustSerError
 from utils.core.io import write_csv
 from utils.features.cache import CachedFeatures, LastLayerFeatures, StoredFeatures
 from utils.features.source import AudioBank, LiveFeatures, to_device
-from utils.runs.paths import finetune_dir
+from utils.runs.paths import finetune_folder
 from utils.training.pipeline import load_trained, resolve_device
 from utils.training.protocol import crop_seconds, fold_ids
 from utils.runs.identity import RunConfig
@@ -72,10 +72,10 @@ class EmotionRecognizer:
         """The run's fold checkpoints (all folds of the corpus by default)."""
         corpus = get_corpus(run.dataset, project_dir)
         device = resolve_device(run.device)
-        run_dir = finetune_dir(project_dir, run)
+        trained = finetune_folder(project_dir, run)
         models = []
         for fold in folds or fold_ids(run, corpus):
-            backbone, head = load_trained(run, run_dir, fold, device, corpus.num_classes)
+            backbone, head = load_trained(run, trained, fold, device, corpus.num_classes)
             if run.finetune == "frozen" and models:
                 backbone = models[0][0]  # the same pretrained weights in every fold
             models.append((backbone, head))

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.core.errors import TrustSerError
-from utils.training.finetune import predictions_path, read_predictions
+from utils.training.finetune import read_predictions
+from utils.runs.paths import RunFolder
 
 ECE_BINS = 15
 CALIBRATION_KEYS = ["ece", "brier"]    # per fold and averaged in the finetune results.json
@@ -55,24 +56,24 @@ def calibration_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
             "num_utterances": len(labels)}
 
 
-def pooled_predictions(run_dir: Path, folds: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+def pooled_predictions(run: RunFolder, folds: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
     """Every listed fold's test predictions in one set (each utterance is tested in one fold); None if none."""
-    found = [read_probabilities(predictions_path(run_dir, f)) for f in folds if predictions_path(run_dir, f).is_file()]
+    found = [read_probabilities(run.predictions(f)) for f in folds if run.predictions(f).is_file()]
     if not found:
         return None
     return np.concatenate([p for p, _ in found]), np.concatenate([y for _, y in found])
 
 
-def add_calibration(run_dir: Path):
+def add_calibration(run: RunFolder):
     """For utils.training.pipeline.aggregate: each finished fold gets its ece and brier (from its predictions
     CSV), and results.json a "calibration" entry with the pooled values and how they were computed."""
     def summary(per_fold: dict) -> dict:
         for fold, result in per_fold.items():
-            path = predictions_path(run_dir, int(fold))
+            path = run.predictions(int(fold))
             if path.is_file():
                 result.update({k: v for k, v in calibration_scores(*read_probabilities(path)).items()
                                if k != "num_utterances"})
-        pooled = pooled_predictions(run_dir, [int(f) for f in per_fold])
+        pooled = pooled_predictions(run, [int(f) for f in per_fold])
         return {"calibration": {"pooled": None if pooled is None else calibration_scores(*pooled),
                                 "ece_bins": ECE_BINS, "confidence": "largest class probability",
                                 "brier": "multi-class: sum over classes, mean over utterances"}}

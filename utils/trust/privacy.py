@@ -9,7 +9,6 @@ Two probes:
   in both the training and the held-out part), so that its UAR rests on every speaker, not on a 2-speaker dev set.
 """
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,10 +19,10 @@ from sklearn.preprocessing import StandardScaler
 
 from utils.data.utterances import SPLITS, Utterance, length_sorted_batches, load_fold
 from utils.core.errors import TrustSerError
-from utils.training.finetune import (RESULT_KEYS, FitSpec, fold_finished, predictions_path, read_predictions,
-                                    train_fold)
-from utils.core.io import read_json, write_json
-from utils.runs.paths import finetune_dir
+from utils.training.finetune import RESULT_KEYS, FitSpec, train_fold
+from utils.core.io import write_json
+from utils.training.loop import EvalResult
+from utils.runs.paths import RunFolder
 from utils.training.pipeline import load_trained, make_source, prepare_splits
 from utils.runs.identity import RunConfig
 
@@ -57,15 +56,14 @@ def one_gender_splits(data: dict[str, list[Utterance]]) -> str | None:
     return "; ".join(lacking) or None
 
 
-def collapsed(predictions_csv: Path) -> bool:
+def collapsed(test: EvalResult) -> bool:
     """Whether a probe predicted the same class for every test utterance."""
-    return len({row["prediction"] for row in read_predictions(predictions_csv)}) == 1
+    return len({int(p) for p in test.predictions}) == 1
 
 
-def collapsed_folds(out_dir: Path, folds: list[int]) -> list[int]:
-    """The folds whose finished fold_k.json says the original probe collapsed."""
-    paths = {f: out_dir / f"fold_{f}.json" for f in folds}
-    return [f for f, p in paths.items() if p.is_file() and (read_json(p).get("best") or {}).get("collapsed")]
+def collapsed_folds(out: RunFolder, folds: list[int]) -> list[int]:
+    """The finished folds where the original probe collapsed."""
+    return [f for f in folds if (out.fold_result(f) or {}).get("collapsed")]
 
 
 @torch.no_grad()
@@ -125,17 +123,13 @@ def gender_probe(head, source, utts: list[Utterance], batch_size: int, n_bootstr
                         n_bootstrap, seed)
 
 
-def probe_finished(out_dir: Path, fold: int) -> bool:
-    path = out_dir / f"fold_{fold}.json"
-    return path.is_file() and "linear_probe" in (read_json(path).get("best") or {})
-
-
-def privacy_fold(run: RunConfig, fold: int, project_dir: str, out_dir: Path, device: torch.device,
-                 num_classes: int, n_bootstrap: int) -> dict:
-    """Both probes on one fold; fold_k.json's "best" gets "collapsed" and "linear_probe" added last. The linear
-    probe needs no dev set and runs whenever the corpus has both genders; the original probe only where train,
-    dev and test each hold both ("original_probe_skipped" says why not; its scores are then None)."""
-    backbone, emotion_head = load_trained(run, finetune_dir(project_dir, run), fold, device, num_classes)
+def privacy_fold(run: RunConfig, fold: int, project_dir: str, trained: RunFolder, out: RunFolder,
+                 device: torch.device, num_classes: int, n_bootstrap: int) -> dict:
+    """Both probes on one fold, the linear probe first: the fold's result gets "collapsed" and "linear_probe" with
+    the original probe's, so that the fold is finished only with both. The linear probe needs no dev set and runs
+    whenever the corpus has both genders; the original probe only where train, dev and test each hold both
+    ("original_probe_skipped" says why not; its scores are then None)."""
+    backbone, emotion_head = load_trained(run, trained, fold, device, num_classes)
     backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
     splits = prepare_splits(source, load_fold(project_dir, run.dataset, fold, run.config))
@@ -144,18 +138,13 @@ def privacy_fold(run: RunConfig, fold: int, project_dir: str, out_dir: Path, dev
     if len({u.label for u in everything}) < 2:
         raise TrustSerError(f"{run.dataset} fold {fold}: needs utterances of both genders for gender inference "
                             f"(this corpus has no gender labels?)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = one_gender_splits(data)
-    if skipped is None and (run.overwrite or not fold_finished(out_dir, fold)):
-        train_fold(run, fold, data, backbone, source, out_dir, device,
-                   FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False))
     probe = gender_probe(emotion_head, source, everything, run.eval_batch_size, n_bootstrap, seed=fold)
+    skipped = one_gender_splits(data)
     if skipped:
         best = {**dict.fromkeys(RESULT_KEYS), "collapsed": False, "original_probe_skipped": skipped,
                 "linear_probe": probe}
-        write_json(out_dir / f"fold_{fold}.json", {"best": best})
+        write_json(out.fold_json(fold), {"best": best})
         return best
-    fold_json = read_json(out_dir / f"fold_{fold}.json")
-    best = {**fold_json["best"], "collapsed": collapsed(predictions_path(out_dir, fold)), "linear_probe": probe}
-    write_json(out_dir / f"fold_{fold}.json", {**fold_json, "best": best})
-    return best
+    return train_fold(run, fold, data, backbone, source, out, device,
+                      FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False,
+                              annotate=lambda test: {"collapsed": collapsed(test), "linear_probe": probe}))

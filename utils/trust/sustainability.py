@@ -7,7 +7,6 @@ and called them GFLOPs: thop_style_gflops reproduces that number with thop itsel
 """
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,17 +20,18 @@ from utils.core.progress import progress
 from utils.runs.identity import RunConfig
 from utils.training.pipeline import build_head, load_trained, make_backbone
 from utils.training.protocol import ORIGINAL_CROP_SECONDS
+from utils.runs.paths import RunFolder
 
 log = logging.getLogger("trust-ser")
 
 
-def model_to_profile(run: RunConfig, run_dir: Path, fold: int, device: torch.device, num_classes: int
+def model_to_profile(run: RunConfig, trained: RunFolder, fold: int, device: torch.device, num_classes: int
                      ) -> tuple[nn.Module, nn.Module, bool]:
-    """(backbone, head, trained): the fold's trained model, or, without its checkpoint, the backbone and an
-    untrained head of the same shape (FLOPs, parameter counts and latency do not depend on trained weights)."""
-    if (run_dir / f"fold_{fold}.pt").is_file():
-        return *load_trained(run, run_dir, fold, device, num_classes), True
-    log.info(f"no trained checkpoint {run_dir / f'fold_{fold}.pt'}: profiling the backbone with an untrained head "
+    """(backbone, head, trained): the fold's trained model, or, without it, the backbone and an untrained head of
+    the same shape (FLOPs, parameter counts and latency do not depend on trained weights)."""
+    if trained.fold_finished(fold):
+        return *load_trained(run, trained, fold, device, num_classes), True
+    log.info(f"no trained checkpoint of fold {fold} in {trained.path}: profiling the backbone with an untrained head "
              f"of the same shape (FLOPs, parameters and latency do not depend on trained weights)")
     backbone = make_backbone(run, device).eval()
     return backbone, build_head(run, backbone, num_classes).to(device).eval(), False
