@@ -153,11 +153,10 @@ class RunFigures:
                 ("Reliability diagram", self.reliability), ("Robustness", self.robustness)]
 
 
-def run_folds(run_dir: Path, corpus_folds: list[int]) -> list[int]:
+def run_folds(run: RunFolder, corpus_folds: list[int]) -> list[int]:
     """The folds the run's results.json aggregates (a one-split corpus may have several seeded runs), else the
     corpus' folds."""
-    path = run_dir / "results.json"
-    meta = read_json(path).get("meta", {}) if path.is_file() else {}
+    meta = read_json(run.results).get("meta", {}) if run.results.is_file() else {}
     folds = [f for f in meta.get("folds_done", []) + meta.get("folds_missing", []) if isinstance(f, int)]
     return sorted(folds) or corpus_folds
 
