@@ -51,6 +51,7 @@ class Backbone(nn.Module):
         self.name = name
         self.weights_id = weights_id
         self.finetune = finetune
+        self._low_precision: dict = {}   # (module id, dtype) -> (weight versions, copies): frozen_linear_weights
 
     # -- provided by each family
     def frame_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
@@ -129,6 +130,32 @@ class Backbone(nn.Module):
             yield self
         finally:
             self.padded_batch = False
+
+    @contextmanager
+    def frozen_linear_weights(self, dtype: torch.dtype):
+        """Inside: every frozen nn.Linear computes with `dtype` copies of its weight and bias, made once (again
+        when the weights change: a fold's reload), so that a pass under autocast to `dtype` does not cast them
+        anew on every call (autocast caches casts of trainable weights only). Only for such passes: there the
+        layers compute with exactly these values."""
+        swapped = []
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                swapped.append((module, dict(module._parameters)))
+                module._parameters.update(self._weight_copies(module, dtype))
+        try:
+            yield self
+        finally:
+            for module, parameters in swapped:
+                module._parameters.update(parameters)
+
+    def _weight_copies(self, module: nn.Module, dtype: torch.dtype) -> dict:
+        versions = tuple(p._version for p in module._parameters.values() if p is not None)
+        key = (id(module), dtype)
+        if key not in self._low_precision or self._low_precision[key][0] != versions:
+            copies = {name: None if p is None else nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                      for name, p in module._parameters.items()}
+            self._low_precision[key] = versions, copies
+        return self._low_precision[key][1]
 
     # -- encoding
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -116,7 +116,7 @@ class TERABackbone(S3prlBackbone):
     def _chunk_index(self, frame_lengths: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each frame's chunk and position in it [B, width], chunked by its own clip's length (as s3prl chunks
         a clip encoded alone), so padding changes nothing."""
-        sizes = torch.tensor([self._chunk_size(int(n)) for n in frame_lengths], device=frame_lengths.device)
+        sizes = torch.tensor([self._chunk_size(n) for n in frame_lengths.tolist()], device=frame_lengths.device)
         frames = torch.arange(width, device=frame_lengths.device)[None, :]
         return torch.div(frames, sizes[:, None], rounding_mode="floor"), frames % sizes[:, None]
 

@@ -33,6 +33,7 @@ class Wav2Vec2StyleBackbone(Backbone):
     """CNN encoder per clip, then the transformer layers with a padding mask."""
 
     model_type = "wav2vec2"  # Hugging Face's name of the architecture (config.json's model_type)
+    fused_attention: bool | None = None  # WavLM: fused attention (None: on CUDA only); see _fused_attention
     front_end_is_deterministic = True    # the CNN encoder: no dropout, GroupNorm over each clip (not in a padded batch)
 
     def __init__(self, name: str, model: nn.Module, weights_id: str, finetune: str):
@@ -128,19 +129,27 @@ class Wav2Vec2StyleBackbone(Backbone):
         return self.model.encoder.layers
 
     def _context(self, x: torch.Tensor, mask: torch.Tensor):
-        if self.is_wavlm:  # relative position bias: made by layer 0, shared by all layers (depends on F only)
-            batch, frames = mask.shape
-            bias = self.model.encoder.layers[0].attention.compute_bias(frames, frames)
-            return mask.long(), bias.unsqueeze(0).expand(batch, -1, -1, -1).reshape(-1, frames, frames)
+        if self.is_wavlm:  # relative position bias [H, F, F]: made by layer 0, shared by all layers (depends on F only)
+            frames = mask.shape[1]
+            return mask, self.model.encoder.layers[0].attention.compute_bias(frames, frames)
         from transformers.masking_utils import create_bidirectional_mask
         return create_bidirectional_mask(config=self.model.config, inputs_embeds=x, attention_mask=mask)
 
     def _layer(self, index: int, x: torch.Tensor, context) -> torch.Tensor:
         layer = self.model.encoder.layers[index]
-        if self.is_wavlm:
-            mask, bias = context
-            return layer(x, attention_mask=mask, position_bias=bias, index=index)[0]
-        return layer(x, attention_mask=context)
+        if not self.is_wavlm:           # Hugging Face runs these through scaled_dot_product_attention already
+            return layer(x, attention_mask=context)
+        mask, bias = context
+        if self._fused_attention(x):
+            return fused_wavlm_layer(layer, x, mask, bias, self.stable_layer_norm)
+        bias = bias.unsqueeze(0).expand(mask.shape[0], -1, -1, -1).reshape(-1, *bias.shape[1:])
+        return layer(x, attention_mask=mask.long(), position_bias=bias, index=index)[0]
+
+    def _fused_attention(self, x: torch.Tensor) -> bool:
+        """WavLM's attention through scaled_dot_product_attention on CUDA (`fused_attention`: None), where Hugging
+        Face's eager path also returns the attention weights and takes an fp32 [B x H, F, F] bias; CPU keeps
+        Hugging Face's layers, so its results stay bit for bit what they were."""
+        return x.is_cuda if self.fused_attention is None else self.fused_attention
 
     def _after_last_layer(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encoder.layer_norm(x) if self.stable_layer_norm else x
@@ -158,6 +167,34 @@ class Wav2Vec2StyleBackbone(Backbone):
         if getattr(self.model, "masked_spec_embed", None) is not None:
             parts.append(self.model.masked_spec_embed)
         return parts
+
+
+def fused_wavlm_layer(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, position_bias: torch.Tensor,
+                      stable_layer_norm: bool) -> torch.Tensor:
+    """Hugging Face's WavLM encoder layer (post- or pre-layer-norm) with its attention fused: x [B, F, D], mask
+    [B, F] (True = real frame), position_bias [H, F, F] (layer 0's compute_bias)."""
+    h = layer.layer_norm(x) if stable_layer_norm else x
+    h = x + layer.dropout(_wavlm_attention(layer.attention, h, mask, position_bias))
+    if stable_layer_norm:
+        return h + layer.feed_forward(layer.final_layer_norm(h))
+    h = layer.layer_norm(h)
+    return layer.final_layer_norm(h + layer.feed_forward(h))
+
+
+def _wavlm_attention(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+    """WavLMAttention: the gated relative position bias and the padding mask as one additive mask [B, H, F, F] in
+    the compute dtype, then scaled_dot_product_attention (dropout as the layer's, while training)."""
+    batch, frames, dim = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    per_head = x.view(batch, frames, heads, head_dim).transpose(1, 2)            # [B, H, F, d]
+    gate_a, gate_b = torch.sigmoid(attn.gru_rel_pos_linear(per_head).view(batch, heads, frames, 2, 4).sum(-1)).chunk(2, -1)
+    gate = gate_a * (gate_b * attn.gru_rel_pos_const - 1.0) + 2.0                # [B, H, F, 1]
+    q, k, v = (proj(x).view(batch, frames, heads, head_dim).transpose(1, 2)
+               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    bias = (gate * position_bias).masked_fill(~mask[:, None, None, :], float("-inf")).to(q.dtype)
+    out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                                     dropout_p=attn.dropout if attn.training else 0.0)
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
 
 
 def _conv_lengths(sizes: list[int], conv: nn.Conv1d) -> torch.Tensor:

@@ -92,14 +92,16 @@ def pad_waveforms(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-utterance hidden states [L, F_i, D] -> [L, B, F_max, D] and mask [B, F_max] (True = real frame)."""
+    """Per-utterance hidden states [L, F_i, D] -> [L, B, F_max, D] and mask [B, F_max] (True = real frame).
+    One concatenation and one indexed write, wherever the batch is: no copy per utterance, nothing read back."""
     n_frames = torch.tensor([f.shape[1] for f in feats])
     L, _, D = feats[0].shape
-    batch = feats[0].new_zeros(L, len(feats), int(n_frames.max()), D)
-    for i, f in enumerate(feats):
-        batch[:, i, : f.shape[1]] = f
-    mask = torch.arange(int(n_frames.max()))[None, :] < n_frames[:, None]
-    return batch, mask.to(batch.device)
+    width = int(n_frames.max())
+    mask = torch.arange(width)[None, :] < n_frames[:, None]
+    batch = feats[0].new_zeros(L, len(feats) * width, D)
+    rows = mask.flatten().nonzero().squeeze(1)          # the real frames' rows, in the concatenation's order
+    batch[:, rows.to(batch.device)] = torch.cat(feats, dim=1)
+    return batch.view(L, len(feats), width, D), mask.to(batch.device)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -13,7 +13,7 @@ from utils.core.progress import progress
 from utils.data.utterances import Utterance, length_sorted_batches, pad_features, pad_waveforms
 from utils.features.budget import MemoryBudget, existing_folder, fitting, plan_tiers
 from utils.features.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
-from utils.features.source import AudioBank, FeatureSource, autocast_for, to_device
+from utils.features.source import AudioBank, FeatureSource, autocast_for, frozen_pass, to_device
 from utils.features.storage import TieredStore, nbytes
 
 
@@ -98,7 +98,7 @@ class StoredFeatures(FeatureSource):
     def fetch_waveforms(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What fetch gives for a padded batch of waveforms on the device (lengths on the host): the frozen pass,
         rounded to the stored type, [L, B, F, D], and the mask [B, F]."""
-        with torch.no_grad(), autocast_for(self.device):
+        with frozen_pass(self.backbone, self.device):
             stored, n_frames = self._encode(wav, lengths)
         return stored.to(self.dtype), frame_mask(n_frames, stored.shape[2])
 
@@ -314,7 +314,7 @@ class CachedFeatures(StoredFeatures):
         for idx in length_sorted_batches(lengths, self.batch_size):
             batch_utts = [utts[i] for i in idx]
             wav, wav_len = pad_waveforms([self.audio.get(u.path) for u in batch_utts])
-            with torch.no_grad(), autocast_for(self.device):
+            with frozen_pass(self.backbone, self.device):
                 front, n_frames = self.backbone.front_end(to_device(wav, self.device), wav_len)
                 hidden, _, _ = self.backbone.forward_from_front_end(front, n_frames)
             front, hidden = front.to(self.front_ends.dtype), hidden.to(self.dtype)
@@ -354,11 +354,11 @@ class CachedFeatures(StoredFeatures):
         lengths = [front.shape[1] for _, front in items]
         for idx in length_sorted_batches(lengths, self.batch_size):
             front, mask = pad_features([items[i][1] for i in idx])
-            with torch.no_grad(), autocast_for(self.device):
+            with frozen_pass(self.backbone, self.device):
                 hidden, _, _ = self.backbone.forward_from_front_end(front[0].float(), mask.sum(1))
             hidden = hidden.to(self.dtype)
-            for j, i in enumerate(idx):
-                yield items[i][0], hidden[:, j, : lengths[i]].contiguous()
+            for j, i in enumerate(idx):     # views: fetch's padding copies them into the batch, once
+                yield items[i][0], hidden[:, j, : lengths[i]]
 
     def disk_bytes(self) -> int:
         front = self.front_ends.disk_bytes() if self.front_ends else 0

@@ -87,17 +87,20 @@ class ShardStore:
         for key in [k for k, e in self.entries.items() if e[0] == path]:
             del self.entries[key]
 
-    def read(self, key: str) -> torch.Tensor | None:
-        """The stored tensor (a copy in memory), or None if its shard turned out damaged."""
+    def read(self, key: str, pin: bool = False) -> torch.Tensor | None:
+        """The stored tensor, copied once out of the shard (into pinned memory with `pin`, for a copy to CUDA that
+        overlaps compute), or None if its shard turned out damaged."""
         path, offset, shape, crc, dtype = self.entries[key]
         dtype = getattr(torch, dtype)
-        raw = np.array(self.maps[path][offset: offset + dtype.itemsize * int(np.prod(shape))])
+        stored = self.maps[path][offset: offset + dtype.itemsize * int(np.prod(shape))]
+        raw = torch.empty(len(stored), dtype=torch.uint8, pin_memory=pin)
+        raw.numpy()[:] = stored
         if key not in self.verified:
-            if zlib.crc32(raw) != crc:
+            if zlib.crc32(raw.numpy()) != crc:
                 self._drop(path, f"damaged (checksum of {key})")
                 return None
             self.verified.add(key)
-        return torch.from_numpy(raw.view(f"i{dtype.itemsize}")).view(dtype).reshape(shape)   # same-sized ints
+        return raw.view(dtype).reshape(shape)
 
     def used_bytes(self, folder: Path | None = None) -> int:
         root = folder or self.budget_root
@@ -111,15 +114,14 @@ class ShardStore:
             room = self.budget - self.used_bytes()
             shard = _Shard()
             for key, tensor in items:
-                dtype = _dtype(str(tensor.dtype).removeprefix("torch."))
-                raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                if shard.entries and shard.size_with(key, raw, tensor.shape, dtype) > SHARD_BYTES:
+                entry = _Entry(key, tensor)
+                if shard.entries and shard.size_with(entry) > SHARD_BYTES:
                     room -= self._save(shard)
                     written.update(shard.entries)
                     shard = _Shard()
-                if shard.size_with(key, raw, tensor.shape, dtype) > room:
+                if shard.size_with(entry) > room:
                     continue        # a shorter utterance further on may still fit
-                shard.add(key, raw, tensor.shape, dtype)
+                shard.add(entry)
             if shard.entries:
                 self._save(shard)
                 written.update(shard.entries)
@@ -138,30 +140,40 @@ def _dtype(name: str = "float16") -> str:
     return name
 
 
+class _Entry:
+    """A tensor's bytes on the host (one copy, from wherever it is) and their checksum (computed once)."""
+
+    def __init__(self, key: str, tensor: torch.Tensor):
+        self.key, self.shape = key, list(tensor.shape)
+        self.dtype = _dtype(str(tensor.dtype).removeprefix("torch."))
+        self.raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().data
+        self.crc = zlib.crc32(self.raw)
+
+    def index_value(self, offset: int) -> tuple[list, int]:
+        """Its index entry at `offset` and the entry's length in the index's JSON text."""
+        value = [offset, self.shape, self.crc] + ([self.dtype] if self.dtype != "float16" else [])
+        return value, len(json.dumps({self.key: value})) - 2
+
+
 class _Shard:
     """A shard being assembled; knows its exact file size before it is written."""
 
     def __init__(self):
         self.entries: dict[str, list] = {}
-        self.blobs: list[bytes] = []
+        self.blobs: list = []
         self.data_bytes = 0
         self.entries_chars = 0     # length of the entries' JSON text, separators included
 
-    @staticmethod
-    def _entry(key: str, raw: bytes, shape, dtype: str, offset: int) -> tuple[list, int]:
-        value = [offset, list(shape), zlib.crc32(raw)] + ([dtype] if dtype != "float16" else [])
-        return value, len(json.dumps({key: value})) - 2
+    def size_with(self, entry: _Entry) -> int:
+        _, chars = entry.index_value(self.data_bytes)
+        return self._size(self.data_bytes + entry.raw.nbytes, self.entries_chars + chars + (2 if self.entries else 0))
 
-    def size_with(self, key: str, raw: bytes, shape, dtype: str) -> int:
-        _, chars = self._entry(key, raw, shape, dtype, self.data_bytes)
-        return self._size(self.data_bytes + len(raw), self.entries_chars + chars + (2 if self.entries else 0))
-
-    def add(self, key: str, raw: bytes, shape, dtype: str) -> None:
-        value, chars = self._entry(key, raw, shape, dtype, self.data_bytes)
+    def add(self, entry: _Entry) -> None:
+        value, chars = entry.index_value(self.data_bytes)
         self.entries_chars += chars + (2 if self.entries else 0)
-        self.entries[key] = value
-        self.blobs.append(raw)
-        self.data_bytes += len(raw)
+        self.entries[entry.key] = value
+        self.blobs.append(entry.raw)
+        self.data_bytes += entry.raw.nbytes
 
     @staticmethod
     def _size(data_bytes: int, entries_chars: int) -> int:

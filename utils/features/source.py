@@ -2,7 +2,7 @@
 the device, read-ahead) and the live source."""
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import torch
@@ -69,11 +69,32 @@ def autocast_for(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+@contextmanager
+def frozen_pass(backbone, device: torch.device):
+    """A frozen inference pass: no_grad and autocast_for(device); on CUDA the frozen linear layers compute with
+    their kept bf16 weights (Backbone.frozen_linear_weights: the values autocast would cast them to), and cuDNN's
+    autotuner is on. set_seed (utils/training/loop.py) turns the autotuner off for the process, so that training
+    steps pick the same convolution algorithms in every run; a frozen pass's features are computed once and
+    stored, and cudnn.deterministic still limits the tuner to deterministic algorithms. CPU: plain fp32."""
+    if device.type != "cuda":
+        with torch.no_grad():
+            yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        with torch.no_grad(), autocast_for(device), backbone.frozen_linear_weights(torch.bfloat16):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensor to the device; through pinned memory on CUDA, so the copy overlaps compute."""
+    """Host tensor to the device; through pinned memory on CUDA (unless it is pinned already), so the copy overlaps
+    compute."""
     if device.type != "cuda" or t.is_cuda:
         return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
 
 
 def prefetched(source: FeatureSource, groups: list[list[Utterance]], grad: bool = False):
@@ -113,7 +134,7 @@ class LiveFeatures(FeatureSource):
 
     def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         wav, lengths = fetched
-        with torch.set_grad_enabled(grad), (nullcontext() if grad else autocast_for(self.device)):
+        with torch.enable_grad() if grad else frozen_pass(self.backbone, self.device):
             hidden, _, mask = self.backbone(wav, lengths)
         if self.round_like_cache:
             hidden = hidden.to(torch.float16)

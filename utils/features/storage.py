@@ -75,7 +75,7 @@ class TieredStore:
         if key in self.memory:
             return self.memory[key]
         if self.disk and key in self.disk:
-            stored = self.disk.read(key)
+            stored = self.disk.read(key, pin=self.device.type == "cuda")
             if stored is not None:
                 return self.memory[key] if self.remember(key, stored, on_disk=True) else to_device(stored, self.device)
         return None

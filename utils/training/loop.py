@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from utils.data.utterances import Utterance, length_sorted_batches
-from utils.features.source import prefetched
+from utils.features.source import prefetched, to_device
 from utils.training.metrics import classification_scores
 
 log = logging.getLogger("trust-ser")
@@ -48,20 +48,21 @@ def train_epoch(head: nn.Module, backbone: nn.Module, source, train: list[Uttera
     trains_backbone = any(p.requires_grad for p in backbone.parameters())
     order = torch.randperm(len(train), generator=generator).tolist()
     n_batches = max(len(order) // batch_size, 1)
-    losses, y_true, y_pred = [], [], []
     device = next(head.parameters()).device
     groups = [[train[i] for i in order[b * batch_size:(b + 1) * batch_size]] for b in range(n_batches)]
-    for utts, (hidden, mask) in prefetched(source, groups, grad=trains_backbone):
-        labels = torch.tensor([u.label for u in utts], device=device)
+    labels = to_device(torch.tensor([u.label for utts in groups for u in utts]), device)   # one move per epoch
+    losses, predictions = [], []            # on the device: read once, after the epoch
+    for b, (utts, (hidden, mask)) in enumerate(prefetched(source, groups, grad=trains_backbone)):
         log_probs = torch.log_softmax(head(hidden, mask), dim=1)
-        loss = criterion(log_probs, labels)
+        loss = criterion(log_probs, labels[b * batch_size:b * batch_size + len(utts)])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-        y_true += labels.tolist()
-        y_pred += log_probs.argmax(1).tolist()
-    return {"loss": float(np.mean(losses)), **classification_scores(y_true, y_pred, num_classes, uar_classes)}
+        losses.append(loss.detach())
+        predictions.append(log_probs.argmax(1))
+    y_true, y_pred = labels.tolist(), torch.cat(predictions).tolist()
+    return {"loss": float(np.mean(torch.stack(losses).tolist())),
+            **classification_scores(y_true, y_pred, num_classes, uar_classes)}
 
 
 def evaluate(head: nn.Module, backbone: nn.Module, source, utts: list[Utterance], batch_size: int,
@@ -78,11 +79,14 @@ def evaluate_heads(heads: list[nn.Module], backbone: nn.Module, source, utts: li
     for head in heads:
         head.eval()
     backbone.eval()
-    log_probs = torch.zeros(len(heads), len(utts), num_classes)
+    device = next(heads[0].parameters()).device
+    log_probs = torch.zeros(len(heads), len(utts), num_classes, device=device)    # read once, after the pass
     batches = length_sorted_batches([source.length(u) for u in utts], batch_size)
     for idx, (_, (hidden, mask)) in zip(batches, prefetched(source, [[utts[i] for i in idx] for idx in batches])):
+        rows = to_device(torch.tensor(idx), device)
         for h, head in enumerate(heads):
-            log_probs[h, idx] = torch.log_softmax(head(hidden, mask), dim=1).float().cpu()
+            log_probs[h, rows] = torch.log_softmax(head(hidden, mask), dim=1).float()
+    log_probs = log_probs.cpu()
     labels = torch.tensor([u.label for u in utts])
     return [_eval_result(lp, labels, num_classes, uar_classes, utts) for lp in log_probs]
 

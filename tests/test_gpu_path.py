@@ -1,0 +1,216 @@
+"""The GPU path's parts, checked on CPU: WavLM's fused attention against Hugging Face's layers, no host round trip
+of the memory tier, one host->device move per batch, no per-utterance synchronisation in the hot paths."""
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from model.backbones import build_backbone
+from model.backbones.hf import hf_classes
+from model.backbones.wav2vec2 import TINY_SSL, WavLMBackbone, fused_wavlm_layer
+from model.heads import CNNSelfAttention
+from utils.core.io import write_wav
+from utils.data.utterances import Utterance
+from utils.features import source as source_module
+from utils.features.cache import CachedFeatures
+from utils.features.source import AudioBank, LiveFeatures
+from utils.training import loop
+from utils.training.loop import train_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+READS_BACK = {"item", "tolist", "__int__", "__index__", "__float__", "__bool__", "cpu", "numpy"}   # wait for a device
+
+TINY_WAVLM = {**TINY_SSL, "num_buckets": 32, "max_bucket_distance": 64, "hidden_dropout": 0.0,
+              "attention_dropout": 0.0, "activation_dropout": 0.0, "num_attention_heads": 4}
+
+
+def _padded_batch(dim: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(len(lengths), max(lengths), dim)
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+    return x.masked_fill(~mask[..., None], 0.0), mask
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_fused_wavlm_layer_equals_hugging_faces(stable):
+    config_class, model_class = hf_classes("wavlm")
+    torch.manual_seed(1)
+    model = model_class(config_class.from_dict({**TINY_WAVLM, "do_stable_layer_norm": stable})).eval()
+    for p in model.parameters():        # random weights further from their initial values (gates, biases)
+        p.data.add_(0.05 * torch.randn_like(p))
+    x, mask = _padded_batch(model.config.hidden_size, [37, 20, 9])
+    bias = model.encoder.layers[0].attention.compute_bias(x.shape[1], x.shape[1])
+    hf_bias = bias.unsqueeze(0).expand(len(x), -1, -1, -1).reshape(-1, *bias.shape[1:])
+    with torch.no_grad():
+        for index, layer in enumerate(model.encoder.layers):
+            kwargs = {} if stable else {"index": index}
+            expected = layer(x, attention_mask=mask.long(), position_bias=hf_bias, **kwargs)[0]
+            got = fused_wavlm_layer(layer, x, mask, bias, stable)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+            x = expected
+
+
+def test_fused_attention_in_the_backbone_equals_hugging_faces_path():
+    backbone = build_backbone("wavlm", random_init=True, tiny=True)
+    assert isinstance(backbone, WavLMBackbone) and backbone.fused_attention is None
+    torch.manual_seed(2)
+    wav = torch.randn(3, 16000)
+    lengths = torch.tensor([16000, 9000, 4000])
+    wav[1, 9000:], wav[2, 4000:] = 0, 0
+    with torch.no_grad():
+        expected, _, mask = backbone(wav, lengths)       # CPU: Hugging Face's layers
+        backbone.fused_attention = True
+        try:
+            got, _, fused_mask = backbone(wav, lengths)
+        finally:
+            backbone.fused_attention = None
+    assert torch.equal(mask, fused_mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_wav2vec2_family_layers_use_scaled_dot_product_attention():
+    """wav2vec 2.0 / HuBERT / data2vec go through Hugging Face's own SDPA attention (WavLM's is eager only)."""
+    backbone = build_backbone("wav2vec2_0", random_init=True, tiny=True)
+    assert backbone.model.config._attn_implementation == "sdpa"
+
+
+def test_frozen_linear_weights_give_what_autocast_computes_and_are_put_back():
+    backbone = build_backbone("wavlm", random_init=True, tiny=True)
+    torch.manual_seed(3)
+    wav, lengths = torch.randn(2, 8000), torch.tensor([8000, 5000])
+    linear = backbone.model.encoder.layers[0].attention.q_proj
+    weight = linear.weight
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, _, _ = backbone(wav, lengths)
+        with backbone.frozen_linear_weights(torch.bfloat16):
+            assert linear.weight.dtype == torch.bfloat16
+            got, _, _ = backbone(wav, lengths)
+    assert linear.weight is weight and weight.dtype == torch.float32
+    assert torch.equal(got, expected)
+    with torch.no_grad():
+        weight.mul_(2)          # a reload: the copies are made again
+        with backbone.frozen_linear_weights(torch.bfloat16):
+            assert torch.equal(linear.weight.float(), weight.to(torch.bfloat16).float())
+
+
+@pytest.fixture(scope="module")
+def utts(tmp_path_factory) -> list[Utterance]:
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(8):
+        path = folder / f"u{i}.wav"
+        write_wav(path, (0.1 * rng.standard_normal(4000 + 1500 * i)).astype(np.float32), 16000)
+        out.append(Utterance(f"u{i}", "s", "F", str(path), i % 4))
+    return out
+
+
+class ReadBacks(TorchFunctionMode):
+    """Counts, by the project's line that calls it, every tensor call that reads a value back to the host (on a
+    GPU, a synchronisation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in READS_BACK:
+            caller = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith("torch/overrides.py")][-1]
+            if caller.filename.startswith(str(REPO)) and "/tests/" not in caller.filename:   # not torch.optim's
+                self.calls[f"{Path(caller.filename).name}:{caller.lineno} {func.__name__}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["tera", "wavlm"])      # the one-tier pass, the two-tier pass (front ends)
+def test_the_feature_pass_reads_back_per_batch_not_per_utterance(name, utts):
+    counts = []
+    for n in (4, 8):                                      # one batch either way
+        source = CachedFeatures(build_backbone(name, random_init=True, tiny=True), AudioBank(2, skip_bad=False),
+                                CPU, 8, None, memory_budget_bytes=1 << 30)
+        with ReadBacks() as reads:
+            source.prepare(utts[:n])
+        assert source.stats["computed"] == n
+        counts.append(reads.calls)
+    assert counts[0] == counts[1], counts
+
+
+def _head_and_source(utts, name="tera"):
+    backbone = build_backbone(name, random_init=True, tiny=True)
+    source = CachedFeatures(backbone, AudioBank(2, skip_bad=False), CPU, 8, None, memory_budget_bytes=1 << 30)
+    source.prepare(utts)
+    torch.manual_seed(0)
+    head = CNNSelfAttention(backbone.hidden_dim, backbone.num_layers, 4, hidden_dim=8, conv_layers=2)
+    return backbone, head, source
+
+
+def test_a_training_step_reads_nothing_back(utts):
+    """Loss, labels and predictions stay on the device until the epoch ends: the same reads for 2 or 4 steps."""
+    backbone, head, source = _head_and_source(utts)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+    counts = []
+    for batch_size in (4, 2):
+        with ReadBacks() as reads:
+            train_epoch(head, backbone, source, utts, nn.NLLLoss(), optimizer, batch_size,
+                        torch.Generator().manual_seed(0), 4)
+        counts.append(reads.calls)
+    assert counts[0] == counts[1], counts
+
+
+def test_a_batch_and_the_labels_move_to_the_device_once(utts, monkeypatch):
+    moves = Counter()
+
+    def counting(where):
+        def move(t, device):
+            moves[where] += 1
+            return t.to(device)
+        return move
+
+    monkeypatch.setattr(source_module, "to_device", counting("batch"))
+    monkeypatch.setattr(loop, "to_device", counting("labels"))
+    backbone = build_backbone("tera", random_init=True, tiny=True)
+    source = LiveFeatures(backbone, AudioBank(2, skip_bad=False), CPU, round_like_cache=True)
+    head = CNNSelfAttention(backbone.hidden_dim, backbone.num_layers, 4, hidden_dim=8, conv_layers=2)
+    wav, lengths = source.fetch(utts[:4])
+    assert moves == {"batch": 1} and lengths.device == CPU        # lengths stay on the host, where they are read
+    train_epoch(head, backbone, source, utts, nn.NLLLoss(), torch.optim.Adam(head.parameters()), 2,
+                torch.Generator().manual_seed(0), 4)
+    assert moves == {"batch": 1 + 4, "labels": 1}
+
+
+class Computed(torch.Tensor):
+    """What a backbone pass computed, and everything made of it; `.cpu()` / `.numpy()` results are marked."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if getattr(func, "__name__", "") in ("cpu", "numpy") and isinstance(out, Computed):
+            out.host_copy = True
+        return out
+
+
+def _computed(method):
+    def run(*args, **kwargs):
+        return tuple(t.as_subclass(Computed) if isinstance(t, torch.Tensor) else t for t in method(*args, **kwargs))
+    return run
+
+
+@pytest.mark.parametrize("name, disk", [("tera", False), ("tera", True), ("wavlm", True)])
+def test_the_memory_tier_never_round_trips_through_the_host(name, disk, utts, tmp_path, monkeypatch):
+    """Memory keeps the computed tensors themselves; only a disk write copies them to the host (once each)."""
+    backbone = build_backbone(name, random_init=True, tiny=True)
+    for method in ("forward", "front_end", "forward_from_front_end"):
+        if hasattr(backbone, method):
+            monkeypatch.setattr(backbone, method, _computed(getattr(backbone, method)))
+    source = CachedFeatures(backbone, AudioBank(2, skip_bad=False), CPU, 8, tmp_path if disk else None,
+                            memory_budget_bytes=1 << 30, disk_budget_bytes=1 << 30)
+    source.prepare(utts)
+    memory = source.store.memory
+    assert len(memory) == len(utts) and source.stats["computed"] == len(utts)
+    assert all(isinstance(t, Computed) and not hasattr(t, "host_copy") for t in memory.values())
+    assert len(source.store.disk.entries if disk else []) == (len(utts) if disk else 0)
