@@ -282,12 +282,11 @@ class OriginalLoopFeatures(LiveFeatures):
         super().__init__(backbone, audio, device, round_like_cache=False)
         self.bf16 = bf16
 
-    def batch(self, utts: list[Utterance], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bf16:
-            return super().batch(utts, grad)
-        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
+            return super().finish(fetched, grad)
         with torch.no_grad():
-            hidden, _, mask = self.backbone(wav.to(self.device), lengths.to(self.device))
+            hidden, _, mask = self.backbone(*fetched)
         return hidden.float(), mask
 
 

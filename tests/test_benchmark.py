@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/benchmark_finetune.py: the tiny preset end to end on CPU, as a subprocess."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -164,3 +165,30 @@ def test_budget_flags_override_the_preset_and_exclude_each_other():
     with pytest.raises(TrustSerError, match="^--budget_fraction and --memory_gb: give either --budget_fraction "
                                             "or --cache_gb/--memory_gb$"):
         parse_args(["--budget_fraction", "0.2", "--memory_gb", "1", "--device", "cpu"])
+
+
+BLOCKED = ["pandas", "soundfile", "s3prl", "sklearn", "scipy", "librosa", "holisticai", "torchaudio"]
+GPU_CHECK = f"""
+import runpy, sys
+for name in {BLOCKED!r}:
+    sys.modules[name] = None            # importing any of them fails: the check needs torch, transformers, numpy
+sys.argv = ["gpu_check.py", *sys.argv[1:]]
+runpy.run_path({str(REPO / 'benchmarks' / 'gpu_check.py')!r}, run_name="__main__")
+"""
+
+
+def test_gpu_check_cpu_mode_runs_without_the_optional_packages(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, "-c", GPU_CHECK, "--device", "cpu", "--tiny", "--clips", "8",
+                           "--batch_size", "4", "--eval_batch_size", "4", "--batches", "2", "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    rows = res["measurements"]
+    assert list(rows) == ["feature_pass", "bounded_batch", "original_batch", "head_step", "evaluation"]
+    for name, row in rows.items():
+        assert row["ours"] > 0 and row["ceiling"] > 0, name
+        assert row["ratio_to_ceiling"] == pytest.approx(row["ours"] / row["ceiling"], rel=1e-4)   # JSON: 6 digits
+        assert row["target"] is None and f"\n{name} " in proc.stdout     # no GPU targets on CPU; one line each
+    assert res["clips"] == 8 and res["batch_size"] == 4 and res["tiny"]

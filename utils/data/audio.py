@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchaudio.functional
 
 from utils.core.errors import TrustSerError
 
@@ -80,6 +79,7 @@ def to_16k_mono(audio: np.ndarray, sr: int) -> np.ndarray:
     mono = audio.mean(axis=0) if audio.ndim == 2 else audio
     if sr == TARGET_SR:
         return np.ascontiguousarray(mono)
+    import torchaudio.functional    # here: code that resamples nothing (the GPU check) runs without torchaudio
     resampled = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), sr, TARGET_SR)
     return resampled.numpy().astype(np.float32, copy=False)
 
