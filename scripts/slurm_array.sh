@@ -164,11 +164,16 @@ aggregate_all() {   # results.json of every stage, corpus and backbone from the 
         local common=(--dataset "$corpus" --pretrain_model "$backbone" --aggregate_only "$@")
         if ! output=$(run "$PY" "$FINETUNE" "${common[@]}" 2>&1); then
             # one line per run: the other stages would only repeat finetune's error (e.g. a bad backbone name)
-            if [[ "$output" == *"no finished folds"* && "$failed" != *"($corpus $backbone fold"* ]]; then
-                echo "skipping $backbone on $corpus: no finished folds and no task of it ran (never submitted)"
-            elif [[ "$output" != *"no finished folds"* ]]; then
+            if [[ "$output" != *"no finished folds"* ]]; then
                 echo "$output"
                 status=2
+            elif [[ "$failed" == *"($corpus $backbone fold"* ]]; then
+                :   # its failed tasks are named below
+            elif [[ "$output" == *"started but unfinished"* ]]; then
+                echo "$output"      # run without a recorded task status (by hand, or by an older script)
+                status=2
+            else
+                echo "skipping $backbone on $corpus: no finished folds and no task of it ran (never submitted)"
             fi
             continue
         fi

@@ -30,7 +30,7 @@ from utils.features.source import AudioBank
 from utils.core.io import save_torch, write_json
 from utils.data.layout import audio_dir, split_path
 from utils.runs.paths import RunFolder, fairness_dir, finetune_dir
-from utils.training.pipeline import load_state
+from utils.training.pipeline import aggregate, load_state
 
 FINETUNE = "experiment/finetune_single_thread.py"
 FLAGS = ["--dataset", "demo", "--pretrain_model", "whisper_tiny", "--random_init", "--tiny", "--num_epochs", "4",
@@ -572,6 +572,27 @@ def test_aggregation_names_the_failed_tasks_once_and_exits_2(tmp_path):
         "command), then aggregate again\n")
     other_flags = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", "--hidden_size", "64", **env)
     assert other_flags.returncode == 0 and other_flags.stderr == ""       # another run: its tasks never ran
+
+
+def test_no_finished_folds_says_whether_the_run_started(tmp_path):
+    folder = RunFolder(tmp_path / "run", trains=True)
+    messages = []
+    for make in (lambda: None, lambda: write_json(folder.record, {}), lambda: save_torch(folder.last(2), {})):
+        make()
+        with pytest.raises(TrustSerError) as info:
+            aggregate(folder, [1, 2, 3], ["uar"], {})
+        messages.append(str(info.value).split("nothing to aggregate")[1])
+    assert messages == ["", " (started but unfinished: run.json, no fold file)", " (started but unfinished: fold 2)"]
+
+
+def test_a_run_started_without_task_records_fails_the_aggregation(tmp_path):
+    fake = _fake_python(tmp_path / "python", """
+    *finetune_single_thread.py*tera*) echo "error: no finished folds in /r; nothing to aggregate (started but \
+unfinished: fold 2)" >&2; exit 2;;""")
+    proc = _bash("slurm_array.sh", "--aggregate_only", "--dataset", "demo", BACKBONES="apc tera", FOLDS="1 2",
+                 PYTHON=str(fake))
+    assert proc.returncode == 2 and proc.stdout.count("started but unfinished: fold 2") == 1
+    assert "skipping" not in proc.stdout
 
 
 def test_a_bad_backbone_is_named_once_by_the_aggregation(tmp_path):

@@ -272,7 +272,7 @@ def aggregate(folder: RunFolder, folds: list[int], keys: list[str], meta: dict,
     with _exclusive(folder.lock):
         per_fold = {str(fold): result for fold in folds if (result := folder.fold_result(fold)) is not None}
         if not per_fold:
-            raise TrustSerError(f"no finished folds in {folder.path}; nothing to aggregate")
+            raise TrustSerError(f"no finished folds in {folder.path}; nothing to aggregate{_started(folder, folds)}")
         pooled = summary(per_fold) if summary else {}
         avg, std = mean_std(per_fold, keys)
         results = {**per_fold, **pooled, "average": avg, "std": std,
@@ -281,6 +281,14 @@ def aggregate(folder: RunFolder, folds: list[int], keys: list[str], meta: dict,
                             "value_folds": value_folds(per_fold, keys)}}
         write_json(folder.results, results)
     return results
+
+
+def _started(folder: RunFolder, folds: list[int]) -> str:
+    """Whether a task of the run ran and failed, for the aggregation to tell it from one never submitted."""
+    started = [f for f in folds if folder.fold_files(f)]
+    if started:
+        return f" (started but unfinished: fold{'s' if len(started) > 1 else ''} {', '.join(map(str, started))})"
+    return " (started but unfinished: run.json, no fold file)" if folder.record.is_file() else ""
 
 
 @contextmanager
