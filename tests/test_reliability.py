@@ -556,7 +556,7 @@ def test_aggregation_names_the_failed_tasks_once_and_exits_2(tmp_path):
     fake = _fake_python(tmp_path / "python", """
     *finetune_single_thread.py*tera*--aggregate_only*) echo "error: no finished folds in /x; nothing to aggregate" >&2
         exit 2;;
-    *finetune_single_thread.py*apc*--folds\ 2*) kill -9 $PPID;;
+    *finetune_single_thread.py*apc*--folds?2*) kill -9 $PPID;;
     *finetune_single_thread.py*tera*) echo "error: fold 1 is broken" >&2; exit 2;;""")
     env = dict(BACKBONES="apc tera", FOLDS="1 2", PYTHON=str(fake), TASK_STATUS_DIR=str(tmp_path / "status"),
                SLURM_ARRAY_JOB_ID="77")
