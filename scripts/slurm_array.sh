@@ -150,8 +150,12 @@ failed_tasks() {   # failed_tasks FLAGS...: "index (corpus backbone fold: why[, 
         [[ -f "$file" ]] || continue            # never submitted (or not yet started)
         read -r state code log < "$file"
         [[ "$state $code" == "exit 0" ]] && continue
-        if [[ "$state" == started ]]; then log=$code code="started, no exit status (killed, timed out, preempted or still running)"
-        else code="exit $code"; fi
+        if [[ "$state" == started ]]; then   # "started LOG": the task never reached its end
+            log=$code
+            code="started, no exit status (killed, timed out, preempted or still running)"
+        else
+            code="exit $code"
+        fi
         echo "$i ($corpus $backbone fold $fold: $code${log:+, log $log})"
     done | sed 's/, log -)/)/'
 }
