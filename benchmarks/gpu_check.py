@@ -151,46 +151,55 @@ def measure(args, device: torch.device) -> dict:
     groups = [utts[i * args.batch_size:(i + 1) * args.batch_size]
               for i in range(min(args.batches, len(utts) // args.batch_size))]
     out = {}
+    out["feature_pass"], cache = feature_pass(args, backbone, ceiling, audio, utts, seconds, clock, device)
+    out["bounded_batch"] = bounded_batch(args, backbone, ceiling, audio, utts, groups, cache, clock, device)
+    out["original_batch"] = original_batch(args, ceiling, audio, groups, clock, device)
+    out.update(head_measurements(args, backbone, cache, utts, groups, seconds, clock, device))
+    work.cleanup()
+    return out
 
-    # feature pass: a warm-up batch first on both sides (kernels, cuDNN's autotuner)
-    warm = CachedFeatures(backbone, audio, device, args.eval_batch_size, None, 1 << 40)
-    warm.prepare(utts[:args.eval_batch_size])
+
+def feature_pass(args, backbone, ceiling: Ceiling, audio, utts, seconds: float, clock: Clock, device: torch.device):
+    """(ours, ceiling) in ms per audio-second, and the filled cache; a warm-up batch first on both sides (kernels,
+    cuDNN's autotuner)."""
+    CachedFeatures(backbone, audio, device, args.eval_batch_size, None, 1 << 40).prepare(utts[:args.eval_batch_size])
     batches = list(padded_batches(audio, utts, args.eval_batch_size, device))
     with torch.no_grad():
         ceiling.forward(*batches[0])
         ceiling_ms = clock(lambda: [ceiling.forward(wav, lengths) for wav, lengths in batches])
     cache = CachedFeatures(backbone, audio, device, args.eval_batch_size, None, 1 << 40)
-    out["feature_pass"] = (clock(cache.prepare, utts) / seconds, ceiling_ms / seconds)
+    return (clock(cache.prepare, utts) / seconds, ceiling_ms / seconds), cache
 
-    # bounded batch: memory for the front ends only, so each batch runs the layers live from them
+
+def bounded_batch(args, backbone, ceiling: Ceiling, audio, utts, groups, cache: CachedFeatures, clock: Clock,
+                  device: torch.device) -> tuple[float, float]:
+    """Memory for the front ends only, so that each training batch runs the layers live from them; ms per batch."""
     front_bytes = sum(cache.frames.values()) * backbone.front_end_dim * (2 if device.type == "cuda" else 4)
     bounded = CachedFeatures(backbone, audio, device, args.eval_batch_size, None, front_bytes + len(utts) * ENTRY_BYTES)
     bounded.prepare(utts)
     bounded.batch(groups[0])
     ours = np.mean([clock(bounded.batch, g) for g in groups])
-    fronts = [pad_features([bounded.front_ends.store.get(bounded.front_ends.key(u.path)) for u in g]) for g in groups]
+    fronts = bounded.front_ends
+    padded = [pad_features([fronts.store.get(fronts.key(u.path)) for u in g]) for g in groups]
     with torch.no_grad():
-        ceiling.layers(fronts[0][0][0].to(torch.bfloat16), fronts[0][1])
-        plain = np.mean([clock(ceiling.layers, f[0][0].to(torch.bfloat16), f[1]) for f in fronts])
-    out["bounded_batch"] = (ours, plain)
+        ceiling.layers(padded[0][0][0].to(torch.bfloat16), padded[0][1])
+        return ours, np.mean([clock(ceiling.layers, front[0].to(torch.bfloat16), mask) for front, mask in padded])
 
-    # --protocol original's training batch: train-mode backbone on the padded batch, every batch
+
+def original_batch(args, ceiling: Ceiling, audio, groups, clock: Clock, device: torch.device) -> tuple[float, float]:
+    """--protocol original's training batch: the train-mode backbone on the padded batch, every batch; ms per batch."""
     run = RunConfig(protocol="original", pretrain_model="wavlm", tiny=args.tiny, random_init=True)
     original = apply_to_backbone(run, build_backbone("wavlm", random_init=True, tiny=args.tiny)).to(device)
     source = protocol_source(run, original, LiveFeatures(original, audio, device, round_like_cache=True), device)
     original.train()
-    ceiling.model.train()
     source.batch(groups[0])
     ours = np.mean([clock(source.batch, g) for g in groups])
     train_batches = [pad_waveforms([audio.get(u.path) for u in g]) for g in groups]
+    ceiling.model.train()
     with torch.no_grad():
         plain = np.mean([clock(ceiling.forward, to_device(w, device), n) for w, n in train_batches])
     ceiling.model.eval()
-    out["original_batch"] = (ours, plain)
-
-    out.update(head_measurements(args, backbone, cache, utts, groups, seconds, clock, device))
-    work.cleanup()
-    return out
+    return ours, plain
 
 
 def head_measurements(args, backbone, cache: CachedFeatures, utts, groups, seconds: float, clock: Clock,
@@ -200,8 +209,11 @@ def head_measurements(args, backbone, cache: CachedFeatures, utts, groups, secon
     plain_head = copy.deepcopy(head)
     optimizer, criterion = torch.optim.Adam(head.parameters()), nn.NLLLoss()
     train = [u for g in groups for u in g]
-    epoch = lambda: train_epoch(head, backbone, cache, train, criterion, optimizer, args.batch_size,   # noqa: E731
-                                torch.Generator().manual_seed(0), NUM_CLASSES)
+
+    def epoch():
+        train_epoch(head, backbone, cache, train, criterion, optimizer, args.batch_size,
+                    torch.Generator().manual_seed(0), NUM_CLASSES)
+
     epoch()
     ours_step = clock(epoch) / len(groups)
     ours_eval = clock(evaluate, head, backbone, cache, utts, args.eval_batch_size, NUM_CLASSES) / seconds
