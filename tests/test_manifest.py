@@ -154,6 +154,7 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
              "--device", "cpu", "--num_epochs", "1", "--conv_layers", "1", "--hidden_size", "16", "--pooling",
              "mean", "--batch_size", "4", "--config", str(config)]
     run_script("experiment/finetune_single_thread.py", *flags)
+    assert sorted(p.name for p in hubert.iterdir()) == ["config.json", "model.safetensors"]   # the cache is elsewhere
     run_dir = (tmp_path / "project" / "finetune" / "mine" / "my-hubert" /
                "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer_bs4")
     assert (run_dir / "fold_1_backbone.pt").is_file()

@@ -15,6 +15,7 @@ from utils.features.budget import MemoryBudget, existing_folder, fitting, plan_t
 from utils.features.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
 from utils.features.source import AudioBank, FeatureSource, autocast_for, frozen_pass, to_device
 from utils.features.storage import TieredStore, nbytes
+from utils.runs.paths import backbone_dir_name
 
 
 class StoredFeatures(FeatureSource):
@@ -45,7 +46,10 @@ class StoredFeatures(FeatureSource):
         if cache_root is not None:
             if disk_budget_bytes is None:
                 disk_budget_bytes = shutil.disk_usage(existing_folder(cache_root)).free
-            disk = ShardStore(cache_root / backbone.name / self.kind, cache_root, disk_budget_bytes)
+            # a model folder given by its path is named by its folder name: an absolute path would put the
+            # cache inside the user's model folder
+            disk = ShardStore(cache_root / backbone_dir_name(backbone.name) / self.kind, cache_root,
+                              disk_budget_bytes)
         self.store = TieredStore(device, memory or MemoryBudget(memory_budget_bytes), disk)
 
     def _encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
