@@ -12,7 +12,8 @@ from model.backbones import BACKBONES, build_backbone, weights_identity
 from synthetic_project import REPO, load_script, make_project, run_script
 from utils.core.errors import TrustSerError
 from utils.runs.cli import add_run_flag, base_parser
-from utils.runs.identity import IDENTITY_NAMES, NOT_IDENTITY, RunConfig, path_hash
+from utils.runs.identity import (IDENTITY_NAMES, NOT_IDENTITY, RunConfig, path_hash, record_differences,
+                                 run_record)
 from utils.runs.paths import finetune_dir, run_name
 
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
@@ -74,6 +75,17 @@ def test_every_flag_of_the_parsers_is_identity_or_says_why_not():
     assert not set(IDENTITY_NAMES) & set(NOT_IDENTITY)
     for name in IDENTITY_NAMES:             # the parsers' defaults are RunConfig's
         assert parser.get_default(name) == getattr(RunConfig, name), name
+
+
+def test_a_record_differs_in_the_flags_that_differ_and_not_in_versions():
+    record = run_record(RunConfig(batch_size=8), "random:apc:tiny:seed0")
+    assert record_differences(record, record) == []
+    older = {**record, "commit": "0" * 40, "versions": {"torch": "1.0"}}
+    older["identity"] = {k: v for k, v in record["identity"].items() if k != "protocol"}   # before --protocol
+    assert record_differences(older, record) == []
+    other = run_record(RunConfig(batch_size=16, learning_rate=0.001), "random:apc:full:seed0")
+    assert record_differences(other, record) == ["learning_rate 0.001 (here 0.0002)", "batch_size 16 (here 8)",
+                                                 "weights 'random:apc:full:seed0' (here 'random:apc:tiny:seed0')"]
 
 
 def test_weights_identity_follows_the_contents_not_the_file_times(tmp_path):

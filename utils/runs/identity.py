@@ -132,8 +132,9 @@ def run_record(run: RunConfig, weights: str) -> dict:
 
 
 def record_differences(record: dict, expected: dict) -> list[str]:
-    """The identity flags (and "weights") in which run.json `record` differs from `expected`, as 'name A (here B)'."""
-    have = {**record.get("identity", {}), "weights": record.get("weights")}
+    """The identity flags (and "weights") in which run.json `record` differs from `expected`, as 'name A (here B)'.
+    A flag the record lacks (added to IDENTITY after it was written) had its default then."""
+    have = {**RunConfig().identity(), **record.get("identity", {}), "weights": record.get("weights")}
     want = {**expected["identity"], "weights": expected["weights"]}
     return [f"{name} {have.get(name)!r} (here {value!r})" for name, value in want.items() if have.get(name) != value]
 
