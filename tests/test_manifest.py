@@ -158,6 +158,7 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
     run_dir = (tmp_path / "project" / "finetune" / "mine" / "my-hubert" /
                "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer_bs4")
     assert (run_dir / "fold_1_backbone.pt").is_file()
+    assert sorted(p.name for p in hubert.iterdir()) == ["config.json", "model.safetensors"]   # the cache is elsewhere
     run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
     fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "my-hubert" / run_dir.name /
                            "results.json").read_text())

@@ -22,6 +22,7 @@ from utils.training.pipeline import build_head, make_backbone, make_source
 from utils.training.protocol import crop_seconds, fold_ids, protocol_of
 from utils.reporting.report import run_folds
 from utils.runs.identity import RunConfig
+from utils.runs.paths import RunFolder
 from utils.trust import safety
 from utils.trust.safety import AttackSpec, attack_batch, attack_fold, attack_precision, attack_spec, clean_inputs
 from utils.trust.sustainability import thop_style_gflops
@@ -240,7 +241,7 @@ def test_seeded_runs_over_one_split_are_averaged_and_resume(tmp_path):
              "--config", str(config)]
     finetune = load_script("experiment/finetune_single_thread.py").main
     finetune([*flags, "--seeds", "2"])
-    run_dir = tmp_path / "project" / "finetune" / "mine" / "apc" / "lr00002_ep1_cnn_conv1_hid8_mean_frozen_tiny_randinit"
+    run_dir = tmp_path / "project" / "finetune" / "mine" / "apc" / "lr00002_ep1_cnn_conv1_hid8_mean_frozen_tiny_randinit_bs4"
     heads = [torch.load(run_dir / f"fold_{k}.pt", weights_only=True) for k in (1, 2)]
     assert (heads[0]["model_seq.0.weight"] - heads[1]["model_seq.0.weight"]).abs().max() > 1e-3   # seeds 8 and 16
     first = (run_dir / "fold_1.pt").stat().st_mtime_ns
@@ -248,7 +249,7 @@ def test_seeded_runs_over_one_split_are_averaged_and_resume(tmp_path):
     assert (run_dir / "fold_1.pt").stat().st_mtime_ns == first
     results = json.loads((run_dir / "results.json").read_text())
     uars = [results[k]["uar"] for k in ("1", "2", "3")]
-    assert results["meta"]["folds_done"] == [1, 2, 3] and run_folds(run_dir, [1]) == [1, 2, 3]   # the report's
+    assert results["meta"]["folds_done"] == [1, 2, 3] and run_folds(RunFolder(run_dir), [1]) == [1, 2, 3]   # the report's
     assert results["average"]["uar"] == pytest.approx(np.mean(uars)) and results["std"]["uar"] == pytest.approx(np.std(uars))
     load_script("trustworthy/fairness/fairness_evaluation.py").main([*flags, "--seeds", "3", "--bootstrap", "0"])
     fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "apc" / run_dir.name / "results.json").read_text())

@@ -238,15 +238,14 @@ FINGERPRINT_BYTES = 1 << 20
 
 
 def content_fingerprint(path: Path) -> str:
-    """16 hex digits over the weights and configuration files of a model folder (or one checkpoint file): each
-    file's name, size, first and last MiB. Other weights change them; moving or touching the files does not."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                 and p.suffix in WEIGHT_SUFFIXES
-                                                 and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    """16 hex digits over the weights and configuration files of a model folder (its top level, which is what
+    from_pretrained reads; or one checkpoint file): each file's name, size, first and last MiB. Other weights
+    change them; moving or touching the files does not."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     digest = hashlib.sha256()
     for file in files:
         size = file.stat().st_size
-        digest.update(f"{file.relative_to(path) if file != path else file.name}:{size}:".encode())
+        digest.update(f"{file.name}:{size}:".encode())
         with file.open("rb") as f:
             digest.update(f.read(FINGERPRINT_BYTES))
             f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
