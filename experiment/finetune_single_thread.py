@@ -13,11 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.runs.cli import base_parser  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
-from utils.training.finetune import RESULT_KEYS, FitSpec, folds_to_train, train_fold  # noqa: E402
+from utils.training.finetune import FitSpec, folds_to_train, train_fold  # noqa: E402
 from utils.runs.paths import RunFolder, finetune_folder  # noqa: E402
-from utils.trust.calibration import CALIBRATION_KEYS, add_calibration  # noqa: E402
+from utils.runs.stages import STAGE  # noqa: E402
+from utils.trust.calibration import add_calibration  # noqa: E402
 from utils.training.pipeline import (aggregate, make_backbone, make_source, prepare_splits, resolve_device,  # noqa: E402
-                                     run_flags, start_folder, start_stage, take_folder)
+                                     start_folder, start_stage, take_folder)
 
 log = logging.getLogger("trust-ser")
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     take_folder(stage, folder)
     todo = [] if args.aggregate_only else folds_to_train(folder, folds, run.overwrite)
     if not todo:    # nothing to train: no backbone to load (no hub access needed)
-        _aggregate(folder, stage.fold_ids, run)
+        _aggregate(stage, folder)
         log.info(f"results: {folder.results}")
         return
     splits = {fold: load_fold(config["project_dir"], run.dataset, fold, run.config) for fold in todo}   # fail fast, before any download
@@ -48,16 +49,16 @@ def main(argv: list[str] | None = None) -> None:
             if not utts:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
         train_fold(run, fold, data, backbone, source, folder, device, spec)
-        results = _aggregate(folder, stage.fold_ids, run)
+        results = _aggregate(stage, folder)
     if source.cache_report():
         log.info(source.cache_report())
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "
              f"{results['meta']['folds_done']}; results: {folder.results}")
 
 
-def _aggregate(folder: RunFolder, folds: list[int], run) -> dict:
+def _aggregate(stage, folder: RunFolder) -> dict:
     """results.json: test scores at each fold's best epoch and the calibration of its test probabilities."""
-    return aggregate(folder, folds, RESULT_KEYS + CALIBRATION_KEYS, run_flags(run), summary=add_calibration(folder))
+    return aggregate(stage, STAGE["uar"], extra_keys=STAGE["calibration"].result_keys, summary=add_calibration(folder))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.data.corpora import CORPORA, SINGLE_SPLIT_RUNS, get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
+from utils.runs.identity import RunConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="iemocap")  # RunConfig's default (not imported: it loads torch)
+    parser.add_argument("--dataset", default=RunConfig.dataset)
     parser.add_argument("--config", default=None)
     parser.add_argument("--protocol", default="fixed", choices=list(SINGLE_SPLIT_RUNS))
     parser.add_argument("--seeds", default=None, type=int)

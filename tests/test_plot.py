@@ -9,7 +9,7 @@ import pytest
 
 from synthetic_project import load_script
 from utils.core.errors import TrustSerError
-from utils.runs.cli import profile_parser, profile_variant
+from utils.reporting.cli import profile_parser, profile_variant
 from utils.reporting.profile import RunProfile, load_profiles
 from utils.reporting.radar import Point, _value_text, axis_ranges, natural_range, nice_step, place, ticks
 from utils.runs.stages import STAGE

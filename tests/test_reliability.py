@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,15 @@ from utils.core.io import write_wav
 from utils.runs.cli import base_parser
 from utils.core.config import corpus_dir, load_config
 from utils.data.utterances import load_fold
-from utils.data.corpora import preprocessed_name
+from utils.data.corpora import get_corpus, preprocessed_name
 from utils.core.errors import TrustSerError, run_main
 from utils.features.source import AudioBank
 from utils.core.io import save_torch, write_json
 from utils.data.layout import audio_dir, split_path
 from utils.runs.paths import RunFolder, fairness_dir, finetune_dir
-from utils.training.pipeline import aggregate, load_state
+from utils.runs.identity import RunConfig
+from utils.runs.stages import STAGE
+from utils.training.pipeline import Stage, aggregate, load_state
 
 FINETUNE = "experiment/finetune_single_thread.py"
 FLAGS = ["--dataset", "demo", "--pretrain_model", "whisper_tiny", "--random_init", "--tiny", "--num_epochs", "4",
@@ -575,12 +578,14 @@ def test_aggregation_names_the_failed_tasks_once_and_exits_2(tmp_path):
 
 
 def test_no_finished_folds_says_whether_the_run_started(tmp_path):
-    folder = RunFolder(tmp_path / "run", trains=True)
+    corpus = get_corpus("iemocap")
+    stage = Stage(Namespace(aggregate_only=True), RunConfig(), {"project_dir": str(tmp_path)}, corpus, [1], [1, 2, 3])
+    folder = STAGE["uar"].folder(tmp_path, stage.run)
     messages = []
     for make in (lambda: None, lambda: write_json(folder.record, {}), lambda: save_torch(folder.last(2), {})):
         make()
         with pytest.raises(TrustSerError) as info:
-            aggregate(folder, [1, 2, 3], ["uar"], {})
+            aggregate(stage, STAGE["uar"])
         messages.append(str(info.value).split("nothing to aggregate")[1])
     assert messages == ["", " (started but unfinished: run.json, no fold file)", " (started but unfinished: fold 2)"]
 

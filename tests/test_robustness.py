@@ -6,8 +6,8 @@ import torch
 from utils.core.errors import TrustSerError
 from utils.trust.attacks import measured_snr_db, valid_mask
 from utils.trust.calibration import brier_score, confidence_bins, expected_calibration_error
-from utils.trust.robustness import (BABBLE_TALKERS, Perturbation, Perturber, convolve_rir, parse_perturbations,
-                                    perturbation_seed, telephone)
+from utils.trust.perturbations import Perturbation, parse_perturbations
+from utils.trust.robustness import BABBLE_TALKERS, Perturber, convolve_rir, perturbation_seed, telephone
 
 SR = 16000
 

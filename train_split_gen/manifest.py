@@ -23,11 +23,10 @@ from collections import Counter  # noqa: E402
 from train_split_gen.common import (SPLITS, Fold, assign, kfold, last_fifth, log, stratified_kfold,  # noqa: E402
                                     write_split)
 from utils.core.config import load_config  # noqa: E402
-from utils.data.corpora import get_corpus  # noqa: E402
+from utils.data.corpora import corpus_path, get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
 from utils.data.manifest import corpus_description, manifest_corpus  # noqa: E402
-from utils.data.layout import corpus_path  # noqa: E402
 
 
 def speaker_folds(genders: dict[str, str], num_folds: int) -> list[Fold]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.runs.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
+from utils.reporting.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.core.io import write_text  # noqa: E402

@@ -15,38 +15,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
-from utils.trust.fairness import METRICS, fairness_report  # noqa: E402
-from utils.training.finetune import read_predictions  # noqa: E402
+from utils.trust.fairness import fairness_report  # noqa: E402
+from utils.runs.predictions import read_predictions  # noqa: E402
 from utils.data.manifest import speaker_column  # noqa: E402
 from utils.training.metrics import classification_scores  # noqa: E402
-from utils.runs.paths import RunFolder, fairness_dir  # noqa: E402
-from utils.training.pipeline import (aggregate, evaluate_folds, finetune_command, run_flags, start_stage,  # noqa: E402
-                                     trained_folder)
+from utils.runs.paths import RunFolder  # noqa: E402
+from utils.runs.stages import FAIRNESS_GROUPS, FAIRNESS_METRICS, STAGE  # noqa: E402
+from utils.training.pipeline import finetune_command, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.runs.identity import RunConfig  # noqa: E402
 from utils.training.protocol import protocol_of  # noqa: E402
 
 log = logging.getLogger("trust-ser")
-ATTRIBUTES = ("speaker", "gender")
 RESERVED = ("uar", "num_test", "skipped_bad_audio")   # other fields of a fold's result
 
 
-def result_keys(attributes: dict) -> list[str]:
-    return [f"{a}.{m}" for a in attributes for m in METRICS] + ["uar"]
+def group_keys(attributes: dict) -> list[str]:
+    """The result keys of the groups beyond the table's (speaker, gender)."""
+    return [f"{a}.{m}" for a in attributes if a not in FAIRNESS_GROUPS for m in FAIRNESS_METRICS]
 
 
-def group_columns(group_by: str | None, project_dir: str, dataset: str) -> dict:
-    """attribute -> {speaker: group} for the extra column (None for speaker and gender: read from each row)."""
-    attributes = dict.fromkeys(ATTRIBUTES)
-    column = (group_by or "").strip().lower()
-    if column in RESERVED:
-        raise TrustSerError(f"--group_by {group_by}: the name of a result field; rename the column in the manifest")
-    if column and column not in ATTRIBUTES:
-        attributes[column] = speaker_column(project_dir, dataset, column)
+def group_columns(columns: list[str | None], project_dir: str, dataset: str) -> dict:
+    """attribute -> {speaker: group} for the extra columns (None for speaker and gender: read from each row)."""
+    attributes = dict.fromkeys(FAIRNESS_GROUPS)
+    for group_by in columns:
+        column = (group_by or "").strip().lower()
+        if column in RESERVED:
+            raise TrustSerError(f"--group_by {group_by}: the name of a result field; rename the column in the "
+                                f"manifest")
+        if column and column not in attributes:
+            attributes[column] = speaker_column(project_dir, dataset, column)
     return attributes
 
 
 def stored_attributes(out: RunFolder, folds: list[int]) -> list[str]:
-    """The groups earlier calls evaluated (e.g. a --group_by column), so that results.json keeps averaging them."""
+    """The groups earlier calls evaluated (e.g. a --group_by column): the folds evaluated now get them too, so
+    that results.json keeps averaging them."""
     results = [result for f in folds if (result := out.fold_result(f)) is not None]
     return [key for result in results for key, value in result.items()
             if isinstance(value, dict) and "statistical_parity" in value]
@@ -75,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group_by", default=None, metavar="COLUMN",
                         help="also a speaker-level column of the corpus manifest (age group, accent, ...)")
     stage = start_stage(parser, argv=argv)
-    args, run, out = stage.args, stage.run, RunFolder(fairness_dir(stage.project_dir, stage.run))
-    attributes = group_columns(args.group_by, stage.project_dir, run.dataset)
+    args, run, trust = stage.args, stage.run, STAGE["fairness"]
+    stored = stored_attributes(trust.folder(stage.project_dir, run), stage.fold_ids)
+    attributes = group_columns([args.group_by, *stored], stage.project_dir, run.dataset)
     trained = trained_folder(stage)
 
     def evaluate_fold(fold: int) -> dict:
@@ -84,13 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         for attr in attributes:
             r = result[attr]
             log.info(f"fold {fold} {attr}: " + (f"not available ({r['reason']})" if r["reason"] else
-                                                ", ".join(f"{m} {r[m]:.3f}" for m in METRICS)))
+                                                ", ".join(f"{m} {r[m]:.3f}" for m in FAIRNESS_METRICS)))
         return result
 
-    evaluate_folds(stage, out, evaluate_fold, complete=lambda result: set(attributes) <= set(result))
-    evaluated = dict.fromkeys([*attributes, *stored_attributes(out, stage.fold_ids)])
-    aggregate(out, stage.fold_ids, result_keys(evaluated), {**run_flags(run), "bootstrap": args.bootstrap})
-    log.info(f"results: {out.results}")
+    run_stage(stage, trust, evaluate_fold, meta={"bootstrap": args.bootstrap}, extra_keys=group_keys(attributes))
+    log.info(f"results: {trust.result_path(stage.project_dir, run)}")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.training.finetune import RESULT_KEYS  # noqa: E402
-from utils.runs.paths import RunFolder, privacy_dir  # noqa: E402
-from utils.training.pipeline import (aggregate, resolve_device, run_flags, start_folder, start_stage,  # noqa: E402
-                                     take_folder, trained_folder)
-from utils.trust.privacy import PROBE_DESCRIPTION, collapsed_folds, privacy_fold  # noqa: E402
+from utils.runs.stages import STAGE, Variant  # noqa: E402
+from utils.training.pipeline import resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
+from utils.trust.privacy import PROBE_DESCRIPTION, privacy_fold  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 
@@ -32,23 +30,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
     parser.add_argument("--bootstrap", default=1000, type=int, help="speaker resamples for the linear probe's 95%% CI")
     stage = start_stage(parser, default_folds="1", argv=argv)
-    args, run, corpus = stage.args, stage.run, stage.corpus
-    out = RunFolder(privacy_dir(stage.project_dir, run, args.privacy_attack), trains=True)
-    take_folder(stage, out)
-    if not args.aggregate_only:
-        trained, device = trained_folder(stage), resolve_device(run.device)
-        for fold in stage.folds:
-            if out.fold_finished(fold) and not run.overwrite:
-                log.info(f"fold {fold}: already evaluated in {out.path}, skipping (--overwrite to redo)")
-                continue
-            start_folder(stage, out)
-            best = privacy_fold(run, fold, stage.project_dir, trained, out, device, corpus.num_classes, args.bootstrap)
-            log.info(f"fold {fold}: {original_text(best)}; {linear_text(best['linear_probe'])}")
-    collapsed = collapsed_folds(out, stage.fold_ids)
-    meta = {**run_flags(run), "collapsed": bool(collapsed), "collapsed_folds": collapsed,
-            "linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}
-    results = aggregate(out, stage.fold_ids, RESULT_KEYS + ["linear_probe.uar"], meta)
-    log_summary(results, collapsed, out.results)
+    args, run, trust = stage.args, stage.run, STAGE["privacy"]
+    variant = Variant(privacy_attack=args.privacy_attack)
+    out = trust.folder(stage.project_dir, run, variant)
+
+    def evaluate_fold(fold: int) -> dict:
+        fold_json = privacy_fold(run, fold, stage.project_dir, trained_folder(stage), out, resolve_device(run.device),
+                                 stage.corpus.num_classes, args.bootstrap)
+        best = out.result_of(fold_json)
+        log.info(f"fold {fold}: {original_text(best)}; {linear_text(best['linear_probe'])}")
+        return fold_json
+
+    results = run_stage(stage, trust, evaluate_fold, variant,
+                        {"linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}, fold_meta=collapsed_meta)
+    log_summary(results, results["meta"]["collapsed_folds"], out.results)
+
+
+def collapsed_meta(per_fold: dict) -> dict:
+    """The folds whose original probe predicted one class for every test utterance."""
+    folds = [int(f) for f, best in per_fold.items() if best.get("collapsed")]
+    return {"collapsed": bool(folds), "collapsed_folds": folds}
 
 
 def original_text(best: dict) -> str:

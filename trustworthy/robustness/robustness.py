@@ -15,12 +15,12 @@ from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.features.source import AudioBank  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
-from utils.runs.paths import RunFolder, robustness_dir  # noqa: E402
-from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, resolve_device, run_flags,  # noqa: E402
-                                     start_stage, trained_folder)
+from utils.runs.paths import RunFolder  # noqa: E402
+from utils.runs.stages import STAGE  # noqa: E402
+from utils.training.pipeline import load_trained, resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.training.protocol import crop_seconds, protocol_of  # noqa: E402
-from utils.trust.robustness import (DEFAULT_PERTURBATIONS, RobustnessSpec, load_noises,  # noqa: E402
-                                    parse_perturbations, result_keys, score_fold)
+from utils.trust.perturbations import DEFAULT_PERTURBATIONS, parse_perturbations, perturbation_keys  # noqa: E402
+from utils.trust.robustness import RobustnessSpec, load_noises, score_fold  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = RobustnessSpec(parse_perturbations(args.perturbations, args.noise_dir), run.eval_batch_size,
                           protocol_of(run).uar_classes)
     noises = load_noises(args.noise_dir) if args.noise_dir else None
-    out = RunFolder(robustness_dir(stage.project_dir, run))
+    trust = STAGE["robustness"]
+    out = trust.folder(stage.project_dir, run)
     names = [p.name for p in spec.perturbations]
     redone = stage.folds if run.overwrite and not args.aggregate_only else []
     _check_earlier_folds(out, [f for f in stage.fold_ids if f not in redone], names)
@@ -54,13 +55,12 @@ def main(argv: list[str] | None = None) -> None:
                  f"points over {len(names)} perturbations")
         return {**result, "skipped_bad_audio": len(audio.bad)}
 
-    evaluate_folds(stage, out, evaluate_fold)
-    meta = {**run_flags(run), "robustness": {
+    meta = {"robustness": {
         "perturbations": names, "noise_dir": str(Path(args.noise_dir).resolve()) if args.noise_dir else None,
         "noise_files": len(noises) if noises else 0, "sample_rate": 16000,
         "seed": "per utterance: sha256 of 'fold/perturbation/key'",
         "definitions": "utils/trust/robustness.py (README: Robustness Evaluation)"}}
-    results = aggregate(out, stage.fold_ids, result_keys(spec.perturbations), meta)
+    results = run_stage(stage, trust, evaluate_fold, meta=meta, extra_keys=perturbation_keys(spec.perturbations))
     log.info(f"mean UAR drop {results['average']['mean_uar_drop']:.2f} points (clean UAR "
              f"{results['average']['clean']['uar']:.2f}%); results: {out.results}")
 

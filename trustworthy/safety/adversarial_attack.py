@@ -12,14 +12,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.runs.paths import RunFolder, attack_dir  # noqa: E402
+from utils.runs.stages import STAGE, Variant  # noqa: E402
 from utils.training.loop import set_seed  # noqa: E402
-from utils.training.pipeline import (aggregate, evaluate_folds, load_trained, resolve_device, run_flags,  # noqa: E402
-                                     start_stage, trained_folder)
+from utils.training.pipeline import load_trained, resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.trust.safety import ATTACK_METHODS, attack_fold, attack_precision, attack_spec, clean_inputs  # noqa: E402
 
 log = logging.getLogger("trust-ser")
-RESULT_KEYS = ["success_rate", "measured_snr_db", "clean_uar"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     stage = start_stage(parser, argv=argv)
     args, run, num_classes = stage.args, stage.run, stage.corpus.num_classes
     attack = attack_spec(run, args.attack_method, args.snr, args.pgd_steps, args.fp32)
-    out = RunFolder(attack_dir(stage.project_dir, run, attack.method, attack.snr))
+    variant, trust = Variant(attack_method=attack.method, snr=attack.snr), STAGE["safety"]
     trained, device = trained_folder(stage), resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
@@ -48,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
                  + (f" ({result['success_rate']:.2f}%)" if result["success_rate"] is not None else ""))
         return result
 
-    evaluate_folds(stage, out, evaluate_fold)
-    meta = {**run_flags(run), "attack": {"method": attack.method, "snr": attack.snr, "pgd_steps": attack.pgd_steps,
-                                         "precision": attack_precision(attack, device)}}
-    results = aggregate(out, stage.fold_ids, RESULT_KEYS, meta)
-    log.info(f"attack success rate {results['average']['success_rate']:.2f}%; results: {out.results}")
+    meta = {"attack": {"method": attack.method, "snr": attack.snr, "pgd_steps": attack.pgd_steps,
+                       "precision": attack_precision(attack, device)}}
+    results = run_stage(stage, trust, evaluate_fold, variant, meta)
+    log.info(f"attack success rate {results['average']['success_rate']:.2f}%; "
+             f"results: {trust.result_path(stage.project_dir, run, variant)}")
 
 
 if __name__ == "__main__":

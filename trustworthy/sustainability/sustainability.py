@@ -12,10 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.core.io import write_json  # noqa: E402
-from utils.runs.paths import RunFolder, flops_dir  # noqa: E402
-from utils.training.pipeline import (resolve_device, run_flags, start_folder, start_stage, take_folder,  # noqa: E402
-                                     trained_folder)
+from utils.training.pipeline import resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.training.protocol import protocol_of  # noqa: E402
 from utils.runs.stages import STAGE  # noqa: E402
 from utils.trust.sustainability import (count_flops, count_parameters, measure_latency, model_to_profile,  # noqa: E402
@@ -62,23 +59,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput_batch", default=8, type=int)
     parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
     stage = start_stage(parser, argv=argv)
-    args, run, config, corpus, fold = stage.args, stage.run, stage.config, stage.corpus, stage.folds[0]
-    out, folder = STAGE["gflops"].result_path(config["project_dir"], run), RunFolder(flops_dir(config["project_dir"], run))
-    take_folder(stage, folder)
-    if out.is_file() and not run.overwrite:
-        log.info(f"already measured: {out}, skipping (--overwrite to redo)")
-        return
-    device = resolve_device(run.device)
-    backbone, head, trained = model_to_profile(run, trained_folder(stage), fold, device, corpus.num_classes)
-    start_folder(stage, folder)
-    result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats, device)
-    if protocol_of(run).thop_style_gflops:
-        result["gflops_original_style"] = thop_style_gflops(backbone, head, device)
-    write_json(out, {**result, "fold": fold, "weights": backbone.weights_id, "trained_checkpoint": trained,
-                     **run_flags(run)})
-    log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M parameters "
-             f"({result['params_trainable'] / 1e6:.2f} M trainable), latency {result['latency_ms_median']:.1f} ms on "
-             f"{result['device_name']}; {out}")
+    args, run, corpus, trust = stage.args, stage.run, stage.corpus, STAGE["gflops"]
+
+    def evaluate(fold: int) -> dict:
+        device = resolve_device(run.device)
+        backbone, head, trained = model_to_profile(run, trained_folder(stage), fold, device, corpus.num_classes)
+        result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats,
+                         device)
+        if protocol_of(run).thop_style_gflops:
+            result["gflops_original_style"] = thop_style_gflops(backbone, head, device)
+        log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M "
+                 f"parameters ({result['params_trainable'] / 1e6:.2f} M trainable), latency "
+                 f"{result['latency_ms_median']:.1f} ms on {result['device_name']}")
+        return {**result, "fold": fold, "weights": backbone.weights_id, "trained_checkpoint": trained}
+
+    run_stage(stage, trust, evaluate)
+    log.info(f"results: {trust.result_path(stage.project_dir, run)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 Every file the project writes goes through one of the write_* / save_* helpers here: a reader never sees a
 half-written file, and the mode is what a plain open() would give (0644 under umask 022, 0600 under 077).
+torch is imported by the checkpoint helpers only, so that the readers of JSON and CSV (the trust profile, the
+report) do not load it.
 """
 import csv
 import io
@@ -11,8 +13,6 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any, Iterable
-
-import torch
 
 from utils.core.errors import TrustSerError
 
@@ -64,6 +64,7 @@ def write_csv(path: str | Path, rows: Iterable[Iterable[Any]]) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -94,8 +95,9 @@ def read_json(path: str | Path) -> Any:
         raise TrustSerError(f"{path} is not valid JSON ({err})") from None
 
 
-def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     """torch.load with weights_only=True; a clear error for missing or damaged files."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise TrustSerError(f"{path} not found")

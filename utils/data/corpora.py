@@ -49,6 +49,11 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
 ]}
 
 
+def corpus_path(project_dir: str | Path, dataset: str) -> Path:
+    """A manifest corpus' description (train_split_gen/manifest.py)."""
+    return Path(project_dir) / "train_split" / f"{dataset}.corpus.json"
+
+
 _MANIFEST_CORPORA: dict[str, Corpus] = {}  # the last description read; later lookups by name need no project_dir
 
 
@@ -58,7 +63,6 @@ def get_corpus(name: str, project_dir: str | Path | None = None) -> Corpus:
     if name in CORPORA:
         return CORPORA[name]
     if project_dir is not None:
-        from utils.data.layout import corpus_path
         path = corpus_path(project_dir, name)
         _MANIFEST_CORPORA.pop(name, None)
         if path.is_file():

@@ -1,4 +1,5 @@
-"""Where a corpus' files live under <project_dir>: split files, manifest descriptions, preprocessed audio, the feature cache."""
+"""Where a corpus' files live under <project_dir>: split files, preprocessed audio, the feature cache (a manifest
+corpus' description: utils.data.corpora.corpus_path, which the corpus table reads)."""
 from pathlib import Path
 
 from utils.data.corpora import files_name, split_file_name
@@ -6,11 +7,6 @@ from utils.data.corpora import files_name, split_file_name
 
 def split_path(project_dir: str | Path, dataset: str, fold: int) -> Path:
     return Path(project_dir) / "train_split" / split_file_name(dataset, fold)
-
-
-def corpus_path(project_dir: str | Path, dataset: str) -> Path:
-    """A manifest corpus' description (train_split_gen/manifest.py)."""
-    return Path(project_dir) / "train_split" / f"{dataset}.corpus.json"
 
 
 def audio_dir(project_dir: str | Path, dataset: str) -> Path:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.data.corpora import CORPORA, Corpus
-from utils.data.layout import corpus_path
+from utils.data.corpora import CORPORA, Corpus, corpus_path
 from utils.core.errors import TrustSerError
 
 REQUIRED = ("path", "label", "speaker")

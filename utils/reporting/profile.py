@@ -7,9 +7,6 @@ from utils.core.errors import TrustSerError
 from utils.runs.paths import RunId
 from utils.runs.stages import STAGE, STAGES, Measurement, Variant, is_random_init, measure
 
-CSV_COLUMNS = {"uar": "uar_pct", "fairness": "fairness_pct", "privacy": "privacy_gender_uar_pct",
-               "safety": "safety_success_pct", "gflops": "gflops", "robustness": "robustness_uar_drop_pts",
-               "calibration": "calibration_ece_pct"}
 PRETTY_MODELS = {"wav2vec2_0": "Wav2vec 2.0", "wavlm": "WavLM", "apc": "APC", "tera": "TERA",
                  "whisper_tiny": "Whisper Tiny", "whisper_base": "Whisper Base", "whisper_small": "Whisper Small"}
 
@@ -105,7 +102,7 @@ def table_rows(profiles: list[RunProfile]) -> list[list]:
     """trust_profile.csv: a header, then one row per run."""
     header = ["label", "pretrain_model", "run_name", "random_init", "folds"]
     for s in STAGES:
-        header += [CSV_COLUMNS[s.key], CSV_COLUMNS[s.key] + "_std"]
+        header += [s.column, s.column + "_std"]
     header += ["privacy_collapsed"]
     rows = [header]
     for p in profiles:

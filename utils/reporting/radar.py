@@ -20,10 +20,10 @@ import numpy as np  # noqa: E402
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.core.io import save_figure  # noqa: E402
 from utils.reporting.profile import RunProfile, axis_label, fmt  # noqa: E402
-from utils.runs.stages import STAGE, TrustStage, Variant  # noqa: E402
+from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
-DEFAULT_AXES = ("uar", "fairness", "privacy", "safety", "gflops")     # the original's five
+DEFAULT_AXES = tuple(s.key for s in STAGES if s.default_axis)     # the original's five
 AXIS_ALIASES = {"sustainability": "gflops", "performance": "uar"}
 HOLE = 0.25         # empty disc at the centre (in radius units), where each axis' inner value is written
 
@@ -46,8 +46,8 @@ def round_up(value: float) -> float:
 
 
 def natural_range(stage: TrustStage, values: list[float], num_classes: int) -> tuple[float, float]:
-    """The metric's own scale: UAR from chance to 100, gender UAR 50 to 100, success 0 to 100, the others
-    from 0 to a round value at or above the largest run."""
+    """The stage's own scale (utils.runs.stages); an open upper end becomes a round value at or above the
+    largest run."""
     low, high = stage.natural_range(num_classes)
     return low, round_up(max(values)) if math.isinf(high) else high
 
@@ -81,7 +81,7 @@ def parse_ranges(specs: list[str] | None) -> dict[str, tuple[float, float]]:
 
 
 def parse_axes(spec: str | None) -> list[str]:
-    """--axes uar,fairness,...: the stage keys to draw, in order (default: the original's five axes)."""
+    """--axes uar,fairness,...: the stage keys to draw, in order (default: the table's default axes)."""
     if not spec:
         return list(DEFAULT_AXES)
     axes = [AXIS_ALIASES.get(a, a) for a in (x.strip() for x in spec.split(",")) if a]

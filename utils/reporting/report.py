@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
-from utils.training.finetune import read_predictions  # noqa: E402
+from utils.runs.predictions import read_predictions  # noqa: E402
 from utils.core.io import read_json, write_csv, write_text  # noqa: E402
-from utils.runs.paths import RunFolder, finetune_folder, robustness_dir  # noqa: E402
+from utils.runs.paths import RunFolder, finetune_folder  # noqa: E402
 from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
 from utils.reporting.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
 from utils.reporting.trust_figures import draw_reliability, draw_robustness  # noqa: E402
@@ -191,7 +191,7 @@ def draw_run_reliability(run: RunFolder, label: str, folds: list[int], out: Path
 
 def draw_run_robustness(project_dir: Path, profile: RunProfile, out: Path) -> Path | None:
     """UAR under perturbation from the robustness stage's results.json (None where it did not run)."""
-    path = RunFolder(robustness_dir(project_dir, profile.run)).results
+    path = STAGE["robustness"].result_path(project_dir, profile.run)
     if not path.is_file():
         return None
     folds = dig(read_json(path), ["meta", "folds_done"]) or []

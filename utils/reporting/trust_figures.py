@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 from utils.reporting.radar import COLORS, save_png  # noqa: E402
 from utils.runs.stages import dig, number  # noqa: E402
 from utils.trust.calibration import calibration_scores, confidence_bins  # noqa: E402
-from utils.trust.robustness import ADDITIVE, perturbation_of  # noqa: E402
+from utils.trust.perturbations import ADDITIVE, perturbation_of  # noqa: E402
 
 NOISE_LABELS = {"white": "white noise", "pink": "pink noise", "noise": "real noise (--noise_dir)",
                 "babble": "babble"}

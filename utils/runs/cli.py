@@ -1,12 +1,9 @@
 """Flags shared by every stage script, so the original's command lines work verbatim everywhere."""
 import argparse
-from pathlib import Path
 
 from model.backbones import BACKBONES
 from utils.data.corpora import CORPORA
-from utils.core.config import load_config
 from utils.runs.identity import RunConfig
-from utils.runs.stages import Variant
 
 _D = RunConfig()
 
@@ -95,37 +92,3 @@ def parse_folds(spec: str | None, all_folds: list[int]) -> list[int]:
     if bad:
         raise TrustSerError(f"--folds {spec}: fold(s) {bad} do not exist; this corpus has folds {all_folds}")
     return folds
-
-
-def profile_parser(description: str) -> argparse.ArgumentParser:
-    """Flags choosing finished runs and which of their results to show (trust profile and report)."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--project_dir", default=None, help="default: project_dir of --config")
-    p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
-    p.add_argument("--runs", nargs="+", default=None, metavar="MODEL/RUN[=LABEL]",
-                   help="runs to show (default: every run under finetune/<dataset>)")
-    p.add_argument("--attack_method", default="fgsm")
-    p.add_argument("--snr", default=45, type=float, help="SNR (dB) of the attack results to read")
-    p.add_argument("--privacy_attack", default="gender")
-    p.add_argument("--privacy_probe", default="original", choices=["original", "linear"],
-                   help="the original's gender probe, or the linear probe on the emotion model's embeddings")
-    p.add_argument("--fairness_group", default="speaker", choices=["speaker", "gender"])
-    p.add_argument("--fairness_metric", default="statistical_parity",
-                   choices=["statistical_parity", "equality_of_opportunity", "demographic_parity"])
-    p.add_argument("--zoom", action="store_true", help="tight automatic ranges around the runs' values (close runs)")
-    p.add_argument("--axes", default=None, metavar="AXIS,AXIS,...",
-                   help="axes to draw, in order, from uar, fairness, privacy, safety, sustainability (gflops), "
-                        "robustness, calibration (default: the original's five: uar,fairness,privacy,safety,gflops)")
-    p.add_argument("--ranges", nargs="+", default=None, metavar="AXIS=LOW:HIGH",
-                   help="fixed axis ranges in the axis' units; AXIS one of uar, fairness, privacy, safety, gflops")
-    return p
-
-
-def profile_variant(args: argparse.Namespace) -> Variant:
-    return Variant(args.attack_method, args.snr, args.privacy_attack, args.privacy_probe, args.fairness_group,
-                   args.fairness_metric)
-
-
-def profile_project_dir(args: argparse.Namespace) -> Path:
-    return Path(args.project_dir) if args.project_dir else Path(load_config(args.config)["project_dir"])

@@ -7,13 +7,18 @@ import hashlib
 import importlib.metadata
 import subprocess
 from argparse import Namespace
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from utils.core.config import REPO_ROOT
+
+
+def default_device() -> str:
+    """cuda where available, else cpu. torch is imported here, not with the module: the readers of finished
+    runs (trust profile, report) name runs without it."""
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class RunConfig:
     seeds: int | None = None    # runs over a one-split corpus (run k = fold k, seed 8k); None: the protocol's
     config: str | None = None
     eval_batch_size: int = 32
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    device: str = field(default_factory=default_device)
     no_cache: bool = False
     cache_gb: float | None = None       # disk the feature cache may take (default: from free space)
     memory_gb: float | None = None      # host/GPU memory holding features (default: from free memory)
@@ -150,6 +155,7 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict:
+    import torch
     found = {"torch": torch.__version__}
     try:
         found["transformers"] = importlib.metadata.version("transformers")

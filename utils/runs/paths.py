@@ -131,11 +131,17 @@ class RunFolder:
             data = read_json(self.fold_json(fold))
         except TrustSerError:       # damaged: the fold is done again
             return None
-        result = (data.get("best") if self.trains else data) if isinstance(data, dict) else None
+        result = self.result_of(data)
         if isinstance(result, dict) and "best_epoch" in result and not (self.head(fold).is_file()
                                                                       and self.predictions(fold).is_file()):
             return None     # a trained head's result, without the head or its test predictions
         return result
+
+    def result_of(self, fold_json) -> dict | None:
+        """The result inside a fold_k.json's content: under "best" where the folder trains heads."""
+        if not isinstance(fold_json, dict):
+            return None
+        return fold_json.get("best") if self.trains else fold_json
 
     def fold_finished(self, fold: int) -> bool:
         return self.fold_result(fold) is not None

@@ -1,20 +1,25 @@
-"""The trust stages, described once: where each evaluation writes its result, which number in it is the
-profile's value, and how to read that number (axis title, unit, which direction is better).
+"""The trust stages, described once: where each evaluation writes its result, which keys it writes, which of
+them is the profile's value, and how to read that number (axis title, CSV column, unit, natural range, which
+direction is better).
 
-The evaluation scripts write into the folders utils.runs.paths names; the trust profile and the report read
-them through this table.
+The stage scripts write through this table (utils.training.pipeline.run_stage), the trust profile, radar charts
+and report read through it: a new axis is one more entry here.
 """
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from utils.core.io import read_json
-from utils.runs.paths import RunId, attack_dir, fairness_dir, finetune_dir, flops_dir, privacy_dir, robustness_dir
+from utils.runs.paths import (RunFolder, RunId, attack_dir, fairness_dir, finetune_dir, flops_dir, privacy_dir,
+                              robustness_dir)
 from utils.runs.identity import RunConfig
 
-RESULTS_FILE = "results.json"       # utils.training.pipeline.aggregate's output in every averaged stage
-FLOPS_FILE = "gflops.json"
+CLASSIFICATION_KEYS = ("uar", "acc", "macro_f1")     # an emotion (or gender probe) head's test scores
+FAIRNESS_GROUPS = ("speaker", "gender")
+FAIRNESS_METRICS = ("statistical_parity", "equality_of_opportunity", "demographic_parity")
+PRIVACY_PROBES = ("original", "linear")
+LINEAR_PROBE_UAR = "linear_probe.uar"
 
 
 @dataclass(frozen=True)
@@ -30,53 +35,76 @@ class Variant:
 
 @dataclass(frozen=True)
 class TrustStage:
+    """One trust stage: what its script writes and where, and how the profile reads it back.
+
+    A per-fold stage writes each fold's result into its run folder (utils.runs.paths.RunFolder: under "best" where
+    the stage trains heads) and results.json with each result key averaged over folds ("average", "std"); a
+    per-run stage writes one `file_name` with the result keys at the top level. Dotted keys
+    ("speaker.statistical_parity") are nested dicts."""
     key: str                    # axis / --ranges name
     title: str                  # axis title
+    column: str                 # trust_profile.csv column (its spread: column + "_std")
     higher_is_better: bool
     unit: str
     scale: float                # stored number x scale = the value in `unit`
-    averaged: bool              # the value sits under "average" (spread under "std"); else at the top level
     result_dir: Callable[[str | Path, RunConfig | RunId, Variant], Path]
-    file_name: str
-    value_keys: Callable[[Variant], list[str]]
+    result_keys: tuple[str, ...]            # what the stage writes (averaged over folds when per_fold)
+    value_key: Callable[[Variant], str]     # which result key is the axis' value
     describe: Callable[[Variant], str]      # what exactly the axis measures
+    natural_low: float | None = 0.0         # the metric's own scale; None: chance level (100 / classes)
+    natural_high: float = math.inf          # inf: 0 to the largest value, rounded up
+    per_fold: bool = True
+    trains: bool = False                    # its folder trains heads (RunFolder.trains)
+    default_axis: bool = True               # on the radar without --axes
+    file_name: str | None = None            # a per-run stage's one file
+
+    def folder(self, project_dir: str | Path, run: RunConfig | RunId, variant: Variant = Variant()) -> RunFolder:
+        return RunFolder(self.result_dir(project_dir, run, variant), trains=self.trains)
 
     def result_path(self, project_dir: str | Path, run: RunConfig | RunId, variant: Variant = Variant()) -> Path:
-        return self.result_dir(project_dir, run, variant) / self.file_name
+        folder = self.folder(project_dir, run, variant)
+        return folder.results if self.per_fold else folder.path / self.file_name
 
     def natural_range(self, num_classes: int) -> tuple[float, float]:
         """The metric's own scale; an upper end of inf means "0 to the largest value, rounded up"."""
-        return {"uar": (100.0 / num_classes, 100.0), "privacy": (50.0, 100.0),
-                "safety": (0.0, 100.0)}.get(self.key, (0.0, math.inf))
+        return 100.0 / num_classes if self.natural_low is None else self.natural_low, self.natural_high
+
+    @staticmethod
+    def holds(result: dict | None, keys: Sequence[str]) -> bool:
+        """Whether a fold's result has every key (a key's value may be None: a result that could not be computed)."""
+        return isinstance(result, dict) and all(has_key(result, k) for k in keys)
 
 
-def _privacy_keys(v: Variant) -> list[str]:
-    return ["linear_probe", "uar"] if v.privacy_probe == "linear" else ["uar"]
+def _privacy_describe(v: Variant) -> str:
+    return f"{v.privacy_attack} inference UAR (%)" + (", linear probe" if v.privacy_probe == "linear" else "")
 
 
 STAGES: list[TrustStage] = [
-    TrustStage("uar", "System Performance", True, "%", 1.0, True,
-               lambda p, r, v: finetune_dir(p, r), RESULTS_FILE, lambda v: ["uar"],
-               lambda v: "emotion UAR (%)"),
-    TrustStage("fairness", "Fairness", False, "%", 100.0, True,
-               lambda p, r, v: fairness_dir(p, r), RESULTS_FILE, lambda v: [v.fairness_group, v.fairness_metric],
+    TrustStage("uar", "System Performance", "uar_pct", True, "%", 1.0, lambda p, r, v: finetune_dir(p, r),
+               CLASSIFICATION_KEYS, lambda v: "uar", lambda v: "emotion UAR (%)",
+               natural_low=None, natural_high=100.0, trains=True),
+    TrustStage("fairness", "Fairness", "fairness_pct", False, "%", 100.0, lambda p, r, v: fairness_dir(p, r),
+               tuple(f"{g}.{m}" for g in FAIRNESS_GROUPS for m in FAIRNESS_METRICS) + ("uar",),
+               lambda v: f"{v.fairness_group}.{v.fairness_metric}",
                lambda v: f"{v.fairness_group} {v.fairness_metric.replace('_', ' ')} (%)"),
-    TrustStage("privacy", "Privacy", False, "%", 1.0, True,
-               lambda p, r, v: privacy_dir(p, r, v.privacy_attack), RESULTS_FILE, _privacy_keys,
-               lambda v: f"{v.privacy_attack} inference UAR (%)" + (", linear probe" if v.privacy_probe == "linear"
-                                                                     else "")),
-    TrustStage("safety", "Safety", False, "%", 1.0, True,
-               lambda p, r, v: attack_dir(p, r, v.attack_method, v.snr), RESULTS_FILE, lambda v: ["success_rate"],
-               lambda v: f"{v.attack_method.upper()} success at {v.snr:g} dB (%)"),
-    TrustStage("gflops", "Sustainability", False, "GFLOPs", 1.0, False,
-               lambda p, r, v: flops_dir(p, r), FLOPS_FILE, lambda v: ["gflops"],
-               lambda v: "GFLOPs per utterance"),
-    TrustStage("robustness", "Robustness", False, "points", 1.0, True,
-               lambda p, r, v: robustness_dir(p, r), RESULTS_FILE, lambda v: ["mean_uar_drop"],
-               lambda v: "UAR drop under perturbation (points)"),
-    TrustStage("calibration", "Calibration", False, "%", 100.0, True,
-               lambda p, r, v: finetune_dir(p, r), RESULTS_FILE, lambda v: ["ece"],
-               lambda v: "expected calibration error (%)"),
+    TrustStage("privacy", "Privacy", "privacy_gender_uar_pct", False, "%", 1.0,
+               lambda p, r, v: privacy_dir(p, r, v.privacy_attack), CLASSIFICATION_KEYS + (LINEAR_PROBE_UAR,),
+               lambda v: LINEAR_PROBE_UAR if v.privacy_probe == "linear" else "uar", _privacy_describe,
+               natural_low=50.0, natural_high=100.0, trains=True),
+    TrustStage("safety", "Safety", "safety_success_pct", False, "%", 1.0,
+               lambda p, r, v: attack_dir(p, r, v.attack_method, v.snr),
+               ("success_rate", "measured_snr_db", "clean_uar"), lambda v: "success_rate",
+               lambda v: f"{v.attack_method.upper()} success at {v.snr:g} dB (%)", natural_high=100.0),
+    TrustStage("gflops", "Sustainability", "gflops", False, "GFLOPs", 1.0, lambda p, r, v: flops_dir(p, r),
+               ("gflops",), lambda v: "gflops",
+               lambda v: "GFLOPs per utterance", per_fold=False, file_name="gflops.json"),
+    TrustStage("robustness", "Robustness", "robustness_uar_drop_pts", False, "points", 1.0,
+               lambda p, r, v: robustness_dir(p, r), ("clean.uar", "mean_uar_drop"), lambda v: "mean_uar_drop",
+               lambda v: "UAR drop under perturbation (points)", default_axis=False),
+    # written by the finetune stage: its results.json averages the calibration of each fold's test probabilities
+    TrustStage("calibration", "Calibration", "calibration_ece_pct", False, "%", 100.0,
+               lambda p, r, v: finetune_dir(p, r), ("ece", "brier"), lambda v: "ece",
+               lambda v: "expected calibration error (%)", trains=True, default_axis=False),
 ]
 STAGE = {s.key: s for s in STAGES}
 
@@ -106,17 +134,26 @@ def dig(obj, keys: list[str]):
     return obj
 
 
+def has_key(obj: dict, dotted: str) -> bool:
+    """Whether the dotted key is there (its value may be None: a result that could not be computed)."""
+    *parents, last = dotted.split(".")
+    parent = dig(obj, parents) if parents else obj
+    return isinstance(parent, dict) and last in parent
+
+
 def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Variant = Variant()) -> Measurement:
     path = stage.result_path(project_dir, run, variant)
     if not path.is_file():
         return Measurement(note=f"missing {path}")
     data = read_json(path)
-    keys = (["average"] if stage.averaged else []) + stage.value_keys(variant)
-    value = number(dig(data, keys))
+    key = stage.value_key(variant).split(".")
+    where = (["average"] if stage.per_fold else []) + key
+    value = number(dig(data, where))
     if value is None:
-        return Measurement(note=f"{path} has no number at {'.'.join(keys)}")
-    std = number(dig(data, ["std"] + stage.value_keys(variant))) if stage.averaged else None
-    folds = dig(data, ["meta", "folds_done"]) if stage.averaged else None
+        return Measurement(note=f"{path} has no number at {'.'.join(where)}")
+    if not stage.per_fold:
+        return Measurement(stage.scale * value)
+    std, folds = number(dig(data, ["std"] + key)), dig(data, ["meta", "folds_done"])
     return Measurement(stage.scale * value, None if std is None else stage.scale * std,
                        len(folds) if isinstance(folds, list) else None,
                        stage.key == "privacy" and variant.privacy_probe == "original" and privacy_collapsed(data))

@@ -1,6 +1,5 @@
 """Train the head (and unfrozen backbone layers) for one fold, resumable after every epoch."""
 import copy
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,6 @@ from utils.training.loop import EvalResult, evaluate, evaluate_heads, make_optim
 log = logging.getLogger("trust-ser")
 
 
-RESULT_KEYS = ["uar", "acc", "macro_f1"]    # averaged over folds in results.json
-
-
 def folds_to_train(folder: RunFolder, folds: list[int], overwrite: bool) -> list[int]:
     """The folds not finished (all of them with --overwrite); the others are logged as skipped."""
     todo = [f for f in folds if overwrite or not folder.fold_finished(f)]
@@ -39,22 +35,6 @@ def write_predictions(path: Path, result: EvalResult, class_names: list[str]) ->
     write_csv(path, [header, *([u.key, u.speaker, u.gender, class_names[u.label], class_names[int(pred)],
                                 *(f"{p:.6f}" for p in probs)]
                                for u, pred, probs in zip(result.utterances, result.predictions, result.probabilities))])
-
-
-def read_predictions(path: Path) -> list[dict]:
-    """The rows of a predictions CSV: key, speaker, gender (str); label and prediction as class indices, in the
-    order of its prob_<class> columns; probs (floats, in that order)."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-    names = [c.removeprefix("prob_") for c in reader.fieldnames or [] if c.startswith("prob_")]
-    index = {name: i for i, name in enumerate(names)}
-    try:
-        return [{"key": r["key"], "speaker": r["speaker"], "gender": r["gender"], "label": index[r["label"]],
-                 "prediction": index[r["prediction"]], "probs": [float(r[f"prob_{n}"]) for n in names]} for r in rows]
-    except (KeyError, TypeError, ValueError) as err:
-        raise TrustSerError(f"{path} is not a predictions file of this project ({type(err).__name__}: {err}); its "
-                            f"label and prediction columns hold class names of its prob_<class> columns") from None
 
 
 @dataclass(frozen=True)

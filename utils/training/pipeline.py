@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -28,6 +28,7 @@ from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_
                                      protocol_source)
 from utils.runs.identity import IDENTITY, RunConfig, record_differences, run_record
 from utils.runs.paths import RunFolder, RunId, finetune_dir, finetune_folder
+from utils.runs.stages import TrustStage, Variant
 
 log = logging.getLogger("trust-ser")
 
@@ -141,20 +142,43 @@ def trained_folder(stage: Stage) -> RunFolder:
     return folder
 
 
-def evaluate_folds(stage: Stage, folder: RunFolder, evaluate_fold: Callable[[int], dict],
-                   complete: Callable[[dict], bool] = lambda result: True) -> None:
-    """Each fold's result file, for the folds not yet done (all with --overwrite); nothing with --aggregate_only.
-    complete(result): whether a finished fold's result holds all this call asks for."""
+def run_stage(stage: Stage, trust: TrustStage, evaluate: Callable[[int], dict], variant: Variant = Variant(),
+              meta: dict | None = None, extra_keys: Sequence[str] = (),
+              fold_meta: Callable[[dict], dict] | None = None) -> dict:
+    """Every trust stage's skeleton; returns what it wrote last.
+
+    A per-fold stage: evaluate(fold) becomes fold_k.json for each fold of --folds not yet finished (all with
+    --overwrite, none with --aggregate_only), then results.json averages every finished fold (aggregate). A fold
+    is finished once its result holds the stage's result keys and extra_keys (what this call asks for beyond the
+    table, e.g. a --group_by column). A per-run stage: evaluate(first fold of --folds) becomes its one file,
+    unless that exists. Either way the folder's run.json must describe this run (take_folder)."""
+    folder, keys = trust.folder(stage.project_dir, stage.run, variant), _keys(trust, extra_keys)
     take_folder(stage, folder)
+    if not trust.per_fold:
+        return _run_once(stage, folder, trust.result_path(stage.project_dir, stage.run, variant), evaluate, meta)
+    if not stage.args.aggregate_only:
+        for fold in stage.folds:
+            if trust.holds(folder.fold_result(fold), keys) and not stage.run.overwrite:
+                log.info(f"fold {fold}: already evaluated in {folder.path}, skipping (--overwrite to redo)")
+                continue
+            start_folder(stage, folder)
+            fold_json = evaluate(fold)
+            if not trust.holds(folder.result_of(fold_json), keys):
+                raise ValueError(f"the {trust.key} stage's fold result lacks some of {keys}")
+            write_json(folder.fold_json(fold), fold_json)
+    return aggregate(stage, trust, variant, meta, extra_keys, fold_meta)
+
+
+def _run_once(stage: Stage, folder: RunFolder, path: Path, evaluate: Callable[[int], dict], meta: dict | None) -> dict:
+    if path.is_file() and (stage.args.aggregate_only or not stage.run.overwrite):
+        log.info(f"already measured: {path}, skipping (--overwrite to redo)")
+        return read_json(path)
     if stage.args.aggregate_only:
-        return
-    for fold in stage.folds:
-        result = folder.fold_result(fold)
-        if result is not None and complete(result) and not stage.run.overwrite:
-            log.info(f"fold {fold}: already evaluated in {folder.path}, skipping (--overwrite to redo)")
-            continue
-        start_folder(stage, folder)
-        write_json(folder.fold_json(fold), evaluate_fold(fold))
+        raise TrustSerError(f"nothing to aggregate: {path} is not there yet (run without --aggregate_only)")
+    start_folder(stage, folder)
+    result = {**evaluate(stage.folds[0]), **(meta or {}), **run_flags(stage.run)}
+    write_json(path, result)
+    return result
 
 
 def resolve_device(name: str) -> torch.device:
@@ -260,24 +284,29 @@ def run_flags(run: RunConfig) -> dict:
     return {"flags": run.defining_flags()}
 
 
-def aggregate(folder: RunFolder, folds: list[int], keys: list[str], meta: dict,
+def aggregate(stage: Stage, trust: TrustStage, variant: Variant = Variant(), meta: dict | None = None,
+              extra_keys: Sequence[str] = (), fold_meta: Callable[[dict], dict] | None = None,
               summary: Callable[[dict], dict] | None = None) -> dict:
-    """results.json from the finished folds' results: per fold values, average and std, and under
-    meta.value_folds the folds each average rests on (a value can be missing in some folds).
+    """results.json from every finished fold (one whose result holds the stage's result keys): per fold results,
+    the average and std of each result key and of extra_keys where folds have it, and meta (the run's flags,
+    `meta`, fold_meta(per fold results), the folds done, and under value_folds the folds each average rests on).
 
     Folds may finish in separate processes at the same time (--folds k): each writes its fold file first,
     then aggregates under an exclusive lock, so the last to aggregate sees every finished fold.
-    summary(per_fold): may add values to each fold's entry (averaged too when `keys` names them) and returns
+    summary(per_fold): may add values to each fold's entry (averaged too when extra_keys names them) and returns
     entries over all folds for results.json (e.g. pooled over the folds' test sets)."""
+    folder, keys = trust.folder(stage.project_dir, stage.run, variant), _keys(trust, extra_keys)
     with _exclusive(folder.lock):
-        per_fold = {str(fold): result for fold in folds if (result := folder.fold_result(fold)) is not None}
+        per_fold = {str(fold): result for fold in stage.fold_ids
+                    if trust.holds(result := folder.fold_result(fold), trust.result_keys)}
         if not per_fold:
-            raise TrustSerError(f"no finished folds in {folder.path}; nothing to aggregate{_started(folder, folds)}")
+            raise TrustSerError(f"no finished folds in {folder.path}; nothing to aggregate{_started(folder, stage.fold_ids)}")
         pooled = summary(per_fold) if summary else {}
         avg, std = mean_std(per_fold, keys)
         results = {**per_fold, **pooled, "average": avg, "std": std,
-                   "meta": {**meta, "folds_done": sorted(int(f) for f in per_fold),
-                            "folds_missing": [f for f in folds if str(f) not in per_fold],
+                   "meta": {**run_flags(stage.run), **(meta or {}), **(fold_meta(per_fold) if fold_meta else {}),
+                            "folds_done": sorted(int(f) for f in per_fold),
+                            "folds_missing": [f for f in stage.fold_ids if str(f) not in per_fold],
                             "value_folds": value_folds(per_fold, keys)}}
         write_json(folder.results, results)
     return results
@@ -289,6 +318,10 @@ def _started(folder: RunFolder, folds: list[int]) -> str:
     if started:
         return f" (started but unfinished: fold{'s' if len(started) > 1 else ''} {', '.join(map(str, started))})"
     return " (started but unfinished: run.json, no fold file)" if folder.record.is_file() else ""
+
+
+def _keys(trust: TrustStage, extra_keys: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*trust.result_keys, *extra_keys]))
 
 
 @contextmanager

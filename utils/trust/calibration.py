@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from utils.core.errors import TrustSerError
-from utils.training.finetune import read_predictions
 from utils.runs.paths import RunFolder
+from utils.runs.predictions import read_predictions
 
 ECE_BINS = 15
-CALIBRATION_KEYS = ["ece", "brier"]    # per fold and averaged in the finetune results.json
 
 
 def confidence_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:

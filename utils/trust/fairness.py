@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-METRICS = ("statistical_parity", "equality_of_opportunity", "demographic_parity")
+from utils.runs.stages import FAIRNESS_METRICS
 
 
 def _encode(values: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
@@ -94,15 +94,13 @@ def demographic_parity(y_true: Sequence[int], y_pred: Sequence[int], groups: Seq
 
 
 def _all_metrics(true: np.ndarray, pred: np.ndarray, group: np.ndarray, n_classes: int) -> dict[str, float]:
-    return {
-        "statistical_parity": _statistical_parity(pred, group, n_classes),
-        "equality_of_opportunity": _equality_of_opp(true, pred, group, n_classes),
-        "demographic_parity": _demographic_parity(true, pred, group, n_classes),
-    }
+    values = (_statistical_parity(pred, group, n_classes), _equality_of_opp(true, pred, group, n_classes),
+              _demographic_parity(true, pred, group, n_classes))
+    return dict(zip(FAIRNESS_METRICS, values))
 
 
 def _not_available(reason: str, n_utterances: int) -> dict:
-    return {**{m: None for m in METRICS}, "ci95": {m: None for m in METRICS},
+    return {**{m: None for m in FAIRNESS_METRICS}, "ci95": {m: None for m in FAIRNESS_METRICS},
             "n_utterances": n_utterances, "n_groups": 0, "smallest_group": 0,
             "n_bootstrap": 0, "reason": reason}
 
@@ -111,7 +109,7 @@ def _bootstrap_ci(true: np.ndarray, pred: np.ndarray, group: np.ndarray, n_class
                   n_bootstrap: int, seed: int) -> tuple[dict, int]:
     """Percentile 95% intervals over utterance resamples; resamples left with one group are skipped."""
     rng = np.random.default_rng(seed)
-    samples = {m: [] for m in METRICS}
+    samples = {m: [] for m in FAIRNESS_METRICS}
     for _ in range(n_bootstrap):
         pick = rng.integers(0, len(true), len(true))
         if len(np.unique(group[pick])) < 2:
@@ -120,7 +118,7 @@ def _bootstrap_ci(true: np.ndarray, pred: np.ndarray, group: np.ndarray, n_class
             samples[name].append(value)
     ci = {m: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None
           for m, v in samples.items()}
-    return ci, len(samples[METRICS[0]])
+    return ci, len(samples[FAIRNESS_METRICS[0]])
 
 
 def fairness_report(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str],

@@ -19,12 +19,13 @@ from sklearn.preprocessing import StandardScaler
 
 from utils.data.utterances import SPLITS, Utterance, length_sorted_batches, load_fold
 from utils.core.errors import TrustSerError
-from utils.training.finetune import RESULT_KEYS, FitSpec, train_fold
-from utils.core.io import write_json
+from utils.training.finetune import FitSpec, train_fold
+from utils.core.io import read_json
 from utils.training.loop import EvalResult
 from utils.runs.paths import RunFolder
 from utils.training.pipeline import load_trained, make_source, prepare_splits
 from utils.runs.identity import RunConfig
+from utils.runs.stages import CLASSIFICATION_KEYS
 
 GENDER_CLASSES = ["female", "male"]
 PRIVACY_EPOCHS, PRIVACY_LR = 10, 0.0005    # the original probe's, fixed whatever the finetune flags
@@ -59,11 +60,6 @@ def one_gender_splits(data: dict[str, list[Utterance]]) -> str | None:
 def collapsed(test: EvalResult) -> bool:
     """Whether a probe predicted the same class for every test utterance."""
     return len({int(p) for p in test.predictions}) == 1
-
-
-def collapsed_folds(out: RunFolder, folds: list[int]) -> list[int]:
-    """The finished folds where the original probe collapsed."""
-    return [f for f in folds if (out.fold_result(f) or {}).get("collapsed")]
 
 
 @torch.no_grad()
@@ -126,7 +122,7 @@ def gender_probe(head, source, utts: list[Utterance], batch_size: int, n_bootstr
 def privacy_fold(run: RunConfig, fold: int, project_dir: str, trained: RunFolder, out: RunFolder,
                  device: torch.device, num_classes: int, n_bootstrap: int) -> dict:
     """Both probes on one fold, the linear probe first: the fold's result gets "collapsed" and "linear_probe" with
-    the original probe's, so that the fold is finished only with both. The linear probe needs no dev set and runs
+    the original probe's, so that the fold is finished only with both; returns the fold's fold_k.json content. The linear probe needs no dev set and runs
     whenever the corpus has both genders; the original probe only where train, dev and test each hold both
     ("original_probe_skipped" says why not; its scores are then None)."""
     backbone, emotion_head = load_trained(run, trained, fold, device, num_classes)
@@ -141,10 +137,9 @@ def privacy_fold(run: RunConfig, fold: int, project_dir: str, trained: RunFolder
     probe = gender_probe(emotion_head, source, everything, run.eval_batch_size, n_bootstrap, seed=fold)
     skipped = one_gender_splits(data)
     if skipped:
-        best = {**dict.fromkeys(RESULT_KEYS), "collapsed": False, "original_probe_skipped": skipped,
-                "linear_probe": probe}
-        write_json(out.fold_json(fold), {"best": best})
-        return best
-    return train_fold(run, fold, data, backbone, source, out, device,
-                      FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False,
-                              annotate=lambda test: {"collapsed": collapsed(test), "linear_probe": probe}))
+        return {"best": {**dict.fromkeys(CLASSIFICATION_KEYS), "collapsed": False, "original_probe_skipped": skipped,
+                         "linear_probe": probe}}
+    train_fold(run, fold, data, backbone, source, out, device,
+               FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False,
+                       annotate=lambda test: {"collapsed": collapsed(test), "linear_probe": probe}))
+    return read_json(out.fold_json(fold))

@@ -20,7 +20,6 @@ Perturbations (name = kind, then its setting as an integer with its unit; 16 kHz
 """
 import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,63 +34,14 @@ from utils.features.source import AudioBank, LiveFeatures
 from utils.training.loop import evaluate
 from utils.training.metrics import classification_scores
 from utils.trust.attacks import measured_snr_db, scale_to_snr, valid_mask
+from utils.trust.perturbations import ADDITIVE, Perturbation
 
 log = logging.getLogger("trust-ser")
 
-UNITS = {"white": "db", "pink": "db", "noise": "db", "babble": "db", "reverb": "ms", "telephone": "",
-         "clip": "pct", "gain": "db"}
-ADDITIVE = ("white", "pink", "noise", "babble")
-DEFAULT_PERTURBATIONS = ("white_20db,white_10db,white_0db,pink_20db,pink_10db,pink_0db,babble_10db,"
-                         "reverb_300ms,reverb_800ms,telephone,clip_25pct,gain_-20db")
 BABBLE_TALKERS = 4
 TELEPHONE_BAND = (300.0, 3400.0)
 TELEPHONE_RATE = 8000
 NOISE_SUFFIXES = (".wav", ".flac")
-_NAME = re.compile(r"^([a-z]+)(?:_(-?\d+)(db|ms|pct))?$")
-
-
-@dataclass(frozen=True)
-class Perturbation:
-    kind: str
-    value: int | None = None        # SNR or gain (dB), RT60 (ms), clipping level (% of peak); None: telephone
-
-    @property
-    def name(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}_{self.value}{UNITS[self.kind]}"
-
-    @property
-    def snr_db(self) -> float | None:
-        return float(self.value) if self.kind in ADDITIVE else None
-
-
-def parse_perturbations(spec: str, noise_dir: str | None = None) -> list[Perturbation]:
-    """'white_20db,reverb_300ms,telephone' -> Perturbations. With a noise folder, the white and pink entries become
-    real noise at the same SNRs (each SNR once)."""
-    chosen = []
-    for name in (x.strip() for x in spec.split(",") if x.strip()):
-        p = perturbation_of(name)
-        if noise_dir and p.kind in ("white", "pink"):
-            p = Perturbation("noise", p.value)
-        if p.kind == "noise" and not noise_dir:
-            raise TrustSerError(f"--perturbations {name}: real noise needs --noise_dir")
-        if p.kind == "clip" and not 0 < p.value < 100:
-            raise TrustSerError(f"--perturbations {name}: the clipping level is a percentage of the peak, 1..99")
-        if p.kind == "reverb" and p.value <= 0:
-            raise TrustSerError(f"--perturbations {name}: RT60 must be positive")
-        if p not in chosen:
-            chosen.append(p)
-    if not chosen:
-        raise TrustSerError("--perturbations is empty")
-    return chosen
-
-
-def perturbation_of(name: str) -> Perturbation:
-    """The Perturbation a name (Perturbation.name) stands for."""
-    match = _NAME.match(name)
-    if not match or match.group(1) not in UNITS or (match.group(3) or "") != UNITS[match.group(1)]:
-        raise TrustSerError(f"--perturbations: '{name}' is not one of "
-                            f"{', '.join(k + ('_<int>' + u if u else '') for k, u in UNITS.items())}")
-    return Perturbation(match.group(1), None if match.group(2) is None else int(match.group(2)))
 
 
 def perturbation_seed(fold: int, name: str, key: str) -> int:
@@ -283,9 +233,3 @@ def score_fold(backbone, head, test: list[Utterance], audio: AudioBank, spec: Ro
 def _finite(values: list[float]) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     return values[np.isfinite(values)]
-
-
-def result_keys(perturbations: list[Perturbation]) -> list[str]:
-    """What results.json averages over folds."""
-    per = ["uar", "uar_drop", "changed_fraction", "measured_snr_db", "level_change_db"]
-    return ["clean.uar", "mean_uar_drop"] + [f"perturbations.{p.name}.{k}" for p in perturbations for k in per]
