@@ -19,10 +19,11 @@ from utils.data.utterances import Utterance, load_fold, pad_waveforms
 from utils.training.finetune import reported_scores
 from utils.training.metrics import classification_scores
 from utils.training.pipeline import build_head, make_backbone, make_source
-from utils.training.protocol import crop_seconds, fold_ids, protocol_of
+from utils.training.protocol import PROTOCOLS, crop_seconds, fold_ids, protocol_of
 from utils.reporting.report import run_folds
 from utils.runs.identity import RunConfig
-from utils.runs.paths import RunFolder
+from utils.runs.paths import RunFolder, RunId
+from utils.runs.stages import STAGE, Variant, measure
 from utils.trust import safety
 from utils.trust.safety import AttackSpec, attack_batch, attack_fold, attack_precision, attack_spec, clean_inputs
 from utils.trust.sustainability import thop_style_gflops
@@ -291,3 +292,21 @@ def test_original_crops_at_6_seconds_whatever_audio_duration_says(tmp_path, prot
     run = _run(pretrain_model="apc", audio_duration=3, protocol=protocol)
     source = make_source(run, make_backbone(run, CPU), CPU, str(tmp_path / "project"), grad_backbone=False)
     assert crop_seconds(run) == seconds and len(source.audio.get(str(path))) == seconds * 16000
+
+
+def test_the_profile_reads_the_fairness_group_of_the_runs_protocol(tmp_path):
+    fairness = {"speaker": {"statistical_parity": 0.2}, "gender": {"statistical_parity": 0.05}}
+    runs = {"fixed": RunId("demo", "apc", "lr00002_ep1_cnn_conv2_hid32_att_frozen"),
+            "original": RunId("demo", "apc", "lr00002_ep1_cnn_conv2_hid32_att_frozen_origproto")}
+    for protocol, run in runs.items():
+        for stage, result in (("uar", {"average": {"uar": 50.0}, "meta": {"flags": {"protocol": protocol}}}),
+                              ("fairness", {"average": fairness})):
+            path = STAGE[stage].result_path(tmp_path, run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result))
+    by_protocol = {p: measure(STAGE["fairness"], tmp_path, run).value for p, run in runs.items()}
+    assert by_protocol == pytest.approx({"fixed": 20.0, "original": 5.0})
+    assert {p: PROTOCOLS[p].fairness_group for p in runs} == {"fixed": "speaker", "original": "gender"}
+    chosen = {p: measure(STAGE["fairness"], tmp_path, run, Variant(fairness_group="speaker")).value
+              for p, run in runs.items()}
+    assert chosen == pytest.approx({"fixed": 20.0, "original": 20.0})

@@ -3,7 +3,7 @@
     python3 trustworthy/plot_spider.py --dataset iemocap --output_dir profiles \\
         [--project_dir P | --config config.yml] [--runs MODEL/RUN[=LABEL] ...] \\
         [--attack_method fgsm --snr 45 --privacy_attack gender --privacy_probe original] \\
-        [--fairness_group speaker --fairness_metric statistical_parity] \\
+        [--fairness_group speaker|gender (default: each run's protocol's) --fairness_metric statistical_parity] \\
         [--zoom] [--ranges uar=56:72 fairness=10:30 privacy=88:100 safety=40:100 gflops=0:48]
 
 Runs: every <project_dir>/finetune/<dataset>/<model>/<run>/results.json, or those --runs names. Where each

@@ -6,7 +6,7 @@ The stage scripts write through this table (utils.training.pipeline.run_stage), 
 and report read through it: a new axis is one more entry here.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,6 +17,9 @@ from utils.runs.identity import RunConfig
 
 CLASSIFICATION_KEYS = ("uar", "acc", "macro_f1")     # an emotion (or gender probe) head's test scores
 FAIRNESS_GROUPS = ("speaker", "gender")
+# the group each protocol's fairness axis reads (utils/training/protocol.py Protocol.fairness_group): the original's
+# latest code passed gender to its parity metrics
+PROTOCOL_FAIRNESS_GROUP = {"fixed": "speaker", "original": "gender"}
 FAIRNESS_METRICS = ("statistical_parity", "equality_of_opportunity", "demographic_parity")
 PRIVACY_PROBES = ("original", "linear")
 LINEAR_PROBE_UAR = "linear_probe.uar"
@@ -29,7 +32,7 @@ class Variant:
     snr: float = 45
     privacy_attack: str = "gender"
     privacy_probe: str = "original"         # or "linear": the linear probe in the same results.json
-    fairness_group: str = "speaker"
+    fairness_group: str | None = None       # None: each run's protocol's (PROTOCOL_FAIRNESS_GROUP)
     fairness_metric: str = "statistical_parity"
 
 
@@ -86,7 +89,7 @@ STAGES: list[TrustStage] = [
     TrustStage("fairness", "Fairness", "fairness_pct", False, "%", 100.0, lambda p, r, v: fairness_dir(p, r),
                tuple(f"{g}.{m}" for g in FAIRNESS_GROUPS for m in FAIRNESS_METRICS) + ("uar",),
                lambda v: f"{v.fairness_group}.{v.fairness_metric}",
-               lambda v: f"{v.fairness_group} {v.fairness_metric.replace('_', ' ')} (%)"),
+               lambda v: f"{v.fairness_group or 'speaker (original: gender)'} {v.fairness_metric.replace('_', ' ')} (%)"),
     TrustStage("privacy", "Privacy", "privacy_gender_uar_pct", False, "%", 1.0,
                lambda p, r, v: privacy_dir(p, r, v.privacy_attack), CLASSIFICATION_KEYS + (LINEAR_PROBE_UAR,),
                lambda v: LINEAR_PROBE_UAR if v.privacy_probe == "linear" else "uar", _privacy_describe,
@@ -142,6 +145,7 @@ def has_key(obj: dict, dotted: str) -> bool:
 
 
 def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Variant = Variant()) -> Measurement:
+    variant = for_run(variant, project_dir, run)
     path = stage.result_path(project_dir, run, variant)
     if not path.is_file():
         return Measurement(note=f"missing {path}")
@@ -164,8 +168,22 @@ def privacy_collapsed(results: dict) -> bool:
     return any(isinstance(entry, dict) and entry.get("collapsed") is True for entry in results.values())
 
 
-def is_random_init(project_dir: str | Path, run: RunId) -> bool:
-    """The run's backbone had random weights: its results.json says so, or its folder name does."""
+def recorded_flags(project_dir: str | Path, run: RunId) -> dict:
+    """The flags the run's finetune results.json records ({} without one)."""
     path = STAGE["uar"].result_path(project_dir, run)
     flags = dig(read_json(path), ["meta", "flags"]) if path.is_file() else None
-    return "_randinit" in run.name or (isinstance(flags, dict) and flags.get("random_init") is True)
+    return flags if isinstance(flags, dict) else {}
+
+
+def for_run(variant: Variant, project_dir: str | Path, run: RunId) -> Variant:
+    """The variant as one run is read: without a chosen fairness group, the group of the run's protocol (its
+    results.json's flags, else its folder name)."""
+    if variant.fairness_group is not None:
+        return variant
+    protocol = recorded_flags(project_dir, run).get("protocol") or ("original" if "_origproto" in run.name else "fixed")
+    return replace(variant, fairness_group=PROTOCOL_FAIRNESS_GROUP.get(protocol, "speaker"))
+
+
+def is_random_init(project_dir: str | Path, run: RunId) -> bool:
+    """The run's backbone had random weights: its results.json says so, or its folder name does."""
+    return "_randinit" in run.name or recorded_flags(project_dir, run).get("random_init") is True

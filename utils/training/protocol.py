@@ -12,6 +12,7 @@ from utils.data.utterances import Utterance, pad_waveforms
 from utils.features.cache import StoredFeatures
 from utils.features.source import FeatureSource, LiveFeatures, autocast_for, to_device
 from utils.runs.identity import RunConfig
+from utils.runs.stages import PROTOCOL_FAIRNESS_GROUP
 
 
 ORIGINAL_CROP_SECONDS = 6       # the original's dataset and collate_fn both cut at 16000 * 6 samples
@@ -56,12 +57,13 @@ PROTOCOLS = {p.name: p for p in [
     Protocol("fixed", train_mode_features=False, padded_batch_features=False, head_as_original=False, finetunable=None,
              attack_gradient_in_train_mode=False, uar_classes="labels", fp32_live_evaluation=False,
              thop_style_gflops=False, single_split_runs=SINGLE_SPLIT_RUNS["fixed"], attack_fp32_live=False,
-             best_needs_dev_uar_above_0=False, crop_seconds=None, fairness_group="speaker"),
+             best_needs_dev_uar_above_0=False, crop_seconds=None,
+             fairness_group=PROTOCOL_FAIRNESS_GROUP["fixed"]),
     Protocol("original", train_mode_features=True, padded_batch_features=True, head_as_original=True,
              finetunable=frozenset({"wavlm", "whisper_tiny"}), attack_gradient_in_train_mode=True,
              uar_classes="labels_or_predictions", fp32_live_evaluation=True, thop_style_gflops=True,
              single_split_runs=SINGLE_SPLIT_RUNS["original"], attack_fp32_live=True, best_needs_dev_uar_above_0=True,
-             crop_seconds=ORIGINAL_CROP_SECONDS, fairness_group="gender"),
+             crop_seconds=ORIGINAL_CROP_SECONDS, fairness_group=PROTOCOL_FAIRNESS_GROUP["original"]),
 ]}
 ORIGINAL_HEAD_CHANNELS = 256
 
