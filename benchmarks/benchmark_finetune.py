@@ -19,7 +19,7 @@ leave-one-session-out folds with the last remaining session as dev, as IEMOCAP),
 
   python benchmarks/benchmark_finetune.py                         # tiny preset, CPU, well under a minute
   python benchmarks/benchmark_finetune.py --preset iemocap --pretrain_model wavlm --json bench.json   # GPU
-  python benchmarks/benchmark_finetune.py --preset podcast_h100 --json podcast_h100.json         # GPU, ~4.5 min (estimated)
+  python benchmarks/benchmark_finetune.py --preset podcast_h100 --json podcast_h100.json         # one H100
 """
 import argparse
 import os
@@ -63,7 +63,7 @@ GAMMA_SHAPE = 2.0       # IEMOCAP's durations: mean about 4.5 s, std about 3.2 s
 # right tail: 2.75 s plus a gamma tail (shape 2) of mean 2.85 s, cut at 11 s, then cropped like every corpus.
 PODCAST_SECONDS = (2.75, 11.0)
 BOUNDED_FRACTION = 0.2  # the podcast preset's cache budget, as a fraction of what the full cache takes
-PODCAST_UTTERANCES = 150_000   # MSP-Podcast's size in the issue: the podcast presets extrapolate to it
+PODCAST_UTTERANCES = 150_000   # MSP-Podcast's size: the podcast presets extrapolate to it
 PODCAST_EPOCHS = 30
 GiB = 2 ** 30
 NUM_CLASSES = 4
@@ -81,8 +81,9 @@ PRESETS = {
     "podcast": dict(num_utterances=3000, mean_seconds=5.6, max_seconds=6.0, folds=5, epochs=3, per_epoch_epochs=1,
                     hidden_size=32, tiny=True, threads=1, run_folds=1, podcast_durations=True,
                     budget_fraction=BOUNDED_FRACTION),
-    # the issue's H100 target at 1/20 scale (150k utterances, 60 GiB of disk, no GPU memory for features) with the
-    # full-size WavLM base+: time per epoch is proportional to the audio, so it extrapolates linearly
+    # the MSP-Podcast target on one H100 at 1/20 scale (150k utterances, 60 GiB of disk, no GPU memory for
+    # features) with the full-size WavLM base+: time per epoch is proportional to the audio, so it extrapolates
+    # linearly
     "podcast_h100": dict(num_utterances=7500, mean_seconds=5.6, max_seconds=6.0, folds=5, epochs=3,
                          per_epoch_epochs=1, hidden_size=256, tiny=False, threads=None, run_folds=1,
                          podcast_durations=True, cache_gb=3.0, memory_gb=0.0, no_fgsm=True),
@@ -96,8 +97,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
                    help="tiny: tiny random-init backbone, 400 utterances of ~1.3 s (CPU, < 1 min); "
                         "iemocap: full-size random-init backbone, 5.5k utterances of mean 4.5 s cropped at 6 s; "
                         "podcast: MSP-Podcast's durations, one split, and a run with the cache budget at 20%%; "
-                        "podcast_h100: the issue's MSP-Podcast target at 1/20 scale with the full-size backbone "
-                        "(7500 utterances, 3 GiB of disk, no memory for features; one H100: ~4.5 min, estimated)")
+                        "podcast_h100: the MSP-Podcast target at 1/20 scale with the full-size backbone "
+                        "(7500 utterances, 3 GiB of disk, no memory for features; its time: benchmarks/README.md)")
     p.add_argument("--pretrain_model", default="wavlm", choices=list(BACKBONES))
     p.add_argument("--num_utterances", type=int, help="corpus size (preset default)")
     p.add_argument("--mean_seconds", type=float, help="mean utterance duration before cropping (preset default)")

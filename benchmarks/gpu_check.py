@@ -1,6 +1,6 @@
 """The project's GPU path against a plainly written ceiling, side by side in one process on the same clips.
 
-    python benchmarks/gpu_check.py --json gpu_check.json            # one H100/H200: well under 5 minutes
+    python benchmarks/gpu_check.py --json gpu_check.json            # one H100/H200
     python benchmarks/gpu_check.py --device cpu --tiny              # anywhere: tiny WavLM, seconds
 
 | measurement | the project's path | the ceiling (bf16 weights, fused attention, length-sorted, no caching) |

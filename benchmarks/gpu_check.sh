@@ -2,16 +2,13 @@
 # The GPU path against its plainly written ceiling on one H100/H200 (benchmarks/README.md, "gpu_check.py"):
 # feature pass, bounded training batch, --protocol original's training batch, head step and evaluation, side by
 # side in one process on the same 1024 synthetic clips (random-init WavLM base+), each with its ratio to the
-# ceiling and the targets (feature pass <= 0.10 ms per audio-second, bounded batch of 64 <= 30 ms, head step
-# <= 1.5 ms).
+# ceiling and the targets (benchmarks/README.md).
 #
 # Run from the repository root on the device machine (torch, transformers and numpy are all it needs); the JSON
 # lands in $OUT (default: benchmarks/results); $PYTHON picks the interpreter. Give the device call timeout_s=400:
 #   bash benchmarks/gpu_check.sh
 #
-# Estimated time on one H100/H200: under 3 minutes (setup and backbone ~40 s; feature passes over ~4.6k s of audio,
-# ours and the ceiling, ~5 s at the measured 0.71 ms per audio-second; 10 timed batches per training measurement
-# and their warm-ups, ~15 s; the head and evaluation over cached features, ~10 s).
+# Its estimated time: benchmarks/README.md (gpu_check.py).
 set -euo pipefail
 OUT="${OUT:-benchmarks/results}"
 mkdir -p "$OUT"

@@ -152,7 +152,7 @@ def test_podcast_h100_preset_is_the_issue_at_one_twentieth():
     assert (args.num_utterances, args.run_folds, args.epochs, args.per_epoch_epochs) == (7500, 1, 3, 1)
     assert (args.tiny, args.hidden_size, args.podcast_durations, args.no_fgsm) == (False, 256, True, True)
     assert (args.cache_gb, args.memory_gb, args.budget_fraction) == (3.0, 0.0, None)
-    assert 150000 / args.num_utterances * args.cache_gb == 60.0    # the issue's 60 GiB at full scale
+    assert 150000 / args.num_utterances * args.cache_gb == 60.0    # 60 GiB at full scale
 
 
 def test_budget_flags_override_the_preset_and_exclude_each_other():
