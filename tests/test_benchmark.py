@@ -33,6 +33,7 @@ def tiny_run(tmp_path_factory):
     return proc.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_table_lists_every_stage_and_says_it_extrapolates(tiny_run):
     stdout, _ = tiny_run
     for row in ("| feature pass |", "| head training |", "| evaluation |", "| bookkeeping |", "| **total** |",
@@ -43,6 +44,7 @@ def test_table_lists_every_stage_and_says_it_extrapolates(tiny_run):
     assert "same successes as batch 1: yes" in stdout
 
 
+@pytest.mark.slow
 def test_cache_beats_the_per_epoch_loop(tiny_run):
     _, res = tiny_run
     orig, ours = res["per_epoch"], res["ours"]
@@ -58,6 +60,7 @@ def test_cache_beats_the_per_epoch_loop(tiny_run):
     assert ours["training_batches"] == orig["training_batches"]
 
 
+@pytest.mark.slow
 def test_feature_pass_runs_once_and_every_fold_reads_memory(tiny_run):
     _, res = tiny_run
     cache = res["ours"]["cache"]
@@ -66,6 +69,7 @@ def test_feature_pass_runs_once_and_every_fold_reads_memory(tiny_run):
     assert cache["bytes"] > 0 and res["config"]["epochs"] == EPOCHS
 
 
+@pytest.mark.slow
 def test_batched_fgsm_flips_the_same_utterances_as_batch_1(tiny_run):
     _, res = tiny_run
     fgsm = res["fgsm"]
@@ -86,6 +90,7 @@ def test_bad_flags_give_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines() == ["error: --folds 2: need at least 3 sessions (train, dev and test)"]
 
 
+@pytest.mark.slow
 def test_podcast_preset_stays_within_its_cache_budget(tmp_path):
     """MSP-Podcast's durations, one split, the cache at 20% of the full size: disk and memory within budget."""
     out = tmp_path / "podcast.json"
@@ -113,6 +118,7 @@ def test_podcast_preset_stays_within_its_cache_budget(tmp_path):
 MiB = 2 ** 20
 
 
+@pytest.mark.slow
 def test_podcast_preset_keeps_explicit_disk_and_memory_budgets(tmp_path):
     """--cache_gb / --memory_gb bound disk and memory apart (--memory_gb 0: nothing in memory; the fraction test
     above bounds both); the extrapolation to MSP-Podcast's 150k utterances is the bounded run's numbers times
@@ -177,6 +183,7 @@ runpy.run_path({str(REPO / 'benchmarks' / 'gpu_check.py')!r}, run_name="__main__
 """
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_mode_runs_without_the_optional_packages(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, "-c", GPU_CHECK, "--device", "cpu", "--tiny", "--clips", "8",

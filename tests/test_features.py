@@ -258,6 +258,7 @@ def prepared_project(root: Path) -> Path:
     return root / "prepared"
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_finetune_runs_give_the_same_predictions(tmp_path):
     prepared = prepared_project(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
@@ -524,6 +525,7 @@ print(json.dumps(source.stats))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_filling_one_cache_at_once(utts, tmp_path):
     command = [sys.executable, "-c", FILL_CACHE, str(REPO), str(tmp_path), *(u.path for u in utts)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -123,6 +123,7 @@ def test_run_folder_names_are_file_system_safe(folders):
     assert backbone_dir_name(str(folders["whisper"]) + "/") == "tiny-whisper"
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_fast_in_one_line():
     """HF_HUB_OFFLINE unset, no network (this machine): one quick check, then the one-line error."""
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}

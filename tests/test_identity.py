@@ -113,6 +113,7 @@ def save_wavlm(folder: Path, seed: int) -> Path:
 
 # ---------------------------------------------------------------- two runs that used to share a folder
 
+@pytest.mark.slow
 def test_another_batch_size_trains_its_own_run(config):
     for batch_size in ("8", "4"):
         FINETUNE.main(flags(config, "--batch_size", batch_size))
@@ -129,6 +130,7 @@ def test_another_batch_size_trains_its_own_run(config):
     assert histories[0] != histories[1]             # trained with their own batch sizes, not one run twice
 
 
+@pytest.mark.slow
 def test_another_pretrain_path_trains_its_own_run_and_changed_weights_are_refused(config, tmp_path):
     base = ["--dataset", "demo", "--pretrain_model", "wavlm", "--tiny", "--device", "cpu", "--num_epochs", "1",
             "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8", "--folds", "1",
@@ -161,6 +163,7 @@ def test_another_pretrain_path_trains_its_own_run_and_changed_weights_are_refuse
 
 # ---------------------------------------------------------------- a folder of another run, a folder without run.json
 
+@pytest.mark.slow
 def test_a_folder_of_another_run_is_refused_unless_overwrite(config):
     argv = flags(config, "--batch_size", "8", "--learning_rate", "0.001")
     FINETUNE.main(argv)
@@ -184,6 +187,7 @@ def test_a_folder_of_another_run_is_refused_unless_overwrite(config):
     FAIRNESS.main(argv + ["--bootstrap", "0"])
 
 
+@pytest.mark.slow
 def test_a_folder_written_before_run_json_is_read_with_one_warning(config, caplog):
     argv = flags(config, "--batch_size", "8", "--learning_rate", "0.003")
     FINETUNE.main(argv)
@@ -205,6 +209,7 @@ def test_a_folder_written_before_run_json_is_read_with_one_warning(config, caplo
 
 # ---------------------------------------------------------------- --run instead of the flags
 
+@pytest.mark.slow
 def test_run_folder_gives_what_the_flags_give(config, tmp_path):
     argv = flags(config, "--batch_size", "8")
     folder = run_dir(config, "--batch_size", "8")

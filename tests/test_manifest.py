@@ -44,6 +44,7 @@ def folds(tmp_path_factory):
     return root, config, flags
 
 
+@pytest.mark.slow
 def test_speaker_folds_are_balanced_by_gender(folds):
     """Test speakers as scikit-learn's StratifiedKFold by gender (the reference); dev one speaker per gender."""
     root, _, _ = folds
@@ -63,6 +64,7 @@ def test_speaker_folds_are_balanced_by_gender(folds):
         assert sum(len(v) for v in split.values()) == 48
 
 
+@pytest.mark.slow
 def test_preprocessed_audio_is_16k_mono_from_stereo_flac(folds):
     root, _, _ = folds
     out = root / "project" / "audio" / "mine"
@@ -71,6 +73,7 @@ def test_preprocessed_audio_is_16k_mono_from_stereo_flac(folds):
     assert audio_info(flac[0])[:2] == (16000, 1)
 
 
+@pytest.mark.slow
 def test_finetune_and_fairness_on_the_manifest_corpus(folds):
     root, config, flags = folds
     run_dir = root / "project" / "finetune" / "mine" / "apc" / RUN
@@ -81,6 +84,7 @@ def test_finetune_and_fairness_on_the_manifest_corpus(folds):
     assert fairness["1"]["gender"]["reason"] is None and fairness["1"]["gender"]["n_groups"] == 2
 
 
+@pytest.mark.slow
 def test_predict_equals_the_fold_models_test_predictions(folds):
     """predict.py reads the original 22.05 kHz mono / 44.1 kHz stereo FLAC files, not the preprocessed ones."""
     root, _, flags = folds
@@ -108,6 +112,7 @@ def test_predict_equals_the_fold_models_test_predictions(folds):
     assert np.abs(every.values - fold2.values).max() > 1e-4    # the average of 3 folds, not fold 2 alone
 
 
+@pytest.mark.slow
 def test_missing_checkpoints_name_the_finetune_command(folds):
     root, _, flags = folds
     flags = [*flags]
@@ -117,6 +122,7 @@ def test_missing_checkpoints_name_the_finetune_command(folds):
     assert "fold_1.pt not found; train it first:" in proc.stderr and "--hidden_size 64" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sustainability_without_a_checkpoint(folds):
     root, _, flags = folds
     flags = [*flags]
@@ -129,6 +135,7 @@ def test_sustainability_without_a_checkpoint(folds):
     assert report["params_trainable"] == report["params_head"] > 0
 
 
+@pytest.mark.slow
 def test_scale_out_scripts_take_the_corpus_folds(folds):
     _, config, _ = folds
     proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_array.sh"), "--num_tasks", "--dataset", "mine",
@@ -137,6 +144,7 @@ def test_scale_out_scripts_take_the_corpus_folds(folds):
     assert proc.stdout.strip() == "6", proc.stderr                # 2 backbones x 3 folds
 
 
+@pytest.mark.slow
 def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path):
     """One fold from the split column, --labels in their order, no gender (gender metrics n/a), a tiny HuBERT
     folder as --pretrain_model with unfrozen_last_layer (feature cache of the lower layers); predict agrees."""
@@ -173,6 +181,7 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
         np.testing.assert_allclose(test[f"prob_{name}_x"], test[f"prob_{name}_y"], atol=2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.drop(columns="speaker"), r"has no column\(s\) speaker \(needed: path,label,speaker"),
     (lambda t: t.assign(path=["nowhere/a.wav", "nowhere/b.wav"] + list(t.path[2:])),
@@ -259,6 +268,7 @@ def test_group_by_columns_must_be_speaker_level(tmp_path):
         speaker_column(project, "iemocap", "age_group")
 
 
+@pytest.mark.slow
 def test_a_built_in_name_is_refused_by_the_script(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label,speaker\na.wav,x,s\n")

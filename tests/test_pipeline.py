@@ -41,6 +41,7 @@ def _flags(config):
     return [*FLAGS, "--config", str(config)]
 
 
+@pytest.mark.slow
 def test_five_fold_finetune_writes_everything_and_beats_chance(project):
     _, out = project
     run_dir = out / "finetune" / "demo" / "apc" / RUN
@@ -65,6 +66,7 @@ def test_five_fold_finetune_writes_everything_and_beats_chance(project):
     assert results["1"]["weights"] == "random:apc:tiny:seed0"
 
 
+@pytest.mark.slow
 def test_original_readme_command_parses_and_explains_what_is_missing(tmp_path):
     """The README's training command, verbatim from experiment/, ends in one line naming the next step."""
     config = tmp_path / "config.yml"
@@ -106,6 +108,7 @@ def model_predictions(config, fold: int) -> pd.DataFrame:
                          "prediction": result.predictions})
 
 
+@pytest.mark.slow
 def test_fairness_from_the_saved_predictions_equals_the_model_path(project):
     config, out = project
     run_script("trustworthy/fairness/fairness_evaluation.py", *_flags(config), "--bootstrap", "50")
@@ -128,6 +131,7 @@ def test_fairness_from_the_saved_predictions_equals_the_model_path(project):
         np.mean([results[str(f)]["gender"]["statistical_parity"] for f in range(1, 6)]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fgsm_hits_the_snr_and_a_strong_attack_beats_a_weak_one(project):
     config, out = project
     rates = {}
@@ -143,6 +147,7 @@ def test_fgsm_hits_the_snr_and_a_strong_attack_beats_a_weak_one(project):
     assert rates["5"] > rates["60"]
 
 
+@pytest.mark.slow
 def test_fgsm_attacks_what_the_finetuned_model_got_right_and_fp32_agrees_on_cpu(project):
     """The clean predictions are the finetune stage's test predictions (read from the feature cache); --fp32
     recomputes them live, which on CPU (fp32 either way) attacks the same utterances with the same outcome."""
@@ -161,6 +166,7 @@ def test_fgsm_attacks_what_the_finetuned_model_got_right_and_fp32_agrees_on_cpu(
     assert runs["--fp32 --overwrite"]["meta"]["attack"]["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_privacy_trains_a_gender_head_on_fold_1(project):
     config, out = project
     run_script("trustworthy/privacy/gender_inference.py", *_flags(config))
@@ -212,6 +218,7 @@ def direct_linear_probe(config) -> float:
                                                               cv=StratifiedGroupKFold(n_splits=5)))
 
 
+@pytest.mark.slow
 def test_sustainability_counts_flops_params_and_latency(project):
     config, out = project
     run_script("trustworthy/sustainability/sustainability.py", *_flags(config), "--repeats", "2",
@@ -224,6 +231,7 @@ def test_sustainability_counts_flops_params_and_latency(project):
     assert report["latency_ms_median"] > 0 and report["throughput_audio_seconds_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_trust_profile_plot_reads_the_runs(project):
     config, out = project
     run_script("trustworthy/plot_spider.py", "--config", str(config), "--dataset", "demo",
@@ -270,6 +278,7 @@ def test_fix_it_commands_keep_the_config_given(tmp_path):
     assert command[-2:] == ["--config", config] and Path(command[1]).is_file() and DEFAULT_CONFIG.is_file()
 
 
+@pytest.mark.slow
 def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_command(project):
     config, _ = project
     flags = _flags(config)
@@ -287,6 +296,7 @@ def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_comman
     assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
 
 
+@pytest.mark.slow
 def test_finetune_results_record_calibration_of_the_test_probabilities(project):
     _, out = project
     run_dir = out / "finetune" / "demo" / "apc" / RUN
@@ -300,6 +310,7 @@ def test_finetune_results_record_calibration_of_the_test_probabilities(project):
     assert results["average"]["ece"] == pytest.approx(np.mean([results[str(f)]["ece"] for f in range(1, 6)]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_robustness_stage_scores_live_perturbed_audio(project, tmp_path):
     config, out = project
     flags = [*_flags(config), "--folds", "1,2"]

@@ -63,6 +63,7 @@ def _assert_image(path: Path) -> None:
     assert image[..., :3].std() > 0.05            # not a blank canvas
 
 
+@pytest.mark.slow
 def test_profiles_tables_and_charts(tmp_path):
     project = _fake_project(tmp_path / "project", skip_privacy_for="apc")
     out = tmp_path / "out"
@@ -104,6 +105,7 @@ def test_runs_filter_labels_ranges_and_gender_metric(tmp_path, spider):
     assert "System Performance 50 to 70" in markdown and "Sustainability 0 to 48" in markdown
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(tmp_path, spider):
     project = _fake_project(tmp_path / "project")
     out = str(tmp_path / "o")
@@ -123,6 +125,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, spider):
         spider.main(common)
 
 
+@pytest.mark.slow
 def test_axis_missing_for_every_run(tmp_path, spider):
     project = _fake_project(tmp_path / "project")
     for model in MODELS:
@@ -133,6 +136,7 @@ def test_axis_missing_for_every_run(tmp_path, spider):
     assert "Privacy n/a" in (out / "trust_profile.md").read_text()
 
 
+@pytest.mark.slow
 def test_snr_given_as_float_reads_the_writers_folder(tmp_path, spider):
     from utils.runs.paths import RunId, attack_dir
     run = RunId("iemocap", "wavlm", RUN)
@@ -155,6 +159,7 @@ def _only_finetune(root: Path, model: str, run: str, uar: float, folds: list[int
             "meta": {"folds_done": folds, **meta}})
 
 
+@pytest.mark.slow
 def test_one_run_below_chance_is_drawn_at_the_centre_and_marked(tmp_path):
     project = tmp_path / "project"
     _only_finetune(project, "tera", RUN, 20.5, [1, 2])
@@ -176,6 +181,7 @@ def test_one_run_below_chance_is_drawn_at_the_centre_and_marked(tmp_path):
     assert inside.off_scale == 0 and inside.radius == pytest.approx(1 - 6.02 / 8)
 
 
+@pytest.mark.slow
 def test_one_run_with_only_finetune_results(tmp_path, spider):
     project = tmp_path / "project"
     _only_finetune(project, "wavlm", RUN, 61.0, [1, 2, 3, 4, 5])
@@ -187,6 +193,7 @@ def test_one_run_with_only_finetune_results(tmp_path, spider):
     assert "Fairness n/a; Privacy n/a; Safety n/a; Sustainability n/a." in markdown
 
 
+@pytest.mark.slow
 def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_path, spider):
     project = _fake_project(tmp_path / "project", skip_privacy_for="apc")
     _only_finetune(project, "tera", RUN + "_randinit", 24.0, [1])

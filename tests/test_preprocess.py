@@ -44,6 +44,7 @@ def project(tmp_path_factory):
     return root, config, data, first
 
 
+@pytest.mark.slow
 def test_outputs_are_16k_mono_with_resampled_lengths(project):
     root, _, data, first = project
     assert first.returncode == 0, first.stderr
@@ -59,6 +60,7 @@ def test_outputs_are_16k_mono_with_resampled_lengths(project):
     assert len(stereo_8k) == 16000
 
 
+@pytest.mark.slow
 def test_rerun_skips_everything(project):
     root, config, _, _ = project
     outputs = sorted((root / "out" / "audio" / "demo").iterdir())
@@ -69,6 +71,7 @@ def test_rerun_skips_everything(project):
     assert [p.stat().st_mtime_ns for p in outputs] == before
 
 
+@pytest.mark.slow
 def test_bad_input_fails_naming_it_unless_skip_bad(tmp_path):
     config = write_config(tmp_path)
     good, bad = tmp_path / "data" / "good.wav", tmp_path / "data" / "bad.wav"

@@ -35,6 +35,7 @@ def direct_sklearn_uar(x, y, groups, n_splits):
     return 100 * balanced_accuracy_score(y, predicted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shift", [0.0, 4.0])
 def test_linear_probe_equals_a_direct_scikit_learn_computation(shift):
     x, y, groups = embeddings(shift)

@@ -137,6 +137,7 @@ def demo_config(tmp_path_factory):
     return make_project(tmp_path_factory.mktemp("demo"), n_speakers=10, utts_per_emotion=2)
 
 
+@pytest.mark.slow
 def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(demo_config):
     config, tmp_path = demo_config, demo_config.parent
     flags = ["--dataset", "demo", "--pretrain_model", "wav2vec2_0", "--random_init", "--tiny", "--device", "cpu",
@@ -191,6 +192,7 @@ def test_original_training_batches_are_the_padded_batch_features(tmp_path):
     assert (features["source"][0] - features["per clip"][0]).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_original_finetune_trains_on_padded_batches(demo_config, monkeypatch):
     config, project = demo_config, demo_config.parent / "project"
     entered = []    # the backbone's train mode at each padded batch

@@ -106,6 +106,7 @@ def reference(base) -> Path:
 
 # ---------------------------------------------------------------- determinism and resume
 
+@pytest.mark.slow
 def test_same_flags_and_seed_on_cpu_give_identical_files(base, reference):
     config = clone(base, "again")
     finetune(config, "--folds", "1,2")
@@ -118,6 +119,7 @@ def test_same_flags_and_seed_on_cpu_give_identical_files(base, reference):
     assert best["num_test"] == 8 and 0.0 <= best["uar"] <= 100.0
 
 
+@pytest.mark.slow
 def test_fold_killed_mid_training_resumes_to_the_identical_result(base, reference, tmp_path):
     config = clone(base, "killed")
     run_dir = run_dir_of(config)
@@ -146,6 +148,7 @@ def test_fold_killed_mid_training_resumes_to_the_identical_result(base, referenc
     assert not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_parallel_folds_then_skip_aggregate_only_and_overwrite(base, reference, tmp_path):
     config = clone(base, "parallel")
     run_dir = run_dir_of(config)
@@ -186,6 +189,7 @@ def test_parallel_folds_then_skip_aggregate_only_and_overwrite(base, reference, 
     assert outputs(run_dir, 2) == old
 
 
+@pytest.mark.slow
 def test_trust_evaluation_skips_finished_folds_and_aggregates_only(base, reference):
     config = base / "reference" / "config.yml"
     fairness = ["trustworthy/fairness/fairness_evaluation.py", *FLAGS, "--config", str(config), "--bootstrap", "5"]
@@ -207,6 +211,7 @@ def test_trust_evaluation_skips_finished_folds_and_aggregates_only(base, referen
 
 # ---------------------------------------------------------------- bad audio, end to end
 
+@pytest.mark.slow
 def test_bad_audio_is_one_line_or_skipped_and_counted(base):
     config = clone(base, "bad_audio")
     project = config.parent / "project"
@@ -232,6 +237,7 @@ def test_bad_audio_is_one_line_or_skipped_and_counted(base):
 
 # ---------------------------------------------------------------- one-line errors from the command line
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, value, expected", [
     ("--dataset", "iemocapp", ["unknown --dataset 'iemocapp'", "iemocap", "crema_d", "demo"]),
     ("--pretrain_model", "whisper_huge", ["unknown --pretrain_model 'whisper_huge'", "apc", "tera", "wavlm",
@@ -248,6 +254,7 @@ def test_cli_mistakes_give_one_line_and_exit_2(base, flag, value, expected):
     assert not (base / "base" / "project" / "finetune").exists()
 
 
+@pytest.mark.slow
 def test_no_hub_access_explains_the_three_choices(base):
     config = base / "base" / "config.yml"
     flags = [f for f in FLAGS if f not in ("--random_init", "--tiny")]
@@ -512,6 +519,7 @@ def test_scale_out_scripts_parse_and_map_tasks(tmp_path):
     assert (REPO / "logs" / ".gitignore").is_file()
 
 
+@pytest.mark.slow
 def test_corpora_list_spans_corpus_backbone_and_each_corpus_folds():
     """CORPORA: tasks corpus by corpus, backbone by backbone, over each corpus' own folds (utils/data/corpora.py)."""
     env = dict(CORPORA="demo msp-podcast", BACKBONES="apc tera")

@@ -55,6 +55,7 @@ def test_history_and_confusion_numbers(tmp_path):
     assert np.allclose(share.sum(axis=1), 1)
 
 
+@pytest.mark.slow
 def test_report_writes_figures_and_markdown(tmp_path):
     project = tmp_path / "project"
     _finetune_run(project, "tera", PREDICTIONS)

@@ -60,6 +60,7 @@ def groups_by_split(split: dict, group_of) -> dict[str, set]:
     return {name: {group_of(e) for e in split[name]} for name in SPLITS}
 
 
+@pytest.mark.slow
 def test_iemocap_leave_one_session_out(tmp_path):
     corpus = make_iemocap(tmp_path / "data", clutter=True)
     out, _ = run_split("iemocap.py", "iemocap", corpus, tmp_path)
@@ -91,6 +92,7 @@ def test_iemocap_leave_one_session_out(tmp_path):
     assert [e[0][-4:] for e in test if "impro01" in e[0]] == ["F000", "M000", "F001"]
 
 
+@pytest.mark.slow
 def test_crema_d_speaker_folds(tmp_path):
     corpus = make_crema_d(tmp_path / "data", clutter=True)
     out, log = run_split("crema-d.py", "crema_d", corpus, tmp_path)
@@ -118,6 +120,7 @@ def test_crema_d_speaker_folds(tmp_path):
     assert "1002_IEO_NEU_XX.wav" in log   # the wav without a summaryTable row is reported
 
 
+@pytest.mark.slow
 def test_ravdess_actor_folds_ignore_clutter(tmp_path):
     corpus = make_ravdess(tmp_path / "data", clutter=True)
     out, _ = run_split("ravdess.py", "ravdess", corpus, tmp_path)
@@ -141,6 +144,7 @@ def test_ravdess_actor_folds_ignore_clutter(tmp_path):
     assert sorted(e[4] for e in by_key.values()) == [1] * 5 + [3] * 5 + [5] * 5
 
 
+@pytest.mark.slow
 def test_msp_improv_leave_one_session_out(tmp_path):
     corpus = make_msp_improv(tmp_path / "data")
     out, _ = run_split("msp-improv.py", "msp-improv", corpus, tmp_path)
@@ -164,6 +168,7 @@ def test_msp_improv_leave_one_session_out(tmp_path):
         ["MSP-IMPROV-S05N-M01-R-MF02", "msp_improv_M01", "male", str(audio / "S05N/R/MSP-IMPROV-S05N-M01-R-MF02.wav"), "O"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spelling, dev_name, numeric_speakers", [
     ("concensus", "Validation", False),     # as distributed with the original's version
     ("consensus", "Development", True),     # newer releases; a speaker column without 'Unknown'
@@ -189,6 +194,7 @@ def test_msp_podcast_official_split(tmp_path, spelling, dev_name, numeric_speake
     assert "MSP-PODCAST_0009_0001.wav" in log
 
 
+@pytest.mark.slow
 def test_meld_official_split_grouped_by_speaker(tmp_path):
     corpus = make_meld(tmp_path / "data")
     out, log = run_split("meld.py", "meld", corpus, tmp_path)
@@ -214,6 +220,7 @@ def test_meld_official_split_grouped_by_speaker(tmp_path):
     assert "dia1_utt2" in log
 
 
+@pytest.mark.slow
 def test_missing_corpus_folder_is_a_one_line_error(tmp_path):
     missing = tmp_path / "no_such_corpus"
     result = run_script("iemocap.py", write_config(tmp_path, "iemocap", missing), tmp_path)
@@ -293,6 +300,7 @@ def mark_preprocessed(project: Path, corpus: str) -> None:
     (folder / "placeholder.wav").touch()
 
 
+@pytest.mark.slow
 def test_iemocap_impro_is_iemocaps_improvised_sessions(tmp_path):
     """The original's iemocap_impro: iemocap_fold<k>.json, keys containing "impro", IEMOCAP's four classes."""
     from utils.data.utterances import load_fold
@@ -307,6 +315,7 @@ def test_iemocap_impro_is_iemocaps_improvised_sessions(tmp_path):
     assert Path(test[0].path) == out.parent / "audio" / "iemocap" / "Ses01F_impro01_F000.wav"
 
 
+@pytest.mark.slow
 def test_crema_d_complete_keeps_fear_and_disgust(tmp_path):
     """The original's crema_d_complete: crema_d_fold<k>.json with six classes N A S H F D."""
     from utils.data.utterances import load_fold

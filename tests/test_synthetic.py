@@ -57,6 +57,7 @@ def leave_one_speaker_out_accuracy(x: np.ndarray, labels: np.ndarray, speakers: 
     return correct / len(labels)
 
 
+@pytest.mark.slow
 def test_layout_balance_size_and_speed(corpus):
     root, seconds = corpus
     files = sorted(root.glob("*/*.wav"))
@@ -89,6 +90,7 @@ def test_other_sample_rate(tmp_path):
     assert {sf.info(str(p)).samplerate for p in root.glob("*/*.wav")} == {22050}
 
 
+@pytest.mark.slow
 def test_female_speakers_have_about_1_7_times_the_male_pitch(corpus):
     root, _ = corpus
     f0 = {g: np.median([f0_estimate(p) for p in root.glob(f"*_{g}/*_neu_*.wav")]) for g in "FM"}
@@ -96,6 +98,7 @@ def test_female_speakers_have_about_1_7_times_the_male_pitch(corpus):
     assert 1.55 < f0["F"] / f0["M"] < 1.85
 
 
+@pytest.mark.slow
 def test_female_formants_are_higher_and_gender_is_told_apart_across_speakers(corpus):
     speakers = [make_speaker(i, seed=0) for i in range(1, 25)]
     formants = {g: np.mean([s.formants for s in speakers if s.gender == g], axis=0) for g in "FM"}
@@ -114,6 +117,7 @@ def run_split(config: Path, *flags: str) -> subprocess.CompletedProcess:
                           cwd=config.parent, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_split_script_generates_and_splits_by_speaker(tmp_path, corpus):
     config = tmp_path / "config.yml"
     config.write_text("data_dir:\n  demo: data\nproject_dir: out\n")
