@@ -1,7 +1,7 @@
 """Shared pieces of the train_split_gen scripts: --config, folds, reading label files, writing the splits.
 
 Every script writes `{"train": [...], "dev": [...], "test": [...]}` with entries
-`[key, speaker_id, gender, path, label]` to utils.runs.paths.split_path(project_dir, dataset, fold).
+`[key, speaker_id, gender, path, label]` to utils.data.layout.split_path(project_dir, dataset, fold).
 """
 import argparse
 import logging
