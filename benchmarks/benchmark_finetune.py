@@ -398,7 +398,7 @@ def run_cached(args: Namespace, corpus: SyntheticCorpus, backbone, device: torch
     stages["total"] = seconds["feature pass"] + seconds["folds"]
     numbers = {"stages": stages, "seconds_per_training_batch": seconds["head training"] / batches,
             "seconds_per_evaluated_utterance": seconds["evaluation"] / evaluated, "training_batches": batches,
-            "evaluated_utterances": evaluated, "precision": source.precision,
+            "evaluated_utterances": evaluated, "precision": cache.precision,
             "cache": {"bytes": cache.store.memory_bytes, "utterances": len(cache.store.memory), "where": str(device),
                       "dtype": "float16", "disk_bytes": cache.disk_bytes(), "memory_budget_bytes": memory_budget,
                       "disk_budget_bytes": disk_budget,
