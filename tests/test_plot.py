@@ -11,7 +11,9 @@ from synthetic_project import load_script
 from utils.core.errors import TrustSerError
 from utils.reporting.cli import profile_parser, profile_variant
 from utils.reporting.profile import RunProfile, load_profiles
-from utils.reporting.radar import Point, _value_text, axis_ranges, natural_range, nice_step, place, ticks
+from utils.reporting.radar import (DEFAULT_AXES, Point, _value_text, axis_ranges, legend_label, natural_range, nice_step, own_ranges,
+                                  place, ticks, wrap_entries)
+from utils.reporting.report import AxisChoice, write_trust_profile
 from utils.runs.stages import STAGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +43,9 @@ def _fake_project(root: Path, skip_privacy_for: str | None = None) -> Path:
         _write(root / "attack" / "fgsm" / "45" / run_tail / "results.json",
                {"average": {"success_rate": success}, "std": {"success_rate": 3.0}})
         if model != skip_privacy_for:
-            _write(root / "privacy" / "gender" / run_tail / "results.json",
-                   {"average": {"uar": gender_uar}, "std": {"uar": 0.5}})
+            _write(root / "privacy" / "gender" / run_tail / "results.json",      # the linear probe 20 points lower
+                   {"average": {"uar": gender_uar, "linear_probe": {"uar": gender_uar - 20}},
+                    "std": {"uar": 0.5, "linear_probe": {"uar": 1.5}}})
         _write(root / "flops" / run_tail / "gflops.json", {"gflops": gflops, "params_total": 1000})
     return root
 
@@ -81,14 +84,18 @@ def test_profiles_tables_and_charts(tmp_path):
     assert float(rows["wavlm"]["fairness_pct_std"]) == pytest.approx(1.0)
     assert float(rows["apc"]["safety_success_pct"]) == pytest.approx(88.0)
     assert float(rows["apc"]["gflops"]) == pytest.approx(8.3) and rows["apc"]["gflops_std"] == ""
-    assert float(rows["wavlm"]["privacy_gender_uar_pct"]) == pytest.approx(91.7)
+    # --protocol fixed runs: the linear probe on the axis, the original's probe beside it
+    assert float(rows["wavlm"]["privacy_gender_uar_pct"]) == pytest.approx(71.7)
+    assert rows["wavlm"]["privacy_probe"] == "linear"
+    assert float(rows["wavlm"]["privacy_original_probe_uar_pct"]) == pytest.approx(91.7)
     assert rows["apc"]["privacy_gender_uar_pct"] == ""
 
     markdown = (out / "trust_profile.md").read_text()
-    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 91.70 ± 0.50 | 62.50 ± 3.00 | 41.60 |" in markdown
+    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 71.70 ± 1.50 | 62.50 ± 3.00 | 41.60 |" in markdown
+    assert "Privacy: gender inference UAR (%), linear probe |" in markdown
     assert "| APC | " + RUN + " | 5 | 58.21 ± 2.10 | 22.40 ± 1.00 | n/a | 88.00 ± 3.00 | 8.30 |" in markdown
     # natural scales: chance (4 classes) to 100, 50 to 100, 0 to 100, 0 to a round value >= the largest run
-    assert ("Chart ranges: System Performance 25 to 100; Fairness 0 to 25; Privacy 50 to 100; "
+    assert ("Ranges of the comparison chart: System Performance 25 to 100; Fairness 0 to 25; Privacy 50 to 100; "
             "Safety 0 to 100; Sustainability 0 to 50.") in markdown
 
 
@@ -198,8 +205,9 @@ def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_
     project = _fake_project(tmp_path / "project", skip_privacy_for="apc")
     _only_finetune(project, "tera", RUN + "_randinit", 24.0, [1])
     _only_finetune(project, "apc", "other_run", 70.0, [1, 2, 3], flags={"random_init": True})
-    _only_finetune(project, "whisper_tiny", RUN, 55.5, [1, 2, 3, 4, 5])
-    _write(project / "privacy" / "gender" / "iemocap" / "whisper_tiny" / RUN / "results.json",
+    orig = RUN + "_origproto"                  # a --protocol original run: its privacy axis is the original's probe
+    _only_finetune(project, "whisper_tiny", orig, 55.5, [1, 2, 3, 4, 5])
+    _write(project / "privacy" / "gender" / "iemocap" / "whisper_tiny" / orig / "results.json",
            {"1": {"uar": 50.0, "collapsed": True}, "average": {"uar": 50.0, "linear_probe": {"uar": 71.25}},
             "std": {"uar": 0.0, "linear_probe": {"uar": 2.5}}, "meta": {"folds_done": [1]}})
     out = tmp_path / "out"
@@ -213,15 +221,20 @@ def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_
     assert rows[("tera", RUN + "_randinit")]["random_init"] == "True"            # from the run name
     assert rows[("apc", "other_run")]["random_init"] == "True"                   # from meta.flags
     assert rows[("wavlm", RUN)]["random_init"] == "False"
-    assert rows[("whisper_tiny", RUN)]["privacy_collapsed"] == "True"
-    assert float(rows[("whisper_tiny", RUN)]["privacy_gender_uar_pct"]) == 50.0
+    whisper = rows[("whisper_tiny", orig)]
+    assert whisper["privacy_probe"] == "original" and whisper["privacy_collapsed"] == "True"
+    assert float(whisper["privacy_gender_uar_pct"]) == 50.0 and whisper["privacy_gender_uar_pct_folds"] == "1"
+    assert whisper["privacy_gender_uar_pct_std"] == ""                          # one fold: no spread
+    assert rows[("wavlm", RUN)]["privacy_probe"] == "linear"
     markdown = (out / "trust_profile.md").read_text()
-    assert "50.00 ± 0.00 (1 fold) (probe collapsed)" in markdown
-    assert "| TERA (random init) | " + RUN + "_randinit | 1 | 24.00 ± 0.00 |" in markdown
+    assert "| 50.00 (1 of 5 folds) (probe collapsed) |" in markdown          # one fold: no "± 0.00"
+    assert "| TERA (random init) | " + RUN + "_randinit | 1 | 24.00 |" in markdown
+    assert "Privacy: gender inference UAR (%) linear probe (--protocol original runs: the original's probe) |" \
+        in markdown
     # the linear probe from the same results.json; not flagged (it did not collapse)
     spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(tmp_path / "lin"),
-                 "--privacy_probe", "linear", "--runs", f"whisper_tiny/{RUN}"])
-    assert "| 71.25 ± 2.50 (1 fold) |" in (tmp_path / "lin" / "trust_profile.md").read_text()
+                 "--privacy_probe", "linear", "--runs", f"whisper_tiny/{orig}"])
+    assert "| 71.25 (1 of 5 folds) |" in (tmp_path / "lin" / "trust_profile.md").read_text()
     assert "linear probe" in (tmp_path / "lin" / "trust_profile.md").read_text()
 
 
@@ -238,7 +251,7 @@ def test_zoom_gives_tight_round_ranges_for_close_runs(tmp_path):
     step = nice_step((high - low) / 4)
     assert low % step == pytest.approx(0) and high % step == pytest.approx(0)
     assert zoomed["safety"] == (40.0, 100.0)                                  # --ranges still wins
-    assert 50 <= zoomed["privacy"][0] <= 91.7 and zoomed["privacy"][1] <= 100
+    assert 50 <= zoomed["privacy"][0] <= 71.7 and zoomed["privacy"][1] <= 100
     below = axis_ranges([_profile_with(uar=20.0)], {}, 4, zoom=True)["uar"]
     assert below[0] <= 20.0 <= below[1] and below[0] >= 0                    # the floor gives way to the data
 
@@ -282,8 +295,8 @@ def test_axes_add_robustness_and_calibration_in_the_given_order(tmp_path, spider
                  "uar,fairness,safety,privacy,sustainability,robustness,calibration"])
     _assert_image(chosen / "compare.png")
     markdown = (chosen / "trust_profile.md").read_text()
-    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 62.50 ± 3.00 | 91.70 ± 0.50 | 41.60 | " \
-           "12.50 ± 2.00 (2 folds) | 4.10 ± 1.00 |" in markdown
+    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 62.50 ± 3.00 | 71.70 ± 1.50 | 41.60 | " \
+           "12.50 ± 2.00 (2 of 5 folds) | 4.10 ± 1.00 |" in markdown
     assert "Robustness 0 to 40; Calibration 0 to 20." in markdown        # natural: 0 to a round value >= the largest
     with open(chosen / "trust_profile.csv") as f:
         rows = {row["pretrain_model"]: row for row in csv.DictReader(f)}
@@ -292,3 +305,44 @@ def test_axes_add_robustness_and_calibration_in_the_given_order(tmp_path, spider
         with pytest.raises(TrustSerError, match="--axes"):
             spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(chosen),
                          "--axes", bad])
+
+
+def test_legend_names_what_ran_counts_folds_per_axis_and_wraps_between_entries():
+    from utils.runs.paths import RunId
+    from utils.runs.stages import STAGES, Measurement
+    folds = {"uar": 5, "fairness": 5, "privacy": 1, "safety": 5}
+    profile = RunProfile(RunId("iemocap", "wavlm", "r"), "WavLM", ["tiny", "random init"],
+                         {s.key: Measurement(50.0, 1.0, folds.get(s.key)) for s in STAGES})
+    assert profile.name == "WavLM (tiny, random init)"
+    assert legend_label(profile, ["uar", "fairness", "privacy", "safety"]) == "WavLM (tiny, random init)\n5 folds (privacy 1)"
+    assert _value_text(profile, "privacy", Point(0.5, 0)) == "50\n(1 of 5 folds)"
+    assert _value_text(profile, "uar", Point(0.5, 0)) == "50"
+    assert wrap_entries(["a" * 20, "b" * 8, "c" * 8, "d" * 30], 20) == "a" * 20 + "\nbbbbbbbb · cccccccc\n" + "d" * 30
+
+
+def test_each_run_chart_on_its_own_ranges_the_comparison_on_common_ones(tmp_path):
+    """On a shared scale WavLM's 41.6 GFLOPs (0 to 50) and APC's 22.4 % parity (0 to 25) sit near the centre of
+    their own charts; there fairness runs to 100 and GFLOPs to about twice the run's value."""
+    project = _fake_project(tmp_path / "project")
+    profiles = load_profiles(project, "iemocap", None, profile_variant(_flags()))
+    charts, ranges = write_trust_profile(profiles, AxisChoice(list(DEFAULT_AXES), {}, 4, False), profile_variant(_flags()), "iemocap",
+                                         tmp_path / "out")
+    assert ranges["gflops"] == (0.0, 50.0) and ranges["fairness"] == (0.0, 25.0)
+    apc, wavlm = (own_ranges(p, {}, 4, False, DEFAULT_AXES) for p in profiles)
+    assert apc["fairness"] == wavlm["fairness"] == (0.0, 100.0)
+    assert apc["gflops"] == (0.0, 20.0) and wavlm["gflops"] == (0.0, 100.0)
+    assert apc["uar"] == ranges["uar"] == (25.0, 100.0) and apc["privacy"] == (50.0, 100.0)
+    assert own_ranges(profiles[0], {"gflops": (0.0, 48.0)}, 4, False, DEFAULT_AXES)["gflops"] == (0.0, 48.0)
+    assert sorted(charts) == ["APC", "WavLM", "compare"]
+
+
+def test_six_runs_compare_chart(tmp_path, spider):
+    project = _fake_project(tmp_path / "project")
+    for model, uar in (("tera", 40.0), ("whisper_tiny", 55.0), ("whisper_base", 60.0), ("wav2vec2_0", 62.0)):
+        _only_finetune(project, model, RUN + "_tiny_randinit", uar, [1, 2, 3, 4, 5])
+    out = tmp_path / "out"
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out)])
+    image = mpimg.imread(out / "compare.png")
+    assert image.shape[1] < 1400 and image.shape[0] < 1700
+    markdown = (out / "trust_profile.md").read_text()
+    assert "| Whisper Base (tiny, random init) | " + RUN + "_tiny_randinit | 5 | 60.00 ± 0.00 |" in markdown

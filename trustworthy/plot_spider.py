@@ -28,8 +28,8 @@ from utils.reporting.cli import profile_parser, profile_project_dir, profile_var
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.reporting.profile import load_profiles  # noqa: E402
-from utils.reporting.radar import axis_ranges, parse_axes, parse_ranges  # noqa: E402
-from utils.reporting.report import write_trust_profile  # noqa: E402
+from utils.reporting.radar import parse_axes, parse_ranges  # noqa: E402
+from utils.reporting.report import AxisChoice, write_trust_profile  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     for profile in profiles:
         for note in profile.notes:
             print(f"{profile.label}: n/a: {note}", file=sys.stderr)
-    ranges = axis_ranges(profiles, given_ranges, get_corpus(args.dataset, project_dir).num_classes, args.zoom,
-                         parse_axes(args.axes))
-    write_trust_profile(profiles, ranges, variant, args.dataset, Path(args.output_dir))
+    choice = AxisChoice(parse_axes(args.axes), given_ranges, get_corpus(args.dataset, project_dir).num_classes,
+                        args.zoom)
+    write_trust_profile(profiles, choice, variant, args.dataset, Path(args.output_dir))
     print(f"wrote {len(profiles) + 1} charts and trust_profile.csv/.md to {args.output_dir}")
 
 

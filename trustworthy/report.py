@@ -18,8 +18,8 @@ from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.core.io import write_text  # noqa: E402
 from utils.reporting.profile import load_profiles  # noqa: E402
-from utils.reporting.radar import axis_ranges, parse_axes, parse_ranges  # noqa: E402
-from utils.reporting.report import draw_run, report_markdown, slug, write_trust_profile  # noqa: E402
+from utils.reporting.radar import parse_axes, parse_ranges  # noqa: E402
+from utils.reporting.report import AxisChoice, draw_run, report_markdown, slug, write_trust_profile  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     corpus = get_corpus(args.dataset, project_dir)
     out = Path(args.output_dir) if args.output_dir else project_dir / "report" / args.dataset
     profiles = load_profiles(project_dir, args.dataset, args.runs, variant)
-    ranges = axis_ranges(profiles, parse_ranges(args.ranges), corpus.num_classes, args.zoom, parse_axes(args.axes))
-    charts = write_trust_profile(profiles, ranges, variant, args.dataset, out / "trust_profile")
+    choice = AxisChoice(parse_axes(args.axes), parse_ranges(args.ranges), corpus.num_classes, args.zoom)
+    charts, ranges = write_trust_profile(profiles, choice, variant, args.dataset, out / "trust_profile")
     runs = [draw_run(project_dir, p, corpus.fold_ids(), corpus.class_names, out / slug(p.label)) for p in profiles]
     write_text(out / "report.md", report_markdown(args.dataset, runs, charts, ranges, variant, out))
     print(out / "report.md")

@@ -20,9 +20,11 @@ def profile_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--snr", default=_V.snr, type=float, help="SNR (dB) of the attack results to read")
     p.add_argument("--privacy_attack", default=_V.privacy_attack)
     p.add_argument("--privacy_probe", default=_V.privacy_probe, choices=PRIVACY_PROBES,
-                   help="the original's gender probe, or the linear probe on the emotion model's embeddings")
-    p.add_argument("--fairness_group", default=_V.fairness_group, choices=FAIRNESS_GROUPS,
-                   help="default: each run's protocol's (speaker; gender under --protocol original, as the original)")
+                   help="the linear probe on the emotion model's embeddings, or the original's gender probe; auto: "
+                        "the linear probe for --protocol fixed runs, the original's for --protocol original runs")
+    p.add_argument("--fairness_group", default=_V.fairness_group,
+                   help=f"{', '.join(FAIRNESS_GROUPS)}, or a column fairness_evaluation.py --group_by evaluated "
+                        f"(default: each run's protocol's: speaker; gender under --protocol original, as the original)")
     p.add_argument("--fairness_metric", default=_V.fairness_metric, choices=FAIRNESS_METRICS)
     p.add_argument("--zoom", action="store_true", help="tight automatic ranges around the runs' values (close runs)")
     p.add_argument("--axes", default=None, metavar="AXIS,AXIS,...",

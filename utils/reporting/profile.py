@@ -1,11 +1,13 @@
 """Trust profiles of finished runs: every stage's measurement per run, and the tables that show them."""
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.core.errors import TrustSerError
 from utils.runs.paths import RunId
-from utils.runs.stages import STAGE, STAGES, Measurement, Variant, is_random_init, measure
+from utils.runs.stages import (STAGE, STAGES, Measurement, Variant, backbone_build, for_run, measure,
+                              recorded_flags)
 
 PRETTY_MODELS = {"wav2vec2_0": "Wav2vec 2.0", "wavlm": "WavLM", "apc": "APC", "tera": "TERA",
                  "whisper_tiny": "Whisper Tiny", "whisper_base": "Whisper Base", "whisper_small": "Whisper Small"}
@@ -15,8 +17,19 @@ PRETTY_MODELS = {"wav2vec2_0": "Wav2vec 2.0", "wavlm": "WavLM", "apc": "APC", "t
 class RunProfile:
     run: RunId
     label: str
-    random_init: bool = False
+    build: list = field(default_factory=list)           # "tiny", "random init": not the published backbone
     measurements: dict = field(default_factory=dict)    # stage key -> Measurement
+    variant: Variant = Variant()                        # what was read for this run ("auto" resolved)
+    original_probe: Measurement | None = None           # the original's privacy probe, where the axis shows another
+
+    @property
+    def random_init(self) -> bool:
+        return "random init" in self.build
+
+    @property
+    def name(self) -> str:
+        """The label with what ran: "WavLM (tiny, random init)"."""
+        return self.label + (f" ({', '.join(self.build)})" if self.build else "")
 
     def value(self, key: str) -> float | None:
         return self.measurements[key].value
@@ -36,8 +49,11 @@ class RunProfile:
 
 
 def load_profile(project_dir: Path, run: RunId, label: str, variant: Variant) -> RunProfile:
-    return RunProfile(run, label, is_random_init(project_dir, run),
-                      {s.key: measure(s, project_dir, run, variant) for s in STAGES})
+    flags, variant = recorded_flags(project_dir, run), for_run(variant, project_dir, run)
+    original = None if variant.privacy_probe == "original" else \
+        measure(STAGE["privacy"], project_dir, run, dataclasses.replace(variant, privacy_probe="original"))
+    return RunProfile(run, label, backbone_build(run, flags), {s.key: measure(s, project_dir, run, variant)
+                                                               for s in STAGES}, variant, original)
 
 
 def _parse_run_spec(spec: str) -> tuple[str, str, str | None]:
@@ -84,46 +100,76 @@ def fmt(value: float) -> str:
     return f"{float(f'{value:.3g}'):g}"
 
 
+def shown_variant(profiles: list[RunProfile], variant: Variant) -> Variant:
+    """What a chart or table of these runs shows: the per-run choices (privacy probe, fairness group) resolved
+    where every run resolved them alike."""
+    for name in ("privacy_probe", "fairness_group"):
+        values = {getattr(p.variant, name) for p in profiles}
+        if len(values) == 1:
+            variant = dataclasses.replace(variant, **{name: values.pop()})
+    return variant
+
+
 def axis_label(key: str, variant: Variant) -> str:
     return f"{STAGE[key].title}\n{STAGE[key].describe(variant)}"
 
 
+def fold_count(m: Measurement, folds_of_run: int | None) -> str:
+    """"1 of 5 folds" where a value rests on fewer (or other) folds than the run; "" where on all of them."""
+    if m.folds is None or m.folds == folds_of_run:
+        return ""
+    return f"{m.folds} of {folds_of_run} folds" if folds_of_run else f"{m.folds} fold{'s' if m.folds != 1 else ''}"
+
+
+def spread(m: Measurement) -> float | None:
+    """The spread over folds; None for a single fold (a std of 0 there would read as "no variation")."""
+    return None if m.folds == 1 else m.std
+
+
 def cell(m: Measurement, folds_of_run: int | None = None) -> str:
-    """"66.43 ± 1.20", with the fold count where it differs from the run's and a flag for a collapsed probe."""
+    """"66.43 ± 1.20", with "(k of n folds)" where the value rests on fewer folds than the run and a flag for a
+    collapsed probe."""
     if m.value is None:
         return "n/a"
-    text = f"{m.value:.2f}" if m.std is None else f"{m.value:.2f} ± {m.std:.2f}"
-    if m.folds is not None and m.folds != folds_of_run:
-        text += f" ({m.folds} fold{'s' if m.folds != 1 else ''})"
-    return text + (" (probe collapsed)" if m.collapsed else "")
+    text = f"{m.value:.2f}" if spread(m) is None else f"{m.value:.2f} ± {spread(m):.2f}"
+    count = fold_count(m, folds_of_run)
+    return text + (f" ({count})" if count else "") + (" (probe collapsed)" if m.collapsed else "")
 
 
 def table_rows(profiles: list[RunProfile]) -> list[list]:
     """trust_profile.csv: a header, then one row per run."""
-    header = ["label", "pretrain_model", "run_name", "random_init", "folds"]
+    header = ["label", "pretrain_model", "run_name", "tiny", "random_init", "folds"]
     for s in STAGES:
-        header += [s.column, s.column + "_std"]
-    header += ["privacy_collapsed"]
+        header += [s.column, s.column + "_std", s.column + "_folds"]
+    header += ["privacy_probe", "privacy_collapsed", "privacy_original_probe_uar_pct",
+               "privacy_original_probe_uar_pct_folds", "privacy_original_probe_collapsed"]
     rows = [header]
     for p in profiles:
-        row = [p.label, p.run.pretrain_model, p.run.name, p.random_init, "" if p.folds is None else p.folds]
+        row = [p.label, p.run.pretrain_model, p.run.name, "tiny" in p.build, p.random_init,
+               "" if p.folds is None else p.folds]
         for s in STAGES:
             m = p.measurements[s.key]
-            row += ["" if v is None else repr(v) for v in (m.value, m.std)]
-        rows.append(row + [p.measurements["privacy"].collapsed])
+            folds = None if m.value is None else m.folds
+            row += ["" if v is None else repr(v) for v in (m.value, spread(m), folds)]
+        original = p.original_probe or p.measurements["privacy"]
+        rows.append(row + [p.variant.privacy_probe, p.measurements["privacy"].collapsed, original.value,
+                           None if original.value is None else original.folds, original.collapsed])
     return rows
 
 
 def table_markdown(profiles: list[RunProfile], ranges: dict, variant: Variant) -> str:
     """The runs' values on the axes shown (the keys of ranges, in their order)."""
+    variant = shown_variant(profiles, variant)
     shown = [STAGE[k] for k in ranges]
-    titles = [axis_label(s.key, variant).replace("\n", ": ") for s in shown]
+    titles = [axis_label(s.key, variant).replace("\n", ": ", 1).replace("\n", " ") for s in shown]
     lines = ["| Model | Run | Folds | " + " | ".join(titles) + " |", "|" + "---|" * (len(shown) + 3)]
     for p in profiles:
         cells = [cell(p.measurements[s.key], p.folds) for s in shown]
-        name = p.label + (" (random init)" if p.random_init else "")
-        lines.append(f"| {name} | {p.run.name} | {p.folds or 'n/a'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {p.name} | {p.run.name} | {p.folds or 'n/a'} | " + " | ".join(cells) + " |")
     direction = ", ".join(f"{s.title} {'higher' if s.higher_is_better else 'lower'} is better" for s in shown)
     chart = "; ".join(f"{s.title} " + ("n/a" if ranges[s.key] is None else
                                        f"{fmt(ranges[s.key][0])} to {fmt(ranges[s.key][1])}") for s in shown)
-    return "\n".join(lines) + f"\n\n{direction}.\n\nChart ranges: {chart}.\n"
+    return (("\n".join(lines) + f"\n\n{direction}. A value resting on fewer folds than its run says on how many "
+             f"(\"k of n folds\"); a single fold has no spread.\n\nRanges of the comparison chart: {chart}. Each "
+             f"run's own chart runs fairness to 100 and GFLOPs to about twice the run's value (no natural scale), so that "
+             f"a run is not drawn at the centre only for being the largest.\n"))

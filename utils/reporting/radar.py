@@ -6,7 +6,6 @@ collapsed to one class is a hollow cross outside the polygon.
 """
 import math
 import re
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.core.io import save_figure  # noqa: E402
-from utils.reporting.profile import RunProfile, axis_label, fmt  # noqa: E402
+from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, shown_variant  # noqa: E402
 from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
@@ -106,6 +105,20 @@ def axis_ranges(profiles: list[RunProfile], given: dict, num_classes: int, zoom:
     return ranges
 
 
+def own_ranges(profile: RunProfile, given: dict, num_classes: int, zoom: bool, axes: list[str]) -> dict:
+    """Ranges of a run's own chart: as axis_ranges for the run alone, except that an axis open at the top (0 to
+    the largest run, rounded up, which would put the run at the centre) runs to the metric's largest possible
+    value (fairness: 100 %), or, where there is none (GFLOPs), to about twice the run's value."""
+    ranges = axis_ranges([profile], given, num_classes, zoom, axes)
+    for key in axes:
+        stage, value = STAGE[key], profile.value(key)
+        low, high = stage.natural_range(num_classes)
+        if zoom or key in given or value is None or not math.isinf(high):
+            continue
+        ranges[key] = (low, stage.bound if math.isfinite(stage.bound) else round_up(2 * value))
+    return ranges
+
+
 def ticks(low: float, high: float) -> list[float]:
     """Both ends, and the round values between them that are not crowding an end."""
     step = nice_step((high - low) / 5)
@@ -153,7 +166,11 @@ def _new_radar(ranges: dict, variant: Variant):
     ax.set_yticks([])
     ax.set_xticks([a % (2 * np.pi) for _, a in _axes(ranges)], labels=[])
     ax.xaxis.grid(True, color="0.75", linewidth=0.8)
-    ax.spines["polar"].set_color("0.6")
+    # the rim drawn from the top spoke round: the polar spine closes at 0 degrees, between two spokes, where the
+    # overlapping ends of its path leave a dark dot that reads as a stray tick
+    ax.spines["polar"].set_visible(False)
+    ax.plot(np.pi / 2 + np.linspace(0, 2 * np.pi, 721), np.ones(721), color="0.6", linewidth=0.8, clip_on=False,
+            zorder=1)
     ax.spines["inner"].set_color("0.75")
     for stage, angle in _axes(ranges):
         missing = ranges[stage.key] is None
@@ -185,9 +202,8 @@ def _axis_title(ax, angle: float, text: str, color: str) -> None:
 
 def _value_text(profile: RunProfile, key: str, point: Point) -> str:
     m = profile.measurements[key]
-    text = fmt(m.value)
-    if m.folds is not None and m.folds != profile.folds:
-        text += f" ({m.folds} fold{'s' if m.folds != 1 else ''})"
+    count = fold_count(m, profile.folds)
+    text = fmt(m.value) + (f"\n({count})" if count else "")
     if m.collapsed:
         return text + "\nprobe collapsed"
     return text + ("\n(off scale)" if point.off_scale else "")
@@ -220,17 +236,32 @@ def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) 
 
 
 def run_facts(profile: RunProfile, axes) -> list[str]:
-    """What a reader must know before believing a run's profile on these axes (stage keys)."""
-    facts = ["random init"] if profile.random_init else []
+    """What a reader must know before believing a run's profile on these axes (stage keys): its folds (and the
+    axes that rest on fewer), the axes without a result."""
+    facts = []
     if profile.folds is not None:
-        facts.append(f"{profile.folds} fold{'s' if profile.folds != 1 else ''}")
+        fewer = [f"{STAGE[k].title.lower()} {profile.measurements[k].folds}" for k in axes
+                 if profile.value(k) is not None and fold_count(profile.measurements[k], profile.folds)]
+        facts.append(f"{profile.folds} fold{'s' if profile.folds != 1 else ''}"
+                     + (f" ({', '.join(fewer)})" if fewer else ""))
     if profile.missing_titles(axes):
         facts.append("n/a: " + ", ".join(profile.missing_titles(axes)))
     return facts
 
 
+def wrap_entries(entries: list[str], width: int) -> str:
+    """Entries joined by " · ", lines broken only between entries (never inside one)."""
+    lines = [entries[0]]
+    for entry in entries[1:]:
+        if len(lines[-1]) + 3 + len(entry) > width:
+            lines.append(entry)
+        else:
+            lines[-1] += " · " + entry
+    return "\n".join(lines)
+
+
 def legend_label(profile: RunProfile, axes) -> str:
-    return textwrap.fill(" · ".join([profile.label] + run_facts(profile, axes)), width=34)
+    return wrap_entries([profile.name] + run_facts(profile, axes), width=34)
 
 
 def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float) -> None:
@@ -248,18 +279,19 @@ def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float
     ax.text(0.5, y, "\n".join(lines), transform=ax.transAxes, ha="center", va="top", fontsize=8.5, color="0.35")
 
 
-def draw_single(profile: RunProfile, ranges: dict, color, variant: Variant, dataset: str, path: Path) -> None:
-    fig, ax = _new_radar({k: (None if profile.value(k) is None else r) for k, r in ranges.items()}, variant)
+def draw_single(profile: RunProfile, ranges: dict, color, dataset: str, path: Path) -> None:
+    """The run's radar, its privacy axis the probe read for it (profile.variant)."""
+    fig, ax = _new_radar({k: (None if profile.value(k) is None else r) for k, r in ranges.items()}, profile.variant)
     _plot_profile(ax, profile, ranges, color, annotate=True)
     facts = run_facts(profile, ranges)
-    title = "\n".join([profile.label] + ([" · ".join(facts)] if facts else []))
-    ax.set_title(title, fontsize=16 if len(profile.label) <= 24 else 12, fontweight="bold", color=color, pad=80)
+    title = "\n".join([profile.name] + ([" · ".join(facts)] if facts else []))
+    ax.set_title(title, fontsize=16 if len(profile.name) <= 28 else 12, fontweight="bold", color=color, pad=80)
     _footer(ax, [profile], ranges, dataset, y=-0.13)
     save_png(fig, path)
 
 
 def draw_overlay(profiles: list[RunProfile], ranges: dict, variant: Variant, dataset: str, path: Path) -> None:
-    fig, ax = _new_radar(ranges, variant)
+    fig, ax = _new_radar(ranges, shown_variant(profiles, variant))
     for i, profile in enumerate(profiles):
         _plot_profile(ax, profile, ranges, COLORS[i % len(COLORS)], annotate=False)
     ax.set_title(f"Trust profiles: {dataset}", fontsize=16, fontweight="bold", pad=72)

@@ -15,7 +15,8 @@ from utils.runs.predictions import read_predictions  # noqa: E402
 from utils.core.io import read_json, write_csv, write_text  # noqa: E402
 from utils.runs.paths import RunFolder, finetune_folder  # noqa: E402
 from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
-from utils.reporting.radar import COLORS, draw_overlay, draw_single, save_png  # noqa: E402
+from utils.reporting.radar import (COLORS, axis_ranges, draw_overlay, draw_single, own_ranges,  # noqa: E402
+                                   save_png)
 from utils.reporting.trust_figures import draw_reliability, draw_robustness  # noqa: E402
 from utils.runs.stages import STAGE, Variant, dig  # noqa: E402
 from utils.trust.calibration import pooled_predictions  # noqa: E402
@@ -23,20 +24,42 @@ from utils.trust.calibration import pooled_predictions  # noqa: E402
 SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
 
 
+PRIVACY_PROBES = (
+    "Privacy, two probes (higher UAR = more gender leaks, 50% = none). The linear probe, the axis for "
+    "`--protocol fixed` runs, is a logistic regression on the emotion model's own utterance embedding, "
+    "cross-validated over every speaker of the fold with no speaker on both sides, so it needs no dev set. "
+    "The original's probe, the axis for `--protocol original` runs and listed for every run, is a CNN head trained "
+    "on the backbone's hidden states and scored at its best epoch by dev UAR, which with few dev speakers can "
+    "predict one gender for everything (50%, marked \"probe collapsed\").")
+
+
 def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "run"
 
 
-def write_trust_profile(profiles: list[RunProfile], ranges: dict, variant: Variant, dataset: str,
-                        out: Path) -> dict[str, Path]:
-    """A radar per run (by label), compare.png with all runs, trust_profile.csv and .md; returns the charts."""
+@dataclass(frozen=True)
+class AxisChoice:
+    """Which axes the charts draw and how their ranges are chosen: --axes, --ranges, the corpus' class count
+    (chance level), --zoom."""
+    axes: list
+    given: dict
+    num_classes: int
+    zoom: bool
+
+
+def write_trust_profile(profiles: list[RunProfile], choice: AxisChoice, variant: Variant, dataset: str,
+                        out: Path) -> tuple[dict[str, Path], dict]:
+    """A radar per run (by label) on its own ranges, compare.png with all runs on common ones, trust_profile.csv
+    and .md; returns the charts and the common ranges."""
     charts = {p.label: out / f"{slug(p.label)}.png" for p in profiles}
     for i, profile in enumerate(profiles):
-        draw_single(profile, ranges, COLORS[i % len(COLORS)], variant, dataset, charts[profile.label])
+        own = own_ranges(profile, choice.given, choice.num_classes, choice.zoom, choice.axes)
+        draw_single(profile, own, COLORS[i % len(COLORS)], dataset, charts[profile.label])
+    ranges = axis_ranges(profiles, choice.given, choice.num_classes, choice.zoom, choice.axes)
     draw_overlay(profiles, ranges, variant, dataset, out / "compare.png")
     write_csv(out / "trust_profile.csv", table_rows(profiles))
     write_text(out / "trust_profile.md", table_markdown(profiles, ranges, variant))
-    return {**charts, "compare": out / "compare.png"}
+    return {**charts, "compare": out / "compare.png"}, ranges
 
 
 # ---------------------------------------------------------------- training curves
@@ -206,13 +229,15 @@ def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path
 
     profiles = [r.profile for r in runs]
     lines = [f"# Trust-SER report: {dataset}", "", "## Trust profile", "",
-             table_markdown(profiles, ranges, variant).rstrip(), "",
+             table_markdown(profiles, ranges, variant).rstrip(), "", PRIVACY_PROBES, "",
              f"![All runs]({link(charts['compare'])})", ""]
     for r in runs:
         p = r.profile
-        lines += [f"## {p.label}", "", f"Run `{p.run.pretrain_model}/{p.run.name}`"
+        lines += [f"## {p.name}", "", f"Run `{p.run.pretrain_model}/{p.run.name}`"
                   + (" (random initial weights: a pipeline check, not a result)" if p.random_init else "") + ".", ""]
         lines += [f"- {STAGE[k].title}: {cell(p.measurements[k], p.folds)}" for k in ranges]
+        if p.original_probe and "privacy" in ranges:
+            lines.append(f"- Privacy, the original's probe: {cell(p.original_probe, p.folds)}")
         lines += ["", f"- Radar: [{link(charts[p.label])}]({link(charts[p.label])})"]
         for name, path in r.figures():
             lines.append(f"- {name}: " + (f"[{link(path)}]({link(path)})" if path else "n/a (no results for it)"))

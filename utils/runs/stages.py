@@ -21,7 +21,7 @@ FAIRNESS_GROUPS = ("speaker", "gender")
 # latest code passed gender to its parity metrics
 PROTOCOL_FAIRNESS_GROUP = {"fixed": "speaker", "original": "gender"}
 FAIRNESS_METRICS = ("statistical_parity", "equality_of_opportunity", "demographic_parity")
-PRIVACY_PROBES = ("original", "linear")
+PRIVACY_PROBES = ("auto", "linear", "original")   # auto: linear for --protocol fixed runs, original for original
 LINEAR_PROBE_UAR = "linear_probe.uar"
 
 
@@ -31,7 +31,8 @@ class Variant:
     attack_method: str = "fgsm"
     snr: float = 45
     privacy_attack: str = "gender"
-    privacy_probe: str = "original"         # or "linear": the linear probe in the same results.json
+    privacy_probe: str = "auto"     # "linear" (the linear probe in the same results.json), "original", or "auto":
+                                    # linear for --protocol fixed runs, original for --protocol original runs
     fairness_group: str | None = None       # None: each run's protocol's (PROTOCOL_FAIRNESS_GROUP)
     fairness_metric: str = "statistical_parity"
 
@@ -56,6 +57,7 @@ class TrustStage:
     describe: Callable[[Variant], str]      # what exactly the axis measures
     natural_low: float | None = 0.0         # the metric's own scale; None: chance level (100 / classes)
     natural_high: float = math.inf          # inf: 0 to the largest value, rounded up
+    bound: float = math.inf                 # the largest value the metric can take (fairness metrics: 1, i.e. 100 %)
     per_fold: bool = True
     trains: bool = False                    # its folder trains heads (RunFolder.trains)
     default_axis: bool = True               # on the radar without --axes
@@ -78,8 +80,12 @@ class TrustStage:
         return isinstance(result, dict) and all(has_key(result, k) for k in keys)
 
 
+PROBE_NAMES = {"linear": ", linear probe", "original": ", original's probe",
+               "auto": "\nlinear probe (--protocol original\nruns: the original's probe)"}
+
+
 def _privacy_describe(v: Variant) -> str:
-    return f"{v.privacy_attack} inference UAR (%)" + (", linear probe" if v.privacy_probe == "linear" else "")
+    return f"{v.privacy_attack} inference UAR (%)" + PROBE_NAMES[v.privacy_probe]
 
 
 STAGES: list[TrustStage] = [
@@ -89,7 +95,8 @@ STAGES: list[TrustStage] = [
     TrustStage("fairness", "Fairness", "fairness_pct", False, "%", 100.0, lambda p, r, v: fairness_dir(p, r),
                tuple(f"{g}.{m}" for g in FAIRNESS_GROUPS for m in FAIRNESS_METRICS) + ("uar",),
                lambda v: f"{v.fairness_group}.{v.fairness_metric}",
-               lambda v: f"{v.fairness_group or 'speaker (original: gender)'} {v.fairness_metric.replace('_', ' ')} (%)"),
+               lambda v: f"{v.fairness_group or 'speaker (original: gender)'} "
+                         f"{v.fairness_metric.replace('_', ' ')} (%)", bound=100.0),
     TrustStage("privacy", "Privacy", "privacy_gender_uar_pct", False, "%", 1.0,
                lambda p, r, v: privacy_dir(p, r, v.privacy_attack), CLASSIFICATION_KEYS + (LINEAR_PROBE_UAR,),
                lambda v: LINEAR_PROBE_UAR if v.privacy_probe == "linear" else "uar", _privacy_describe,
@@ -107,7 +114,7 @@ STAGES: list[TrustStage] = [
     # written by the finetune stage: its results.json averages the calibration of each fold's test probabilities
     TrustStage("calibration", "Calibration", "calibration_ece_pct", False, "%", 100.0,
                lambda p, r, v: finetune_dir(p, r), ("ece", "brier"), lambda v: "ece",
-               lambda v: "expected calibration error (%)", trains=True, default_axis=False),
+               lambda v: "expected calibration error (%)", bound=100.0, trains=True, default_axis=False),
 ]
 STAGE = {s.key: s for s in STAGES}
 
@@ -157,10 +164,16 @@ def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Var
         return Measurement(note=f"{path} has no number at {'.'.join(where)}")
     if not stage.per_fold:
         return Measurement(stage.scale * value)
-    std, folds = number(dig(data, ["std"] + key)), dig(data, ["meta", "folds_done"])
+    std, folds = number(dig(data, ["std"] + key)), value_folds(data, key)
     return Measurement(stage.scale * value, None if std is None else stage.scale * std,
                        len(folds) if isinstance(folds, list) else None,
                        stage.key == "privacy" and variant.privacy_probe == "original" and privacy_collapsed(data))
+
+
+def value_folds(results: dict, keys: list[str]) -> list | None:
+    """The folds a value of results.json averages: those that have it (meta.value_folds), else every fold done."""
+    folds = dig(results, ["meta", "value_folds"] + keys)
+    return folds if isinstance(folds, list) else dig(results, ["meta", "folds_done"])
 
 
 def privacy_collapsed(results: dict) -> bool:
@@ -176,14 +189,18 @@ def recorded_flags(project_dir: str | Path, run: RunId) -> dict:
 
 
 def for_run(variant: Variant, project_dir: str | Path, run: RunId) -> Variant:
-    """The variant as one run is read: without a chosen fairness group, the group of the run's protocol (its
-    results.json's flags, else its folder name)."""
-    if variant.fairness_group is not None:
-        return variant
+    """The variant as one run is read, by the run's protocol (its results.json's flags, else its folder name):
+    without a chosen fairness group, the protocol's; privacy "auto": the original's probe for --protocol original
+    runs, the linear probe otherwise."""
     protocol = recorded_flags(project_dir, run).get("protocol") or ("original" if "_origproto" in run.name else "fixed")
-    return replace(variant, fairness_group=PROTOCOL_FAIRNESS_GROUP.get(protocol, "speaker"))
+    probe = variant.privacy_probe if variant.privacy_probe != "auto" else \
+        ("original" if protocol == "original" else "linear")
+    return replace(variant, fairness_group=variant.fairness_group or PROTOCOL_FAIRNESS_GROUP.get(protocol, "speaker"),
+                   privacy_probe=probe)
 
 
-def is_random_init(project_dir: str | Path, run: RunId) -> bool:
-    """The run's backbone had random weights: its results.json says so, or its folder name does."""
-    return "_randinit" in run.name or recorded_flags(project_dir, run).get("random_init") is True
+def backbone_build(run: RunId, flags: dict) -> list[str]:
+    """How the run's backbone differs from the published one ("tiny", "random init"): its flags say so, or its
+    folder name does."""
+    return [name for name, flag, suffix in (("tiny", "tiny", "_tiny"), ("random init", "random_init", "_randinit"))
+            if suffix in run.name or flags.get(flag) is True]
