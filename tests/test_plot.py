@@ -11,8 +11,8 @@ from synthetic_project import load_script
 from utils.core.errors import TrustSerError
 from utils.reporting.cli import profile_parser, profile_variant
 from utils.reporting.profile import RunProfile, load_profiles
-from utils.reporting.radar import (DEFAULT_AXES, Point, _value_text, axis_ranges, legend_label, natural_range, nice_step, own_ranges,
-                                  place, ticks, wrap_entries)
+from utils.reporting.radar import (DEFAULT_AXES, Point, _value_text, axis_ranges, legend_label, natural_range,
+                                  nice_step, own_ranges, place, ticks, wrap_entries)
 from utils.reporting.report import AxisChoice, write_trust_profile
 from utils.runs.stages import STAGE
 
@@ -91,7 +91,8 @@ def test_profiles_tables_and_charts(tmp_path):
     assert rows["apc"]["privacy_gender_uar_pct"] == ""
 
     markdown = (out / "trust_profile.md").read_text()
-    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 71.70 ± 1.50 | 62.50 ± 3.00 | 41.60 |" in markdown
+    assert "| WavLM | " + RUN + " | 5 | 66.43 ± 1.20 | 15.30 ± 1.00 | 71.70 ± 1.50 | 62.50 ± 3.00 | 41.60 |" \
+        in markdown
     assert "Privacy: gender inference UAR (%), linear probe |" in markdown
     assert "| APC | " + RUN + " | 5 | 58.21 ± 2.10 | 22.40 ± 1.00 | n/a | 88.00 ± 3.00 | 8.30 |" in markdown
     # natural scales: chance (4 classes) to 100, 50 to 100, 0 to 100, 0 to a round value >= the largest run
@@ -314,10 +315,12 @@ def test_legend_names_what_ran_counts_folds_per_axis_and_wraps_between_entries()
     profile = RunProfile(RunId("iemocap", "wavlm", "r"), "WavLM", ["tiny", "random init"],
                          {s.key: Measurement(50.0, 1.0, folds.get(s.key)) for s in STAGES})
     assert profile.name == "WavLM (tiny, random init)"
-    assert legend_label(profile, ["uar", "fairness", "privacy", "safety"]) == "WavLM (tiny, random init)\n5 folds (privacy 1)"
+    legend = legend_label(profile, ["uar", "fairness", "privacy", "safety"])
+    assert legend == "WavLM (tiny, random init)\n5 folds (privacy 1)"
     assert _value_text(profile, "privacy", Point(0.5, 0)) == "50\n(1 of 5 folds)"
     assert _value_text(profile, "uar", Point(0.5, 0)) == "50"
-    assert wrap_entries(["a" * 20, "b" * 8, "c" * 8, "d" * 30], 20) == "a" * 20 + "\nbbbbbbbb · cccccccc\n" + "d" * 30
+    assert wrap_entries(["a" * 20, "b" * 8, "c" * 8, "d" * 30], 20) == \
+        "a" * 20 + "\nbbbbbbbb · cccccccc\n" + "d" * 30
 
 
 def test_each_run_chart_on_its_own_ranges_the_comparison_on_common_ones(tmp_path):
@@ -325,8 +328,8 @@ def test_each_run_chart_on_its_own_ranges_the_comparison_on_common_ones(tmp_path
     their own charts; there fairness runs to 100 and GFLOPs to about twice the run's value."""
     project = _fake_project(tmp_path / "project")
     profiles = load_profiles(project, "iemocap", None, profile_variant(_flags()))
-    charts, ranges = write_trust_profile(profiles, AxisChoice(list(DEFAULT_AXES), {}, 4, False), profile_variant(_flags()), "iemocap",
-                                         tmp_path / "out")
+    charts, ranges = write_trust_profile(profiles, AxisChoice(list(DEFAULT_AXES), {}, 4, False),
+                                         profile_variant(_flags()), "iemocap", tmp_path / "out")
     assert ranges["gflops"] == (0.0, 50.0) and ranges["fairness"] == (0.0, 25.0)
     apc, wavlm = (own_ranges(p, {}, 4, False, DEFAULT_AXES) for p in profiles)
     assert apc["fairness"] == wavlm["fairness"] == (0.0, 100.0)

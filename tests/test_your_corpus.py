@@ -3,6 +3,7 @@ female, s06-s10 male), an age-group column, a stereo FLAC and 22.05 kHz WAV file
 runs in process through its script's main(argv): split -> preprocess -> finetune (tiny WavLM, 2 folds) ->
 fairness (--group_by age_group) -> safety -> privacy (fold 1) -> sustainability -> plot_spider -> report."""
 import ast
+import csv
 import json
 import os
 import stat
@@ -117,6 +118,33 @@ def test_every_stage_has_results(chain):
     privacy = results(project, Path("privacy") / "gender")
     assert privacy["meta"]["folds_done"] == [1] and privacy["1"]["linear_probe"]["uar"] is not None
     assert (project / "report" / "yours" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_trust_profile_says_what_ran_and_on_how_many_folds(chain):
+    """Privacy from fold 1 of 2: the linear probe (--protocol fixed) with "1 of 2 folds" and no spread, the
+    original's probe beside it; the age_group column as the fairness axis."""
+    root, project = chain
+    privacy = results(project, Path("privacy") / "gender")
+    with open(root / "profile" / "trust_profile.csv") as f:
+        row = next(csv.DictReader(f))
+    assert row["tiny"] == row["random_init"] == "True" and row["folds"] == "2"
+    assert row["privacy_probe"] == "linear" and row["privacy_gender_uar_pct_folds"] == "1"
+    assert float(row["privacy_gender_uar_pct"]) == pytest.approx(privacy["1"]["linear_probe"]["uar"])
+    assert row["privacy_gender_uar_pct_std"] == "" and row["privacy_original_probe_uar_pct_folds"] == "1"
+    assert float(row["privacy_original_probe_uar_pct"]) == pytest.approx(privacy["1"]["uar"])
+    table = (root / "profile" / "trust_profile.md").read_text()
+    linear = privacy["1"]["linear_probe"]["uar"]
+    assert f"| WavLM (tiny, random init) | {RUN.name} | 2 | " in table and f"| {linear:.2f} (1 of 2 folds) |" in table
+    report = (project / "report" / "yours" / "report.md").read_text()
+    assert "## WavLM (tiny, random init)" in report and "- Privacy, the original's probe: " in report
+    assert "The linear probe, the axis for `--protocol fixed` runs" in report
+    run("trustworthy/plot_spider.py", "--dataset", "yours", "--config", str(root / "config.yml"), "--output_dir",
+        str(root / "by_age"), "--fairness_group", "age_group")
+    fairness = results(project, "fairness")["average"]["age_group"]["statistical_parity"]
+    assert "Fairness: age_group statistical parity (%) |" in (root / "by_age" / "trust_profile.md").read_text()
+    with open(root / "by_age" / "trust_profile.csv") as f:
+        assert float(next(csv.DictReader(f))["fairness_pct"]) == pytest.approx(100 * fairness)
 
 
 @pytest.mark.slow

@@ -171,5 +171,5 @@ def table_markdown(profiles: list[RunProfile], ranges: dict, variant: Variant) -
                                        f"{fmt(ranges[s.key][0])} to {fmt(ranges[s.key][1])}") for s in shown)
     return (("\n".join(lines) + f"\n\n{direction}. A value resting on fewer folds than its run says on how many "
              f"(\"k of n folds\"); a single fold has no spread.\n\nRanges of the comparison chart: {chart}. Each "
-             f"run's own chart runs fairness to 100 and GFLOPs to about twice the run's value (no natural scale), so that "
-             f"a run is not drawn at the centre only for being the largest.\n"))
+             f"run's own chart runs fairness to 100 and GFLOPs to about twice the run's value (no natural scale), so "
+             f"that a run is not drawn at the centre only for being the largest.\n"))
