@@ -19,6 +19,11 @@ def load_script(script: str | Path):
     return module
 
 
+def call_script(script: str, *argv: str) -> None:
+    """A repo script's main(argv) in this process: the same work as run_script without an interpreter's start."""
+    load_script(script).main(list(argv))
+
+
 def run_script(script: str, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run a repo script as a user would (from another folder); fail with its output if it fails."""
     proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd or REPO.parent, env=ENV,

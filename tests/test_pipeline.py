@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from synthetic_project import load_script, make_project, run_script
+from synthetic_project import call_script, load_script, make_project, run_script
 from utils.core.errors import TrustSerError
 from utils.core.io import write_wav
 from utils.trust.calibration import brier_score, expected_calibration_error, read_probabilities
@@ -33,7 +33,7 @@ RUN_CONFIG = RunConfig(dataset="demo", pretrain_model="apc", random_init=True, t
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     config = make_project(root, utts_per_emotion=10)
-    run_script("experiment/finetune_single_thread.py", *FLAGS, "--config", str(config))
+    call_script("experiment/finetune_single_thread.py", *FLAGS, "--config", str(config))
     return config, root / "project"
 
 
@@ -111,7 +111,7 @@ def model_predictions(config, fold: int) -> pd.DataFrame:
 @pytest.mark.slow
 def test_fairness_from_the_saved_predictions_equals_the_model_path(project):
     config, out = project
-    run_script("trustworthy/fairness/fairness_evaluation.py", *_flags(config), "--bootstrap", "50")
+    call_script("trustworthy/fairness/fairness_evaluation.py", *_flags(config), "--bootstrap", "50")
     results = json.loads((out / "fairness" / "demo" / "apc" / RUN / "results.json").read_text())
     for fold in ("1", "3"):
         preds = model_predictions(config, int(fold))
@@ -136,8 +136,8 @@ def test_fgsm_hits_the_snr_and_a_strong_attack_beats_a_weak_one(project):
     config, out = project
     rates = {}
     for snr in ("5", "60"):
-        run_script("trustworthy/safety/adversarial_attack.py", *_flags(config), "--attack_method", "fgsm",
-                   "-snr", snr, "--folds", "1,2")
+        call_script("trustworthy/safety/adversarial_attack.py", *_flags(config), "--attack_method", "fgsm",
+                    "-snr", snr, "--folds", "1,2")
         results = json.loads((out / "attack" / "fgsm" / snr / "demo" / "apc" / RUN / "results.json").read_text())
         for fold in ("1", "2"):
             assert results[fold]["measured_snr_db"] == pytest.approx(float(snr), abs=0.1)
@@ -156,7 +156,7 @@ def test_fgsm_attacks_what_the_finetuned_model_got_right_and_fp32_agrees_on_cpu(
     preds = pd.read_csv(out / "finetune" / "demo" / "apc" / RUN / "fold_1_test_predictions.csv")
     runs = {}
     for extra in ([], ["--fp32", "--overwrite"]):
-        run_script("trustworthy/safety/adversarial_attack.py", *_flags(config), "-snr", "30", "--folds", "1", *extra)
+        call_script("trustworthy/safety/adversarial_attack.py", *_flags(config), "-snr", "30", "--folds", "1", *extra)
         runs[" ".join(extra)] = json.loads((attack / "results.json").read_text())
     cached, live = runs[""]["1"], runs["--fp32 --overwrite"]["1"]
     assert cached["num_attacked"] == int((preds.label == preds.prediction).sum()) > 0
@@ -169,7 +169,7 @@ def test_fgsm_attacks_what_the_finetuned_model_got_right_and_fp32_agrees_on_cpu(
 @pytest.mark.slow
 def test_privacy_trains_a_gender_head_on_fold_1(project):
     config, out = project
-    run_script("trustworthy/privacy/gender_inference.py", *_flags(config))
+    call_script("trustworthy/privacy/gender_inference.py", *_flags(config))
     results = json.loads((out / "privacy" / "gender" / "demo" / "apc" / RUN / "results.json").read_text())
     assert list(k for k in results if k.isdigit()) == ["1"]
     history = json.loads((out / "privacy" / "gender" / "demo" / "apc" / RUN / "fold_1.json").read_text())
@@ -221,8 +221,8 @@ def direct_linear_probe(config) -> float:
 @pytest.mark.slow
 def test_sustainability_counts_flops_params_and_latency(project):
     config, out = project
-    run_script("trustworthy/sustainability/sustainability.py", *_flags(config), "--repeats", "2",
-               "--throughput_batch", "2")
+    call_script("trustworthy/sustainability/sustainability.py", *_flags(config), "--repeats", "2",
+                "--throughput_batch", "2")
     report = json.loads((out / "flops" / "demo" / "apc" / RUN / "gflops.json").read_text())
     assert report["gflops"] > report["backbone_gflops"] > 0 and report["head_gflops"] > 0
     assert report["gflops"] == pytest.approx(report["backbone_gflops"] + report["head_gflops"], rel=1e-5)
@@ -234,8 +234,8 @@ def test_sustainability_counts_flops_params_and_latency(project):
 @pytest.mark.slow
 def test_trust_profile_plot_reads_the_runs(project):
     config, out = project
-    run_script("trustworthy/plot_spider.py", "--config", str(config), "--dataset", "demo",
-               "--output_dir", str(out / "profile"))
+    call_script("trustworthy/plot_spider.py", "--config", str(config), "--dataset", "demo",
+                "--output_dir", str(out / "profile"))
     pngs = sorted(p.name for p in (out / "profile").glob("*.png"))
     assert "compare.png" in pngs and len(pngs) >= 2
     assert "apc" in (out / "profile" / "trust_profile.md").read_text().lower()

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from manifest_corpus import write_manifest_corpus
-from synthetic_project import REPO, load_script
+from synthetic_project import REPO, call_script
 from utils.data.audio import audio_info
 from utils.trust.fairness import multiclass_statistical_parity
 
@@ -43,10 +43,6 @@ CHAIN = ["train_split_gen/manifest.py", "preprocess_audio/preprocess_audio.py", 
          "trustworthy/plot_spider.py", "trustworthy/report.py"]
 
 
-def run(script: str, *argv: str) -> None:
-    load_script(script).main(list(argv))
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("your_corpus")
@@ -55,19 +51,19 @@ def chain(tmp_path_factory):
         manifest, config = grouped_manifest(root), root / "config.yml"
         config.write_text(f"project_dir: {root / 'project'}\n")
         flags = ["--dataset", "yours", *MODEL, "--config", str(config)]
-        run("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "yours", "--config", str(config))
-        run("preprocess_audio/preprocess_audio.py", "--dataset", "yours", "--config", str(config))
-        run("experiment/finetune_single_thread.py", *flags, "--folds", "1,2")
-        run("trustworthy/fairness/fairness_evaluation.py", *flags, "--folds", "1,2", "--bootstrap", "0",
+        call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "yours", "--config", str(config))
+        call_script("preprocess_audio/preprocess_audio.py", "--dataset", "yours", "--config", str(config))
+        call_script("experiment/finetune_single_thread.py", *flags, "--folds", "1,2")
+        call_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--folds", "1,2", "--bootstrap", "0",
             "--group_by", "age_group")
-        run("trustworthy/safety/adversarial_attack.py", *flags, "--folds", "1,2")
-        run("trustworthy/privacy/gender_inference.py", *flags, "--bootstrap", "50")      # fold 1, the default
-        run("trustworthy/sustainability/sustainability.py", *flags, "--repeats", "1", "--throughput_batch", "1",
+        call_script("trustworthy/safety/adversarial_attack.py", *flags, "--folds", "1,2")
+        call_script("trustworthy/privacy/gender_inference.py", *flags, "--bootstrap", "50")      # fold 1, the default
+        call_script("trustworthy/sustainability/sustainability.py", *flags, "--repeats", "1", "--throughput_batch", "1",
             "--input_seconds", "1")
         project = root / "project"
-        run("trustworthy/plot_spider.py", "--dataset", "yours", "--config", str(config), "--output_dir",
+        call_script("trustworthy/plot_spider.py", "--dataset", "yours", "--config", str(config), "--output_dir",
             str(root / "profile"))
-        run("trustworthy/report.py", "--dataset", "yours", "--config", str(config))
+        call_script("trustworthy/report.py", "--dataset", "yours", "--config", str(config))
     finally:
         os.umask(previous)
     return root, project
@@ -163,11 +159,11 @@ def test_privacy_on_a_split_with_one_gender_in_dev_and_test(tmp_path, caplog):
     config = tmp_path / "config.yml"
     config.write_text(f"project_dir: {tmp_path / 'project'}\n")
     flags = ["--dataset", "split", *MODEL, "--num_epochs", "1", "--config", str(config)]
-    run("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "split", "--config", str(config))
-    run("preprocess_audio/preprocess_audio.py", "--dataset", "split", "--config", str(config))
-    run("experiment/finetune_single_thread.py", *flags)
+    call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "split", "--config", str(config))
+    call_script("preprocess_audio/preprocess_audio.py", "--dataset", "split", "--config", str(config))
+    call_script("experiment/finetune_single_thread.py", *flags)
     with caplog.at_level("INFO"):
-        run("trustworthy/privacy/gender_inference.py", *flags, "--bootstrap", "20")
+        call_script("trustworthy/privacy/gender_inference.py", *flags, "--bootstrap", "20")
     name = "lr0005_ep1_cnn_conv1_hid16_mean_frozen_tiny_randinit_bs8"
     privacy = json.loads((tmp_path / "project" / "privacy" / "gender" / "split" / "wavlm" / name /
                           "results.json").read_text())
