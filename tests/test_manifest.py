@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from hf_models import save_tiny_model
 from manifest_corpus import write_manifest_corpus
-from synthetic_project import ENV, REPO, load_script, run_script
+from synthetic_project import ENV, REPO, call_script, load_script, run_script
 from utils.data.audio import audio_info
 from utils.core.errors import TrustSerError
 from utils.data.manifest import manifest_corpus, speaker_column
@@ -36,11 +36,11 @@ def folds(tmp_path_factory):
     """6 speakers, 3 speaker folds, 48 files; preprocessed and trained (tiny APC, 1 epoch)."""
     root = tmp_path_factory.mktemp("manifest")
     manifest, config = write_manifest_corpus(root), _config(root)
-    run_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine", "--num_folds", "3",
-               "--config", str(config))
-    run_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
+    call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine", "--num_folds", "3",
+                "--config", str(config))
+    call_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
     flags = ["--dataset", "mine", *APC, "--config", str(config)]
-    run_script("experiment/finetune_single_thread.py", *flags)
+    call_script("experiment/finetune_single_thread.py", *flags)
     return root, config, flags
 
 
@@ -79,7 +79,7 @@ def test_finetune_and_fairness_on_the_manifest_corpus(folds):
     run_dir = root / "project" / "finetune" / "mine" / "apc" / RUN
     results = json.loads((run_dir / "results.json").read_text())
     assert sorted(k for k in results if k.isdigit()) == ["1", "2", "3"]
-    run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
+    call_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
     fairness = json.loads((root / "project" / "fairness" / "mine" / "apc" / RUN / "results.json").read_text())
     assert fairness["1"]["gender"]["reason"] is None and fairness["1"]["gender"]["n_groups"] == 2
 
@@ -103,8 +103,8 @@ def test_predict_equals_the_fold_models_test_predictions(folds):
         assert len(test) == 16
         for name in ("ang", "hap", "neu", "sad"):
             np.testing.assert_allclose(test[f"prob_{name}_x"], test[f"prob_{name}_y"], atol=2e-6)
-    run_script("experiment/predict.py", *flags, "--audio", str(root / "corpus" / "spk01_F"),
-               "--output", str(root / "all.csv"))
+    call_script("experiment/predict.py", *flags, "--audio", str(root / "corpus" / "spk01_F"),
+                "--output", str(root / "all.csv"))
     every = pd.read_csv(root / "all.csv").set_index("path").filter(like="prob_")
     fold2 = pd.read_csv(root / "preds2.csv").set_index("path").filter(like="prob_").loc[every.index]
     assert len(every) == 8
@@ -151,28 +151,28 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
     manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, split=True, gender=False)
     config = _config(tmp_path)
     hubert = save_tiny_model("hubert", tmp_path / "my-hubert")
-    run_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine",
-               "--labels", "sad,ang,hap", "--config", str(config))
+    call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "mine",
+                "--labels", "sad,ang,hap", "--config", str(config))
     split = json.loads((tmp_path / "project" / "train_split" / "mine.json").read_text())
     assert {k: len(v) for k, v in split.items()} == {"train": 6, "dev": 3, "test": 3}
     assert json.loads((tmp_path / "project" / "train_split" / "mine.corpus.json").read_text())["class_names"] == \
         ["sad", "ang", "hap"]
-    run_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
+    call_script("preprocess_audio/preprocess_audio.py", "--dataset", "mine", "--config", str(config))
     flags = ["--dataset", "mine", "--pretrain_model", str(hubert), "--finetune", "unfrozen_last_layer",
              "--device", "cpu", "--num_epochs", "1", "--conv_layers", "1", "--hidden_size", "16", "--pooling",
              "mean", "--batch_size", "4", "--config", str(config)]
-    run_script("experiment/finetune_single_thread.py", *flags)
+    call_script("experiment/finetune_single_thread.py", *flags)
     assert sorted(p.name for p in hubert.iterdir()) == ["config.json", "model.safetensors"]   # the cache is elsewhere
     run_dir = (tmp_path / "project" / "finetune" / "mine" / "my-hubert" /
                "lr00002_ep1_cnn_conv1_hid16_mean_unfrozen_last_layer_bs4")
     assert (run_dir / "fold_1_backbone.pt").is_file()
     assert sorted(p.name for p in hubert.iterdir()) == ["config.json", "model.safetensors"]   # the cache is elsewhere
-    run_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
+    call_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--bootstrap", "0")
     fairness = json.loads((tmp_path / "project" / "fairness" / "mine" / "my-hubert" / run_dir.name /
                            "results.json").read_text())
     assert fairness["1"]["gender"]["reason"] == "no group labels" and fairness["1"]["speaker"]["reason"]
-    run_script("experiment/predict.py", *flags, "--audio", str(tmp_path / "corpus" / "spk04_M"),
-               "--output", str(tmp_path / "p.csv"))
+    call_script("experiment/predict.py", *flags, "--audio", str(tmp_path / "corpus" / "spk04_M"),
+                "--output", str(tmp_path / "p.csv"))
     preds = pd.read_csv(tmp_path / "p.csv")
     preds["key"] = preds.path.map(lambda p: "__".join(p.split("/")[-3:]))
     test = pd.read_csv(run_dir / "fold_1_test_predictions.csv").merge(preds, on="key")

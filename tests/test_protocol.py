@@ -12,7 +12,7 @@ from sklearn.metrics import recall_score
 
 from manifest_corpus import write_manifest_corpus
 from model.backbones import Backbone
-from synthetic_project import REPO, load_script, make_project, run_script
+from synthetic_project import REPO, call_script, load_script, make_project
 from utils.core.errors import TrustSerError
 from utils.data.corpora import get_corpus, split_file_name
 from utils.data.utterances import Utterance, load_fold, pad_waveforms
@@ -143,7 +143,7 @@ def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(demo_
     flags = ["--dataset", "demo", "--pretrain_model", "wav2vec2_0", "--random_init", "--tiny", "--device", "cpu",
              "--num_epochs", "1", "--conv_layers", "2", "--hidden_size", "32", "--batch_size", "8",
              "--finetune", "unfrozen", "--folds", "1", "--config", str(config)]
-    run_script("experiment/finetune_single_thread.py", *flags, "--protocol", "original")
+    call_script("experiment/finetune_single_thread.py", *flags, "--protocol", "original")
     runs = tmp_path / "project" / "finetune" / "demo" / "wav2vec2_0"
     run_dir = runs / "lr00002_ep1_cnn_conv2_hid32_att_unfrozen_tiny_randinit_origproto_bs8"
     assert [p.name for p in runs.iterdir()] == [run_dir.name]
@@ -153,8 +153,8 @@ def test_original_protocol_run_has_its_own_folder_and_records_the_protocol(demo_
     head = torch.load(run_dir / "fold_1.pt", weights_only=True)
     assert head["model_seq.0.weight"].shape[0] == 256                 # the original's head ignored --hidden_size
 
-    run_script("trustworthy/sustainability/sustainability.py", *flags, "--protocol", "original",
-               "--input_seconds", "1", "--repeats", "1", "--throughput_batch", "1")
+    call_script("trustworthy/sustainability/sustainability.py", *flags, "--protocol", "original",
+                "--input_seconds", "1", "--repeats", "1", "--throughput_batch", "1")
     cost = json.loads((tmp_path / "project" / "flops" / "demo" / "wav2vec2_0" / run_dir.name / "gflops.json").read_text())
     run = _run(pretrain_model="wav2vec2_0", conv_layers=2, hidden_size=32, protocol="original")
     backbone = make_backbone(run, CPU).eval()
