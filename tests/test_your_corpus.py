@@ -135,8 +135,8 @@ def test_trust_profile_says_what_ran_and_on_how_many_folds(chain):
     report = (project / "report" / "yours" / "report.md").read_text()
     assert "## WavLM (tiny, random init)" in report and "- Privacy, the original's probe: " in report
     assert "The linear probe, the axis for `--protocol fixed` runs" in report
-    call_script("trustworthy/plot_spider.py", "--dataset", "yours", "--config", str(root / "config.yml"), "--output_dir",
-        str(root / "by_age"), "--fairness_group", "age_group")
+    call_script("trustworthy/plot_spider.py", "--dataset", "yours", "--config", str(root / "config.yml"),
+                "--output_dir", str(root / "by_age"), "--fairness_group", "age_group")
     fairness = results(project, "fairness")["average"]["age_group"]["statistical_parity"]
     assert "Fairness: age_group statistical parity (%) |" in (root / "by_age" / "trust_profile.md").read_text()
     with open(root / "by_age" / "trust_profile.csv") as f:
