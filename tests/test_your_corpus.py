@@ -51,7 +51,8 @@ def chain(tmp_path_factory):
         manifest, config = grouped_manifest(root), root / "config.yml"
         config.write_text(f"project_dir: {root / 'project'}\n")
         flags = ["--dataset", "yours", *MODEL, "--config", str(config)]
-        call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "yours", "--config", str(config))
+        call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "yours", "--config",
+                    str(config))
         call_script("preprocess_audio/preprocess_audio.py", "--dataset", "yours", "--config", str(config))
         call_script("experiment/finetune_single_thread.py", *flags, "--folds", "1,2")
         call_script("trustworthy/fairness/fairness_evaluation.py", *flags, "--folds", "1,2", "--bootstrap", "0",

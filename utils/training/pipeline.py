@@ -300,7 +300,8 @@ def aggregate(stage: Stage, trust: TrustStage, variant: Variant = Variant(), met
         per_fold = {str(fold): result for fold in stage.fold_ids
                     if trust.holds(result := folder.fold_result(fold), trust.result_keys)}
         if not per_fold:
-            raise TrustSerError(f"no finished folds in {folder.path}; nothing to aggregate{_started(folder, stage.fold_ids)}")
+            started = _started(folder, stage.fold_ids)
+            raise TrustSerError(f"no finished folds in {folder.path}; nothing to aggregate{started}")
         pooled = summary(per_fold) if summary else {}
         avg, std = mean_std(per_fold, keys)
         results = {**per_fold, **pooled, "average": avg, "std": std,
