@@ -111,6 +111,10 @@ def utts(tmp_path_factory) -> list[Utterance]:
     return out
 
 
+def _project_file(filename: str) -> bool:
+    return filename.startswith(str(REPO)) and not any(part in filename for part in ("/tests/", "site-packages"))
+
+
 class ReadBacks(TorchFunctionMode):
     """Counts, by the project's line that calls it, every tensor call that reads a value back to the host (on a
     GPU, a synchronisation)."""
@@ -122,7 +126,7 @@ class ReadBacks(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in READS_BACK:
             caller = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith("torch/overrides.py")][-1]
-            if caller.filename.startswith(str(REPO)) and "/tests/" not in caller.filename:   # not torch.optim's
+            if _project_file(caller.filename):      # not torch.optim's, even with the venv inside the repository
                 self.calls[f"{Path(caller.filename).name}:{caller.lineno} {func.__name__}"] += 1
         return func(*args, **(kwargs or {}))
 
