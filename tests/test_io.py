@@ -88,3 +88,15 @@ def test_every_file_a_short_pipeline_run_writes_honours_the_umask(tmp_path, umas
     wrong = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
              if stat.S_IMODE(p.stat().st_mode) != mode}
     assert not wrong
+
+
+def test_predictions_are_read_by_class_name_and_as_earlier_versions_wrote_them(tmp_path):
+    """Class names map to the order of the prob_<class> columns (names win over digits); index columns still read."""
+    from utils.runs.predictions import read_predictions
+    header = "key,speaker,gender,label,prediction,prob_1,prob_0\n"
+    (tmp_path / "names.csv").write_text(header + "a,s1,F,0,1,0.2,0.8\n")
+    (tmp_path / "old.csv").write_text("key,speaker,gender,label,prediction,prob_neu,prob_ang\n" + "a,s1,M,1,0,0.6,0.4\n")
+    row, = read_predictions(tmp_path / "names.csv")
+    assert (row["label"], row["prediction"], row["probs"]) == (1, 0, [0.2, 0.8])
+    old, = read_predictions(tmp_path / "old.csv")
+    assert (old["label"], old["prediction"]) == (1, 0)
