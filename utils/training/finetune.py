@@ -55,7 +55,7 @@ def train_fold(run: RunConfig, fold: int, data: dict[str, list[Utterance]], back
     With a frozen backbone the test split is scored once, after the last epoch, by every epoch's head (kept in
     fold_k_epoch_e_head.pt until then): the same scores as after each epoch, for one pass over the test features
     instead of one per epoch (the costly part where a bounded cache computes them live)."""
-    class_names, num_classes = spec.class_names, len(spec.class_names)
+    num_classes = len(spec.class_names)
     set_seed(8 * fold)
     head = build_head(run, backbone, num_classes).to(device)
     params = list(head.parameters()) + [p for p in backbone.parameters() if p.requires_grad]
