@@ -10,10 +10,10 @@ import torch
 
 from model.backbones.base import frame_mask
 from utils.core.progress import progress
-from utils.data.utterances import Utterance, length_sorted_batches, pad_features, pad_waveforms
+from utils.data.utterances import Utterance, length_sorted_batches, pad_features
 from utils.features.budget import MemoryBudget, existing_folder, fitting, plan_tiers
 from utils.features.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
-from utils.features.source import AudioBank, FeatureSource, autocast_for, frozen_pass, to_device
+from utils.features.source import AudioBank, FeatureSource, autocast_for, frozen_pass
 from utils.features.storage import TieredStore, nbytes
 from utils.runs.paths import backbone_dir_name
 
@@ -106,21 +106,30 @@ class StoredFeatures(FeatureSource):
             stored, n_frames = self._encode(wav, lengths)
         return stored.to(self.dtype), frame_mask(n_frames, stored.shape[2])
 
-    def _frozen_pass(self, utts: list[Utterance]):
-        """(utterance, stored tensor [L, F, D]) for each utterance, in length-sorted batches. Frame counts come
-        from the lengths on the host, so cutting the batch into utterances waits for nothing on the device."""
+    def _waveform_batches(self, utts: list[Utterance]):
+        """(utterances, padded waveforms on the device, their frame counts) in length-sorted batches. Frame counts
+        come from the lengths on the host, so cutting a batch into utterances waits for nothing on the device."""
         lengths = [len(self.audio.get(u.path)) for u in utts]
         for idx in length_sorted_batches(lengths, self.batch_size):
             batch_utts = [utts[i] for i in idx]
-            wav, wav_len = pad_waveforms([self.audio.get(u.path) for u in batch_utts])
-            stored, _ = self.fetch_waveforms(to_device(wav, self.device), wav_len)
-            for u, n, one in zip(batch_utts, self.backbone.frame_lengths(wav_len).tolist(), stored.unbind(1)):
+            wav, wav_len = self.audio.device_batch(batch_utts, self.device)
+            yield batch_utts, wav, wav_len, self.backbone.frame_lengths(wav_len).tolist()
+
+    def _frozen_pass(self, utts: list[Utterance]):
+        """(utterance, stored tensor [L, F, D]) for each utterance, in length-sorted batches."""
+        for batch_utts, wav, wav_len, frames in self._waveform_batches(utts):
+            stored, _ = self.fetch_waveforms(wav, wav_len)
+            for u, n, one in zip(batch_utts, frames, stored.unbind(1)):
                 yield u, one[:, :n].contiguous()
+
+    def _readable(self, utts: list[Utterance]) -> list[Utterance]:
+        """The utterances whose audio is readable, each path once, in the order given."""
+        return list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
 
     def _compute(self, utts: list[Utterance]) -> None:
         """The frozen pass over utterances not stored yet: disk shards, then memory, for those that fit the room
         left, in the order given (the training split first); the rest run live, and are not computed now."""
-        unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
+        unique = self._readable(utts)
         frames = self._record_frames(unique)
         kept = fitting(self.store.room(), [n * self._bytes_per_frame() + ENTRY_BYTES for n in frames])
         for u in unique[kept:]:
@@ -268,7 +277,7 @@ class CachedFeatures(StoredFeatures):
     def _compute(self, utts: list[Utterance]) -> None:
         if not self.front_ends:
             return super()._compute(utts)
-        unique = list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
+        unique = self._readable(utts)
         todo = []
         for u in unique:
             frames = self.front_ends.stored_frames(u.path)
@@ -314,15 +323,12 @@ class CachedFeatures(StoredFeatures):
     def _two_tier_pass(self, utts: list[Utterance]):
         """(utterance, front end [1, F, C], hidden states [L, F, D]) in length-sorted batches; the layers run
         from the front end, as forward() does."""
-        lengths = [len(self.audio.get(u.path)) for u in utts]
-        for idx in length_sorted_batches(lengths, self.batch_size):
-            batch_utts = [utts[i] for i in idx]
-            wav, wav_len = pad_waveforms([self.audio.get(u.path) for u in batch_utts])
+        for batch_utts, wav, wav_len, frames in self._waveform_batches(utts):
             with frozen_pass(self.backbone, self.device):
-                front, n_frames = self.backbone.front_end(to_device(wav, self.device), wav_len)
+                front, n_frames = self.backbone.front_end(wav, wav_len)
                 hidden, _, _ = self.backbone.forward_from_front_end(front, n_frames)
             front, hidden = front.to(self.front_ends.dtype), hidden.to(self.dtype)
-            for i, (u, n) in enumerate(zip(batch_utts, self.backbone.frame_lengths(wav_len).tolist())):
+            for i, (u, n) in enumerate(zip(batch_utts, frames)):
                 yield u, front[i, :n].unsqueeze(0).contiguous(), hidden[:, i, :n].contiguous()
 
     def _keep_tiers(self, hidden_items: list, front_items: list) -> None:

@@ -33,6 +33,11 @@ class AudioBank:
                 self.bad[path] = str(err)
         return self.wavs.get(path)
 
+    def device_batch(self, utts: list[Utterance], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The utterances' waveforms zero-padded [B, T] on the device, their lengths [B] on the host."""
+        wav, lengths = pad_waveforms([self.get(u.path) for u in utts])
+        return to_device(wav, device), lengths
+
 
 class FeatureSource(Protocol):
     """Where the head's input comes from. A batch is made in two steps: `fetch` (what can be read ahead of the
@@ -125,8 +130,7 @@ class LiveFeatures(FeatureSource):
 
     def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         """The padded waveforms on the device, their lengths on the host (what the backbone reads them as)."""
-        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
-        return self.fetch_waveforms(to_device(wav, self.device), lengths)
+        return self.fetch_waveforms(*self.audio.device_batch(utts, self.device))
 
     def fetch_waveforms(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What fetch gives for a padded batch of waveforms on the device: the batch itself."""

@@ -8,9 +8,9 @@ import torch
 
 from utils.core.errors import TrustSerError
 from utils.data.corpora import SINGLE_SPLIT_RUNS, Corpus
-from utils.data.utterances import Utterance, pad_waveforms
+from utils.data.utterances import Utterance
 from utils.features.cache import StoredFeatures
-from utils.features.source import FeatureSource, LiveFeatures, autocast_for, to_device
+from utils.features.source import FeatureSource, LiveFeatures, autocast_for
 from utils.runs.identity import RunConfig
 from utils.runs.stages import PROTOCOL_FAIRNESS_GROUP
 
@@ -167,8 +167,7 @@ class TrainModeFeatures(FeatureSource):
             return self.eval_source.fetch(utts)
         if self.front_ends and self.backbone.training:
             return self.front_ends.fetch(utts)
-        wav, lengths = pad_waveforms([self.audio.get(u.path) for u in utts])
-        return to_device(wav, self.device), lengths
+        return self.audio.device_batch(utts, self.device)
 
     def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's hidden states; the live pass runs here, in the caller's thread, so dropout draws in order."""
