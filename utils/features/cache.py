@@ -199,8 +199,7 @@ class FrontEndFeatures(StoredFeatures):
     it in: bf16 under CUDA's autocast (the base models' CNN ends in a bf16 convolution and GELU, so fp32 would
     double the bytes and add no precision; a layer-norm CNN, in large models, ends in fp32 there, and its bf16
     rounding is about that of the bf16 projection after it), fp32 on CPU, so that what is computed from it there
-    equals the unbounded cache as closely as a live pass does (fp16 front ends: 8e-7 probability difference on
-    the tiny CPU test against 6e-8)."""
+    equals the unbounded cache as closely as a live pass does (README, "Speed")."""
 
     kind = "front_end"
 
