@@ -114,11 +114,16 @@ def axis_label(key: str, variant: Variant) -> str:
     return f"{STAGE[key].title}\n{STAGE[key].describe(variant)}"
 
 
+def folds_text(n: int) -> str:
+    """"1 fold", "5 folds"."""
+    return f"{n} fold{'s' if n != 1 else ''}"
+
+
 def fold_count(m: Measurement, folds_of_run: int | None) -> str:
     """"1 of 5 folds" where a value rests on fewer (or other) folds than the run; "" where on all of them."""
     if m.folds is None or m.folds == folds_of_run:
         return ""
-    return f"{m.folds} of {folds_of_run} folds" if folds_of_run else f"{m.folds} fold{'s' if m.folds != 1 else ''}"
+    return f"{m.folds} of {folds_of_run} folds" if folds_of_run else folds_text(m.folds)
 
 
 def spread(m: Measurement) -> float | None:

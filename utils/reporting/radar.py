@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.core.io import save_figure  # noqa: E402
-from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, shown_variant  # noqa: E402
+from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, folds_text, shown_variant  # noqa: E402
 from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
@@ -242,8 +242,7 @@ def run_facts(profile: RunProfile, axes) -> list[str]:
     if profile.folds is not None:
         fewer = [f"{STAGE[k].title.lower()} {profile.measurements[k].folds}" for k in axes
                  if profile.value(k) is not None and fold_count(profile.measurements[k], profile.folds)]
-        facts.append(f"{profile.folds} fold{'s' if profile.folds != 1 else ''}"
-                     + (f" ({', '.join(fewer)})" if fewer else ""))
+        facts.append(folds_text(profile.folds) + (f" ({', '.join(fewer)})" if fewer else ""))
     if profile.missing_titles(axes):
         facts.append("n/a: " + ", ".join(profile.missing_titles(axes)))
     return facts

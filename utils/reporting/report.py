@@ -14,7 +14,7 @@ from utils.core.errors import TrustSerError  # noqa: E402
 from utils.runs.predictions import read_predictions  # noqa: E402
 from utils.core.io import read_json, write_csv, write_text  # noqa: E402
 from utils.runs.paths import RunFolder, finetune_folder  # noqa: E402
-from utils.reporting.profile import RunProfile, cell, table_markdown, table_rows  # noqa: E402
+from utils.reporting.profile import RunProfile, cell, folds_text, table_markdown, table_rows  # noqa: E402
 from utils.reporting.radar import (COLORS, axis_ranges, draw_overlay, draw_single, own_ranges,  # noqa: E402
                                    save_png)
 from utils.reporting.trust_figures import draw_reliability, draw_robustness  # noqa: E402
@@ -196,8 +196,8 @@ def draw_run(project_dir: Path, profile: RunProfile, corpus_folds: list[int], cl
     counts, found = confusion_counts(run, folds, len(class_names))
     if found:
         confusion = out / "confusion_matrix.png"
-        draw_confusion(counts, class_names, f"{profile.label}: test predictions, {len(found)} fold"
-                       f"{'s' if len(found) != 1 else ''} summed ({counts.sum()} utterances)", confusion)
+        draw_confusion(counts, class_names, f"{profile.label}: test predictions, {folds_text(len(found))} summed "
+                       f"({counts.sum()} utterances)", confusion)
     return RunFigures(profile, curves, confusion, found, draw_run_reliability(run, profile.label, found, out),
                       draw_run_robustness(project_dir, profile, out))
 
@@ -207,8 +207,7 @@ def draw_run_reliability(run: RunFolder, label: str, folds: list[int], out: Path
     pooled = pooled_predictions(run, folds)
     if pooled is None:
         return None
-    draw_reliability(*pooled, f"{label}: test probabilities, {len(folds)} fold{'s' if len(folds) != 1 else ''} "
-                     f"pooled", out / "reliability.png")
+    draw_reliability(*pooled, f"{label}: test probabilities, {folds_text(len(folds))} pooled", out / "reliability.png")
     return out / "reliability.png"
 
 
@@ -218,7 +217,7 @@ def draw_run_robustness(project_dir: Path, profile: RunProfile, out: Path) -> Pa
     if not path.is_file():
         return None
     folds = dig(read_json(path), ["meta", "folds_done"]) or []
-    title = f"{profile.label}: test UAR under perturbation ({len(folds)} fold{'s' if len(folds) != 1 else ''})"
+    title = f"{profile.label}: test UAR under perturbation ({folds_text(len(folds))})"
     return out / "robustness.png" if draw_robustness(read_json(path), title, out / "robustness.png") else None
 
 
