@@ -17,9 +17,8 @@ from utils.core.config import load_config  # noqa: E402
 from utils.data.corpora import CORPORA, get_corpus, preprocessed_name, split_command  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.core.io import read_json, write_wav  # noqa: E402
-from utils.data.layout import audio_dir, split_path  # noqa: E402
+from utils.data.layout import SPLITS, audio_dir, split_path  # noqa: E402
 
-SPLITS = ("train", "dev", "test")
 SHOWN_BAD = 3
 
 

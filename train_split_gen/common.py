@@ -17,9 +17,8 @@ from sklearn.model_selection import StratifiedKFold
 from utils.core.config import corpus_dir, load_config
 from utils.core.errors import TrustSerError
 from utils.core.io import write_json
-from utils.data.layout import split_path
+from utils.data.layout import SPLITS, split_path
 
-SPLITS = ("train", "dev", "test")
 log = logging.getLogger("train_split_gen")
 
 # (group, entry): the group (session or speaker) decides the split of the entry in each fold

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from utils.data.corpora import files_name, split_file_name
 
+SPLITS = ("train", "dev", "test")      # the lists of a split file, in order
+
 
 def split_path(project_dir: str | Path, dataset: str, fold: int) -> Path:
     return Path(project_dir) / "train_split" / split_file_name(dataset, fold)

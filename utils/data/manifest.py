@@ -15,10 +15,10 @@ import pandas as pd
 
 from utils.data.corpora import CORPORA, Corpus, corpus_path
 from utils.core.errors import TrustSerError
+from utils.data.layout import SPLITS
 
 REQUIRED = ("path", "label", "speaker")
 KNOWN = (*REQUIRED, "gender", "split")
-SPLITS = ("train", "dev", "test")
 SHOWN = 3
 log = logging.getLogger("trust-ser")
 

@@ -10,10 +10,9 @@ from utils.data.corpora import get_corpus, preprocessed_name, split_command
 from utils.core.config import config_flag
 from utils.core.errors import TrustSerError
 from utils.core.io import read_json
-from utils.data.layout import audio_dir, split_path
+from utils.data.layout import SPLITS, audio_dir, split_path
 
 log = logging.getLogger("trust-ser")
-SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
