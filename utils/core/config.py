@@ -8,7 +8,6 @@ from utils.core.errors import TrustSerError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yml"
-CORPORA = ["iemocap", "crema_d", "ravdess", "msp-improv", "msp-podcast", "meld"]
 
 
 def load_config(path: str | Path | None = None) -> dict:
