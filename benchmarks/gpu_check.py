@@ -136,10 +136,8 @@ class Ceiling:
 
 def padded_batches(audio: AudioBank, utts: list[Utterance], batch_size: int, device: torch.device):
     """(padded waveforms on the device, lengths) of length-sorted batches."""
-    wavs = [audio.get(u.path) for u in utts]
-    for idx in length_sorted_batches([len(w) for w in wavs], batch_size):
-        wav, lengths = pad_waveforms([wavs[i] for i in idx])
-        yield to_device(wav, device), lengths
+    for idx in length_sorted_batches([len(audio.get(u.path)) for u in utts], batch_size):
+        yield audio.device_batch([utts[i] for i in idx], device)
 
 
 def measure(args, device: torch.device) -> dict:
