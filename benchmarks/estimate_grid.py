@@ -33,7 +33,6 @@ from utils.data.corpora import get_corpus  # noqa: E402
 BACKBONES = 7
 FRONT_END_BACKBONES = 2    # wavlm, wav2vec2_0: deterministic CNN front ends, stored as the cache's second tier
 EPOCHS = 30
-CROP_S = 6.0
 FRONT_END_BYTES_PER_S = 512 * 50 * 2   # WavLM base+'s CNN encoder output: 512 channels, 50 frames/s, bf16
 # corpus: (utterances after the label map, mean seconds after cropping at 6 s) -- approximate
 CORPORA = {"iemocap": (5531, 3.8), "crema_d": (4900, 2.5), "msp-improv": (7800, 3.9), "msp-podcast": (150000, 5.0),
