@@ -22,6 +22,7 @@ from utils.core.errors import TrustSerError
 from utils.training.finetune import FitSpec, train_fold
 from utils.core.io import read_json
 from utils.training.loop import EvalResult
+from utils.training.metrics import classification_scores
 from utils.runs.paths import RunFolder
 from utils.training.pipeline import load_trained, make_source, prepare_splits
 from utils.runs.identity import RunConfig
@@ -74,8 +75,8 @@ def pooled_embeddings(head, source, utts: list[Utterance], batch_size: int) -> n
 
 
 def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Unweighted average recall in percent over the classes present in y_true."""
-    return 100.0 * float(np.mean([(y_pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
+    """Gender UAR in percent over the genders present in y_true."""
+    return classification_scores(y_true, y_pred, len(GENDER_CLASSES))["uar"]
 
 
 def linear_probe(embeddings: np.ndarray, genders: np.ndarray, speakers: np.ndarray, n_bootstrap: int = 1000,
