@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.data.audio import TARGET_SR  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.features.source import AudioBank  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = {"robustness": {
         "perturbations": names, "noise_dir": str(Path(args.noise_dir).resolve()) if args.noise_dir else None,
-        "noise_files": len(noises) if noises else 0, "sample_rate": 16000,
+        "noise_files": len(noises) if noises else 0, "sample_rate": TARGET_SR,
         "seed": "per utterance: sha256 of 'fold/perturbation/key'",
         "definitions": "utils/trust/robustness.py (README: Robustness Evaluation)"}}
     results = run_stage(stage, trust, evaluate_fold, meta=meta, extra_keys=perturbation_keys(spec.perturbations))

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
+from utils.data.audio import TARGET_SR  # noqa: E402
 from utils.training.pipeline import resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.training.protocol import protocol_of  # noqa: E402
 from utils.runs.stages import STAGE  # noqa: E402
@@ -34,7 +35,8 @@ class Classifier(nn.Module):
 
 
 def profile(model: Classifier, seconds: float, batch: int, repeats: int, device: torch.device) -> dict:
-    one = (torch.randn(1, int(seconds * 16000), device=device), torch.tensor([int(seconds * 16000)], device=device))
+    samples = int(seconds * TARGET_SR)
+    one = (torch.randn(1, samples, device=device), torch.tensor([samples], device=device))
     many = (one[0].repeat(batch, 1), one[1].repeat(batch))
     with torch.no_grad():
         flops = count_flops(model, one)

@@ -17,6 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from utils.core.progress import progress
+from utils.data.audio import TARGET_SR
 from utils.runs.identity import RunConfig
 from utils.training.pipeline import build_head, load_trained, make_backbone
 from utils.training.protocol import ORIGINAL_CROP_SECONDS
@@ -94,7 +95,7 @@ def thop_style_gflops(backbone, head, device: torch.device) -> float:
     frames of every layer, / 1e9, called GFLOPs (thop's multiply-accumulates). The original profiled Whisper's
     encoder on the log-mel: the log-mel holds no module thop counts, so profiling the backbone on the waveform
     counts the same modules on the same shapes (the Hugging Face encoder itself now refuses clips under 30 s)."""
-    samples = ORIGINAL_CROP_SECONDS * 16000
+    samples = ORIGINAL_CROP_SECONDS * TARGET_SR
     wav = (torch.randn(1, samples, device=device), torch.tensor([samples], device=device))
     frames = torch.randn(backbone.num_layers, 1, ORIGINAL_HEAD_FLOPS_FRAMES, backbone.hidden_dim, device=device)
     mask = torch.ones(1, ORIGINAL_HEAD_FLOPS_FRAMES, dtype=torch.bool, device=device)
