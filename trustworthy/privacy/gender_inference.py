@@ -7,14 +7,13 @@ with speaker-grouped cross-validation over all utterances of the fold. A higher 
 """
 import logging
 import sys
-from functools import reduce
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.runs.stages import STAGE, Variant  # noqa: E402
+from utils.runs.stages import STAGE, Variant, dig  # noqa: E402
 from utils.training.pipeline import resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.trust.privacy import PROBE_DESCRIPTION, privacy_fold  # noqa: E402
 
@@ -71,7 +70,7 @@ def log_summary(results: dict, collapsed: list[int], results_path: Path) -> None
     done, folds = results["meta"]["folds_done"], results["meta"]["value_folds"]
     parts = []
     for name, keys in (("original probe", ["uar"]), ("linear probe", ["linear_probe", "uar"])):
-        value, used = reduce(dict.get, keys, results["average"]), reduce(dict.get, keys, folds)
+        value, used = dig(results["average"], keys), dig(folds, keys)
         count = f" ({len(used)} of {len(done)} folds)" if len(used) != len(done) else ""
         parts.append(f"{name} " + (f"{value:.2f}%{count}" if value is not None else "n/a"))
     for fold in done:
