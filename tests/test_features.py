@@ -76,6 +76,15 @@ def live(bb, round_like_cache: bool):
 # -- Part A: --finetune unfrozen_last_layer from cached inputs of the last layer
 
 
+@pytest.mark.parametrize("kind", [CachedFeatures, LastLayerFeatures])
+def test_the_front_end_tier_shares_the_caches_disk_and_memory_budgets(kind, tmp_path):
+    source = kind(backbone("wavlm"), AudioBank(2, skip_bad=False), CPU, 8, tmp_path, memory_budget_bytes=12345,
+                  disk_budget_bytes=67890)
+    fronts = source.front_end_features()
+    assert fronts.store.disk.budget == 67890 and fronts.store.pool is source.store.pool
+    assert fronts.store.pool.budget == 12345
+
+
 @pytest.mark.parametrize("name", ["wavlm", "whisper_tiny", "tera"])
 def test_last_layer_source_equals_the_full_forward_and_trains_the_last_layer(name, utts, tmp_path):
     bb = backbone(name, "unfrozen_last_layer")

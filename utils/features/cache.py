@@ -71,10 +71,17 @@ class StoredFeatures(FeatureSource):
 
     def front_end_features(self) -> "FrontEndFeatures | None":
         """The backbone's front-end tier within this cache's budgets (deterministic front ends only)."""
+        return self._front_end_tier()
+
+    def _front_end_tier(self, dtype: torch.dtype | None = None) -> "FrontEndFeatures | None":
+        """A FrontEndFeatures sharing this cache's memory budget and disk budget (None: the front end is not
+        deterministic)."""
         if not self.backbone.front_end_is_deterministic:
             return None
+        disk = self.store.disk
         return FrontEndFeatures(self.backbone, self.audio, self.device, self.batch_size, self.cache_root,
-                                self.store.pool.budget, memory=self.store.pool)
+                                self.store.pool.budget, disk.budget if disk else None, memory=self.store.pool,
+                                dtype=dtype)
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
         """Make sure every utterance is stored, or known to be computed live; returns those whose audio is
@@ -246,12 +253,8 @@ class CachedFeatures(StoredFeatures):
                  cache_root: Path | None, memory_budget_bytes: int, disk_budget_bytes: int | None = None,
                  front_end_dtype: torch.dtype | None = None):
         super().__init__(backbone, audio, device, batch_size, cache_root, memory_budget_bytes, disk_budget_bytes)
-        self.front_ends = None
-        if backbone.front_end_is_deterministic:
-            disk = self.store.disk
-            self.front_ends = FrontEndFeatures(backbone, audio, device, batch_size, cache_root, memory_budget_bytes,
-                                               disk.budget if disk else None, memory=self.store.pool,
-                                               dtype=front_end_dtype)
+        self.front_ends = self._front_end_tier(front_end_dtype)
+        if self.front_ends:
             self.stats["live_from_front_end"] = 0   # of the live ones, those that start from a stored front end
         self.from_front_end: set[str] = set()
 

@@ -142,7 +142,7 @@ class TrainModeFeatures(FeatureSource):
         self.live_eval_fp32 = live_eval_fp32 and isinstance(eval_source, LiveFeatures)
         self.padded_batch = padded_batch
         self.audio = eval_source.audio
-        # the cache's own front-end tier where it has one; either way within the cache's memory budget
+        # the cache's own front-end tier where it has one; either way within the cache's disk and memory budgets
         self.front_ends = None
         if isinstance(eval_source, StoredFeatures) and not padded_batch:
             self.front_ends = eval_source.front_end_features()
