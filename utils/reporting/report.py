@@ -24,7 +24,7 @@ from utils.trust.calibration import pooled_predictions  # noqa: E402
 SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
 
 
-PRIVACY_PROBES = (
+PRIVACY_NOTE = (
     "Privacy, two probes (higher UAR = more gender leaks, 50% = none). The linear probe, the axis for "
     "`--protocol fixed` runs, is a logistic regression on the emotion model's own utterance embedding, "
     "cross-validated over every speaker of the fold with no speaker on both sides, so it needs no dev set. "
@@ -228,7 +228,7 @@ def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path
 
     profiles = [r.profile for r in runs]
     lines = [f"# Trust-SER report: {dataset}", "", "## Trust profile", "",
-             table_markdown(profiles, ranges, variant).rstrip(), "", PRIVACY_PROBES, "",
+             table_markdown(profiles, ranges, variant).rstrip(), "", PRIVACY_NOTE, "",
              f"![All runs]({link(charts['compare'])})", ""]
     for r in runs:
         p = r.profile
