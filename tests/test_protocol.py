@@ -16,9 +16,11 @@ from synthetic_project import REPO, call_script, load_script, make_project
 from utils.core.errors import TrustSerError
 from utils.data.corpora import get_corpus, split_file_name
 from utils.data.utterances import Utterance, load_fold, pad_waveforms
+from utils.features.cache import CachedFeatures
 from utils.training.finetune import reported_scores
 from utils.training.metrics import classification_scores
 from utils.training.pipeline import build_head, make_backbone, make_source
+from utils.training.predict import EmotionRecognizer
 from utils.training.protocol import PROTOCOLS, crop_seconds, fold_ids, protocol_of
 from utils.reporting.report import run_folds
 from utils.runs.identity import RunConfig
@@ -90,6 +92,15 @@ def test_original_finetune_reaches_only_wavlm_and_whisper_tiny(model):
     assert _trainable(make_backbone(run, CPU))                                     # fixed: fine-tuned
     backbone = make_backbone(run.but(protocol="original"), CPU)
     assert backbone.finetune == "frozen" and not _trainable(backbone)
+
+
+@pytest.mark.parametrize("finetune", ["unfrozen", "unfrozen_last_layer"])
+def test_predict_reads_a_backbone_the_original_kept_frozen_as_its_test_evaluation_did(finetune):
+    """A backbone outside the original's reach is frozen whatever --finetune says: its test predictions came from
+    the cache (fp16 hidden states), so predict.py's come from the same source."""
+    run = _run(pretrain_model="tera", finetune=finetune, protocol="original")
+    backbone = make_backbone(run, CPU)
+    assert type(EmotionRecognizer(run, ["a", "b"], [], CPU)._source(backbone)) is CachedFeatures
 
 
 def test_original_wavlm_unfrozen_keeps_feature_projection_frozen():

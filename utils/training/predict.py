@@ -76,7 +76,7 @@ class EmotionRecognizer:
         models = []
         for fold in folds or fold_ids(run, corpus):
             backbone, head = load_trained(run, trained, fold, device, corpus.num_classes)
-            if run.finetune == "frozen" and models:
+            if backbone.finetune == "frozen" and models:
                 backbone = models[0][0]  # the same pretrained weights in every fold
             models.append((backbone, head))
         return cls(run, corpus.class_names, models, device)
@@ -100,9 +100,9 @@ class EmotionRecognizer:
         through the source's own frozen pass and finishing step): stored (fp16) hidden states of a frozen backbone;
         fp16 lower states plus the live last layer with unfrozen_last_layer; live with unfrozen."""
         audio = AudioBank(self.run.audio_duration, skip_bad=False)
-        if self.run.finetune == "frozen":
+        if backbone.finetune == "frozen":
             return CachedFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
-        if self.run.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
+        if backbone.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
             return LastLayerFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
         return LiveFeatures(backbone, audio, self.device, round_like_cache=False)
 
