@@ -63,10 +63,9 @@ def feature_budgets(cache_gb: float | None, memory_gb: float | None, device: tor
     else:
         in_use = ShardStore(cache_root, cache_root, 0).used_bytes()
         disk = in_use + int(0.8 * shutil.disk_usage(existing_folder(cache_root)).free)
-    line = (f"feature cache budgets: {memory / GiB:.1f} GiB of {device.type} memory"
-            f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {disk / GiB:.1f} GiB on disk "
-            f"under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
     if cache_root not in _logged_budgets:
         _logged_budgets.add(cache_root)
-        log.info(line)
+        log.info(f"feature cache budgets: {memory / GiB:.1f} GiB of {device.type} memory"
+                 f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {disk / GiB:.1f} GiB on "
+                 f"disk under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
     return memory, disk
