@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from utils.data.audio import TARGET_SR, BadAudioError, audio_info, read_audio, to_16k_mono  # noqa: E402
-from utils.core.config import load_config  # noqa: E402
+from utils.core.config import add_config_flag, load_config  # noqa: E402
 from utils.data.corpora import CORPORA, get_corpus, preprocessed_name, split_command  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.core.io import read_json, write_wav  # noqa: E402
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(CORPORA)}, or a manifest corpus "
                         f"(train_split_gen/manifest.py)")
-    parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    add_config_flag(parser)
     parser.add_argument("--skip_bad", action="store_true",
                         help="warn about unreadable input files and exit 0 instead of failing")
     args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from utils.core.config import corpus_dir, load_config
+from utils.core.config import add_config_flag, corpus_dir, load_config
 from utils.core.errors import TrustSerError
 from utils.core.io import write_json
 from utils.data.layout import SPLITS, split_path
@@ -28,7 +28,7 @@ Item = tuple[Hashable, list]
 def corpus_and_project_dir(dataset: str, description: str) -> tuple[Path, Path]:
     """Parse --config and set up logging; return (the corpus folder as distributed, project_dir)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    add_config_flag(parser)
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s ==> %(message)s", level=logging.INFO,
                         datefmt="%Y-%m-%d %H:%M:%S")

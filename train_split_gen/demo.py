@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.model_selection import KFold  # noqa: E402
 
-from utils.core.config import load_config, corpus_dir  # noqa: E402
+from utils.core.config import add_config_flag, load_config, corpus_dir  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
@@ -66,7 +66,7 @@ def fold_speakers(speakers: list, n_folds: int) -> list[tuple[list, list, list]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    add_config_flag(parser)
     parser.add_argument("--generate", action="store_true",
                         help="write the synthetic corpus into data_dir.demo first if it is not there yet")
     args = parser.parse_args()

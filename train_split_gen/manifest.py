@@ -22,7 +22,7 @@ from collections import Counter  # noqa: E402
 
 from train_split_gen.common import (SPLITS, Fold, assign, kfold, last_fifth, log, stratified_kfold,  # noqa: E402
                                     write_split)
-from utils.core.config import load_config  # noqa: E402
+from utils.core.config import add_config_flag, load_config  # noqa: E402
 from utils.data.corpora import corpus_path, get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True, help="the corpus' name for every later stage (--dataset NAME)")
     parser.add_argument("--num_folds", type=int, default=5, help="speaker folds when there is no split column")
     parser.add_argument("--labels", default=None, help="comma-separated subset of labels, in class order")
-    parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    add_config_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s ==> %(message)s", level=logging.INFO,
                         datefmt="%Y-%m-%d %H:%M:%S")

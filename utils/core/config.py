@@ -10,6 +10,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yml"
 
 
+def add_config_flag(parser) -> None:
+    """--config, as every script takes it."""
+    parser.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+
+
 def load_config(path: str | Path | None = None) -> dict:
     """Read config.yml; relative paths are resolved against the file's folder."""
     path = Path(path) if path else DEFAULT_CONFIG

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from utils.core.config import load_config
+from utils.core.config import add_config_flag, load_config
 from utils.runs.stages import FAIRNESS_GROUPS, FAIRNESS_METRICS, PRIVACY_PROBES, STAGE, STAGES, Variant
 
 _V = Variant()
@@ -13,7 +13,7 @@ def profile_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--dataset", required=True)
     p.add_argument("--project_dir", default=None, help="default: project_dir of --config")
-    p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    add_config_flag(p)
     p.add_argument("--runs", nargs="+", default=None, metavar="MODEL/RUN[=LABEL]",
                    help="runs to show (default: every run under finetune/<dataset>)")
     p.add_argument("--attack_method", default=_V.attack_method)

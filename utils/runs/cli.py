@@ -2,6 +2,7 @@
 import argparse
 
 from model.backbones import BACKBONES
+from utils.core.config import add_config_flag
 from utils.data.corpora import CORPORA
 from utils.runs.identity import RunConfig
 
@@ -28,7 +29,7 @@ ORIGINAL_ONLY = "accepted for the original's command lines; unused there too"
 
 
 def _run_flags(p: argparse.ArgumentParser, original_only_help: str) -> None:
-    p.add_argument("--config", default=None, help="config.yml (default: the repo's config/config.yml)")
+    add_config_flag(p)
     p.add_argument("--dataset", default=_D.dataset, help=f"one of: {', '.join(CORPORA)}, or a corpus "
                    f"written by train_split_gen/manifest.py")
     p.add_argument("--pretrain_model", default=_D.pretrain_model, help=f"one of: {', '.join(BACKBONES)}; or a Hugging Face hub id / model folder "
