@@ -4,7 +4,7 @@ import argparse
 from model.backbones import BACKBONES
 from utils.core.config import add_config_flag
 from utils.data.corpora import CORPORA
-from utils.runs.identity import RunConfig
+from utils.runs.identity import ORIGINAL_ONLY, RunConfig
 
 _D = RunConfig()
 
@@ -23,9 +23,6 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     _run_flags(p, argparse.SUPPRESS)
     return p
-
-
-ORIGINAL_ONLY = "accepted for the original's command lines; unused there too"
 
 
 def _run_flags(p: argparse.ArgumentParser, original_only_help: str) -> None:

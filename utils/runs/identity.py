@@ -103,11 +103,12 @@ IDENTITY: list[Flag] = [
     Flag("pretrain_path", lambda v: f"_pp{path_hash(v)}", canonical=_canonical_path),
 ]
 IDENTITY_NAMES = [flag.name for flag in IDENTITY]
+ORIGINAL_ONLY = "accepted for the original's command lines; unused there too"
 # every other flag of utils/runs/cli.py's base_parser, and why it changes no number of the run
 NOT_IDENTITY = {
     "config": "where the corpora and project_dir are",
-    "num_layers": "accepted for the original's command lines; unused there too",
-    "norm": "accepted for the original's command lines; unused there too",
+    "num_layers": ORIGINAL_ONLY,
+    "norm": ORIGINAL_ONLY,
     "optimizer": "one choice (adam)",
     "eval_batch_size": "padding never changes a clip's hidden states or scores (model/backbones)",
     "folds": "which folds of the run to do now",
