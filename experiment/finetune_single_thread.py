@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise TrustSerError(f"fold {fold}: every {split} utterance was unreadable and skipped")
         train_fold(run, fold, data, backbone, source, folder, device, spec)
         results = _aggregate(stage, folder)
-    if source.cache_report():
-        log.info(source.cache_report())
+    if report := source.cache_report():     # sums the sizes of the shard files: once
+        log.info(report)
     log.info(f"test UAR {results['average']['uar']:.2f}% ± {results['std']['uar']:.2f} over folds "
              f"{results['meta']['folds_done']}; results: {folder.results}")
 
