@@ -14,13 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sklearn.model_selection import KFold  # noqa: E402
-
+from train_split_gen.common import kfold, last_fifth  # noqa: E402
 from utils.core.config import add_config_flag, load_config, corpus_dir  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
-from utils.data.layout import split_path  # noqa: E402
+from utils.data.layout import SPLITS, split_path  # noqa: E402
 from utils.data.synthetic import EMOTIONS, make_corpus  # noqa: E402
 
 DATASET = "demo"
@@ -55,13 +54,7 @@ def speaker_entries(data_dir: Path, speaker: str, gender: str) -> list[list]:
 
 def fold_speakers(speakers: list, n_folds: int) -> list[tuple[list, list, list]]:
     """(train, dev, test) speakers per fold; dev is the last ceil(len(train)/5) training speakers."""
-    folds = []
-    for train_index, test_index in KFold(n_splits=n_folds, shuffle=False).split(speakers):
-        n_dev = -(-len(train_index) // 5)
-        folds.append(([speakers[i] for i in train_index[:-n_dev]],
-                      [speakers[i] for i in train_index[-n_dev:]],
-                      [speakers[i] for i in test_index]))
-    return folds
+    return [(list(f.train), list(f.dev), list(f.test)) for f in kfold(speakers, n_folds, last_fifth)]
 
 
 def main() -> None:
@@ -85,7 +78,7 @@ def main() -> None:
     entries = {speaker: speaker_entries(data_dir, speaker, gender) for speaker, gender in speakers}
     for fold, split_speakers in enumerate(fold_speakers([s for s, _ in speakers], n_folds), start=1):
         split = {name: [e for s in names for e in entries[s]]
-                 for name, names in zip(("train", "dev", "test"), split_speakers)}
+                 for name, names in zip(SPLITS, split_speakers)}
         write_json(split_path(config["project_dir"], DATASET, fold), split)
         logging.info(f"fold {fold}: " + ", ".join(f"{name} {len(split[name])} files ({len(names)} speakers)"
                                                   for name, names in zip(split, split_speakers)))
