@@ -123,9 +123,9 @@ def gender_probe(head, source, utts: list[Utterance], batch_size: int, n_bootstr
 def privacy_fold(run: RunConfig, fold: int, project_dir: str, trained: RunFolder, out: RunFolder,
                  device: torch.device, num_classes: int, n_bootstrap: int) -> dict:
     """Both probes on one fold, the linear probe first: the fold's result gets "collapsed" and "linear_probe" with
-    the original probe's, so that the fold is finished only with both; returns the fold's fold_k.json content. The linear probe needs no dev set and runs
-    whenever the corpus has both genders; the original probe only where train, dev and test each hold both
-    ("original_probe_skipped" says why not; its scores are then None)."""
+    the original probe's, so that the fold is finished only with both; returns the fold's fold_k.json content.
+    The linear probe needs no dev set and runs whenever the corpus has both genders; the original probe only where
+    train, dev and test each hold both ("original_probe_skipped" says why not; its scores are then None)."""
     backbone, emotion_head = load_trained(run, trained, fold, device, num_classes)
     backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
