@@ -1,6 +1,7 @@
 """Trust profiles of finished runs: every stage's measurement per run, and the tables that show them."""
 import dataclasses
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +77,7 @@ def find_runs(project_dir: Path, dataset: str, specs: list[str] | None) -> list[
 
 def default_labels(runs: list[tuple[RunId, str | None]]) -> list[str]:
     """The given label, else the model's name, plus the run name when a model has several runs."""
-    per_model = {}
-    for run, _ in runs:
-        per_model[run.pretrain_model] = per_model.get(run.pretrain_model, 0) + 1
+    per_model = Counter(run.pretrain_model for run, _ in runs)
     labels = []
     for run, label in runs:
         pretty = PRETTY_MODELS.get(run.pretrain_model, run.pretrain_model)
