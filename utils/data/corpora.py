@@ -66,7 +66,7 @@ def get_corpus(name: str, project_dir: str | Path | None = None) -> Corpus:
         path = corpus_path(project_dir, name)
         _MANIFEST_CORPORA.pop(name, None)
         if path.is_file():
-            try:  # plain json, not utils.core.io: scripts/corpus_folds.py stays free of torch
+            try:  # not utils.core.io.read_json: a damaged description gets its own hint (rerun manifest.py)
                 description = json.loads(path.read_text())
             except (OSError, ValueError) as err:
                 raise TrustSerError(f"corpus description {path} is unreadable ({err}); rerun "
