@@ -216,9 +216,10 @@ def draw_run_robustness(project_dir: Path, profile: RunProfile, out: Path) -> Pa
     path = STAGE["robustness"].result_path(project_dir, profile.run)
     if not path.is_file():
         return None
-    folds = dig(read_json(path), ["meta", "folds_done"]) or []
+    results = read_json(path)
+    folds = dig(results, ["meta", "folds_done"]) or []
     title = f"{profile.label}: test UAR under perturbation ({folds_text(len(folds))})"
-    return out / "robustness.png" if draw_robustness(read_json(path), title, out / "robustness.png") else None
+    return out / "robustness.png" if draw_robustness(results, title, out / "robustness.png") else None
 
 
 def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path], ranges: dict,
