@@ -131,7 +131,7 @@ class StoredFeatures(FeatureSource):
 
     def _readable(self, utts: list[Utterance]) -> list[Utterance]:
         """The utterances whose audio is readable, each path once, in the order given."""
-        return list({u.path: u for u in utts if self.audio.get(u.path) is not None}.values())
+        return list({u.path: u for u in self.audio.readable(utts)}.values())
 
     def _compute(self, utts: list[Utterance]) -> None:
         """The frozen pass over utterances not stored yet: disk shards, then memory, for those that fit the room

@@ -33,6 +33,10 @@ class AudioBank:
                 self.bad[path] = str(err)
         return self.wavs.get(path)
 
+    def readable(self, utts: list[Utterance]) -> list[Utterance]:
+        """The utterances whose audio is readable, in the order given."""
+        return [u for u in utts if self.get(u.path) is not None]
+
     def device_batch(self, utts: list[Utterance], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The utterances' waveforms zero-padded [B, T] on the device, their lengths [B] on the host."""
         wav, lengths = pad_waveforms([self.get(u.path) for u in utts])
@@ -123,7 +127,7 @@ class LiveFeatures(FeatureSource):
         self.round_like_cache = round_like_cache   # frozen --no_cache: same fp16 rounding as the cache
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
-        return [u for u in utts if self.audio.get(u.path) is not None]
+        return self.audio.readable(utts)
 
     def length(self, u: Utterance) -> int:
         return len(self.audio.get(u.path))

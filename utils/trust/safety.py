@@ -52,7 +52,7 @@ def clean_inputs(run: RunConfig, attack: AttackSpec, backbone, head, test: list[
     stage saw them."""
     if attack.fp32:
         audio = AudioBank(crop_seconds(run), run.skip_bad)
-        return [u for u in test if audio.get(u.path) is not None], audio, None
+        return audio.readable(test), audio, None
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
     test = source.prepare(test)
     return test, source.audio, cached_predictions(head, backbone, source, test, run.eval_batch_size, num_classes)
