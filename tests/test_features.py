@@ -22,8 +22,9 @@ from model.heads import CNNSelfAttention  # noqa: E402
 from synthetic_project import load_script  # noqa: E402
 from utils.core.io import write_wav  # noqa: E402
 from utils.runs.identity import RunConfig  # noqa: E402
-from utils.data.utterances import Utterance  # noqa: E402
+from utils.data.utterances import Utterance, pad_features  # noqa: E402
 from utils.features.budget import feature_budgets  # noqa: E402
+from utils.features import cache as cache_module  # noqa: E402
 from utils.features.cache import CachedFeatures, LastLayerFeatures  # noqa: E402
 from utils.features.source import AudioBank, LiveFeatures  # noqa: E402
 from utils.training.pipeline import make_source  # noqa: E402
@@ -424,6 +425,26 @@ def test_front_ends_are_kept_in_the_given_order_when_not_all_fit(where, utts, tm
     diff = np.abs(got.probabilities - expected.probabilities).max()
     print(f"\nfront ends of the first 4 in {where}: max probability difference {diff:.2e}")
     assert np.array_equal(got.predictions, expected.predictions) and diff <= 1e-4
+
+
+def test_a_batch_of_front_ends_is_the_layers_output_in_the_batchs_order(utts, tmp_path, monkeypatch):
+    """A batch with only front ends stored is padded once (its front ends), and equals, bit for bit, each
+    utterance's hidden states padded again (fetch_stored, the path of a batch that mixes tiers)."""
+    bb = backbone("wavlm")
+    full = cached(bb, None)
+    full.prepare(utts)
+    source = bounded(bb, tmp_path, 0, sum(full.length(u) * bb.front_end_dim * 4 + ENTRY_BYTES for u in utts))
+    source.prepare(utts)
+    assert source.stats["live_from_front_end"] == len(utts) and not source.store.memory
+    paddings = []
+    monkeypatch.setattr(cache_module, "pad_features", lambda feats: paddings.append(len(feats)) or pad_features(feats))
+    for batch in ([utts[i] for i in (3, 0, 6, 2, 7, 1)], utts[5:6]):
+        paddings.clear()
+        hidden, mask = source.fetch(batch)
+        assert paddings == [len(batch)]
+        expected_hidden, expected_mask = pad_features(source.fetch_stored(batch))
+        assert torch.equal(mask, expected_mask) and torch.equal(hidden, expected_hidden)
+        assert hidden.dtype == torch.float16 and not hidden[:, ~mask].any()     # padding is zero
 
 
 @pytest.mark.parametrize("name", ["whisper_tiny", "apc"])

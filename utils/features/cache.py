@@ -346,6 +346,25 @@ class CachedFeatures(StoredFeatures):
             self.from_front_end.add(key)
             self.stats["live_from_front_end"] = len(self.from_front_end)
 
+    def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As StoredFeatures.fetch. A batch that has only front ends stored (a bounded cache's training batch) is the
+        layers' padded output itself (its padding is zero: Backbone.forward_from_front_end), put back in the
+        batch's order: the tensor that cutting it into utterances and padding them again gives, without the two
+        copies."""
+        fronts = self._front_ends_only(utts)
+        if fronts is None or len(utts) > self.batch_size:
+            return super().fetch(utts)
+        ((order, hidden, mask),) = self._layers_batches(fronts)
+        back = torch.tensor(order).argsort().to(mask.device)    # each utterance's row in the length-sorted batch
+        return hidden[:, back], mask[back]
+
+    def _front_ends_only(self, utts: list[Utterance]) -> list[torch.Tensor] | None:
+        """The utterances' stored front ends, if none of them has its hidden states stored and all have a front end."""
+        if not self.front_ends or any(self._known_key(u.path) in self.store for u in utts):
+            return None
+        fronts = [self.front_ends.store.get(self.front_ends._known_key(u.path)) for u in utts]
+        return None if any(f is None for f in fronts) else fronts
+
     def fetch_stored(self, utts: list[Utterance]) -> list[torch.Tensor]:
         """As StoredFeatures.fetch_stored; what has only a front end stored runs the layers from it."""
         if not self.front_ends:
@@ -356,21 +375,22 @@ class CachedFeatures(StoredFeatures):
         from_front = [(u.path, fronts[u.path]) for u in missing if fronts[u.path] is not None]
         from_wav = [u for u in missing if fronts[u.path] is None]
         if from_front:
-            found.update(self._layers_pass(from_front))
+            paths, stored = zip(*from_front)
+            for order, hidden, _ in self._layers_batches(list(stored)):
+                for j, i in enumerate(order):     # views: fetch's padding copies them into the batch, once
+                    found[paths[i]] = hidden[:, j, : stored[i].shape[1]]
         if from_wav:
             found.update((u.path, t) for u, t in self._frozen_pass(from_wav))
         return [found[u.path] for u in utts]
 
-    def _layers_pass(self, items: list[tuple[str, torch.Tensor]]):
-        """(path, hidden states [L, F, D]) from stored front ends [1, F, C], in length-sorted batches."""
-        lengths = [front.shape[1] for _, front in items]
-        for idx in length_sorted_batches(lengths, self.batch_size):
-            front, mask = pad_features([items[i][1] for i in idx])
+    def _layers_batches(self, fronts: list[torch.Tensor]):
+        """(indices into fronts, hidden states [L, b, F, D] in the stored type, mask [b, F]) of stored front ends
+        [1, F, C], in length-sorted padded batches."""
+        for order in length_sorted_batches([front.shape[1] for front in fronts], self.batch_size):
+            front, mask = pad_features([fronts[i] for i in order])
             with frozen_pass(self.backbone, self.device):
                 hidden, _, _ = self.backbone.forward_from_front_end(front[0].float(), mask.sum(1))
-            hidden = hidden.to(self.dtype)
-            for j, i in enumerate(idx):     # views: fetch's padding copies them into the batch, once
-                yield items[i][0], hidden[:, j, : lengths[i]]
+            yield order, hidden.to(self.dtype), mask
 
     def disk_bytes(self) -> int:
         front = self.front_ends.disk_bytes() if self.front_ends else 0
