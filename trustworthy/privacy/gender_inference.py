@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     args, run, trust = stage.args, stage.run, STAGE["privacy"]
     variant = Variant(privacy_attack=args.privacy_attack)
     out = trust.folder(stage.project_dir, run, variant)
+    trained, device = trained_folder(stage), resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
-        fold_json = privacy_fold(run, fold, stage.project_dir, trained_folder(stage), out, resolve_device(run.device),
-                                 stage.corpus.num_classes, args.bootstrap)
+        fold_json = privacy_fold(run, fold, stage.project_dir, trained, out, device, stage.corpus.num_classes,
+                                 args.bootstrap)
         best = out.result_of(fold_json)
         log.info(f"fold {fold}: {original_text(best)}; {linear_text(best['linear_probe'])}")
         return fold_json

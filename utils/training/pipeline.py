@@ -22,7 +22,7 @@ from utils.features.budget import feature_budgets
 from utils.features.cache import CachedFeatures, LastLayerFeatures
 from utils.features.source import AudioBank, LiveFeatures
 from utils.core.io import load_torch, read_json, write_json
-from utils.training.metrics import mean_std, value_folds
+from utils.training.metrics import folds_with_values, mean_std
 from utils.data.layout import cache_dir
 from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_seconds, fold_ids, head_shape,
                                      protocol_source)
@@ -121,7 +121,7 @@ def take_folder(stage: Stage, folder: RunFolder) -> None:
             for path in [*folder.fold_files(), folder.results]:
                 path.unlink(missing_ok=True)
     elif folder.fold_files() or folder.results.is_file():
-        log.warning(f"{folder.path} has no run.json (written by an earlier version): its flags cannot be checked")
+        _warn_unrecorded(folder)
 
 
 def start_folder(stage: Stage, folder: RunFolder) -> None:
@@ -138,8 +138,12 @@ def trained_folder(stage: Stage) -> RunFolder:
             raise TrustSerError(f"the checkpoints in {folder.path} were trained as another run ({'; '.join(differences)})"
                                 f"; train this run: {finetune_command(stage.run)} --overwrite")
     elif folder.fold_files():
-        log.warning(f"{folder.path} has no run.json (written by an earlier version): its flags cannot be checked")
+        _warn_unrecorded(folder)
     return folder
+
+
+def _warn_unrecorded(folder: RunFolder) -> None:
+    log.warning(f"{folder.path} has no run.json (written by an earlier version): its flags cannot be checked")
 
 
 def run_stage(stage: Stage, trust: TrustStage, evaluate: Callable[[int], dict], variant: Variant = Variant(),
@@ -308,7 +312,7 @@ def aggregate(stage: Stage, trust: TrustStage, variant: Variant = Variant(), met
                    "meta": {**run_flags(stage.run), **(meta or {}), **(fold_meta(per_fold) if fold_meta else {}),
                             "folds_done": sorted(int(f) for f in per_fold),
                             "folds_missing": [f for f in stage.fold_ids if str(f) not in per_fold],
-                            "value_folds": value_folds(per_fold, keys)}}
+                            "value_folds": folds_with_values(per_fold, keys)}}
         write_json(folder.results, results)
     return results
 
