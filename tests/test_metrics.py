@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from utils.training.metrics import classification_scores, mean_std, value_folds
+from utils.training.metrics import classification_scores, folds_with_values, mean_std
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -29,4 +29,4 @@ def test_mean_std_reads_dotted_keys_and_skips_missing_values():
     folds = {"1": {"uar": 50.0, "gender": {"sp": 0.1}}, "2": {"uar": 70.0, "gender": {"sp": None}}}
     avg, std = mean_std(folds, ["uar", "gender.sp"])
     assert avg == {"uar": 60.0, "gender": {"sp": 0.1}} and std["uar"] == pytest.approx(10.0)
-    assert value_folds(folds, ["uar", "gender.sp"]) == {"uar": [1, 2], "gender": {"sp": [1]}}
+    assert folds_with_values(folds, ["uar", "gender.sp"]) == {"uar": [1, 2], "gender": {"sp": [1]}}

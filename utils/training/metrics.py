@@ -1,6 +1,8 @@
 """Classification metrics in percent: UAR (macro recall), ACC, macro-F1."""
 import numpy as np
 
+from utils.runs.stages import dig
+
 
 def classification_scores(y_true, y_pred, num_classes: int, uar_classes: str = "labels") -> dict:
     """Macro averages over the classes present in y_true (sklearn's recall/F1 with labels=those, zero_division=0);
@@ -30,26 +32,19 @@ def mean_std(per_fold: dict, keys: list[str]) -> tuple[dict, dict]:
     """
     avg, std = {}, {}
     for key in keys:
-        vals = [v for v in (_dotted(fold, key) for fold in per_fold.values()) if v is not None]
+        vals = [v for v in (dig(fold, key.split(".")) for fold in per_fold.values()) if v is not None]
         _set_dotted(avg, key, float(np.mean(vals)) if vals else None)
         _set_dotted(std, key, float(np.std(vals)) if vals else None)
     return avg, std
 
 
-def value_folds(per_fold: dict, keys: list[str]) -> dict:
+def folds_with_values(per_fold: dict, keys: list[str]) -> dict:
     """Per key (nested as in mean_std), the folds that have a value for it: what each average rests on."""
     folds = {}
     for key in keys:
-        _set_dotted(folds, key, sorted(int(f) for f, fold in per_fold.items() if _dotted(fold, key) is not None))
+        has_value = [int(f) for f, fold in per_fold.items() if dig(fold, key.split(".")) is not None]
+        _set_dotted(folds, key, sorted(has_value))
     return folds
-
-
-def _dotted(d: dict, key: str):
-    for part in key.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
 
 
 def _set_dotted(d: dict, key: str, value) -> None:
