@@ -50,10 +50,11 @@ class RunProfile:
 
 
 def load_profile(project_dir: Path, run: RunId, label: str, variant: Variant) -> RunProfile:
-    flags, variant = recorded_flags(project_dir, run), for_run(variant, project_dir, run)
+    flags = recorded_flags(project_dir, run)
+    variant = for_run(variant, run, flags)
     original = None if variant.privacy_probe == "original" else \
-        measure(STAGE["privacy"], project_dir, run, dataclasses.replace(variant, privacy_probe="original"))
-    return RunProfile(run, label, backbone_build(run, flags), {s.key: measure(s, project_dir, run, variant)
+        measure(STAGE["privacy"], project_dir, run, dataclasses.replace(variant, privacy_probe="original"), flags)
+    return RunProfile(run, label, backbone_build(run, flags), {s.key: measure(s, project_dir, run, variant, flags)
                                                                for s in STAGES}, variant, original)
 
 

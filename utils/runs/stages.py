@@ -151,8 +151,10 @@ def has_key(obj: dict, dotted: str) -> bool:
     return isinstance(parent, dict) and last in parent
 
 
-def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Variant = Variant()) -> Measurement:
-    variant = for_run(variant, project_dir, run)
+def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Variant = Variant(),
+            flags: dict | None = None) -> Measurement:
+    """The stage's value for the run, read as its protocol reads it (for_run); `flags`: recorded_flags, if read."""
+    variant = for_run(variant, run, recorded_flags(project_dir, run) if flags is None else flags)
     path = stage.result_path(project_dir, run, variant)
     if not path.is_file():
         return Measurement(note=f"missing {path}")
@@ -188,11 +190,11 @@ def recorded_flags(project_dir: str | Path, run: RunId) -> dict:
     return flags if isinstance(flags, dict) else {}
 
 
-def for_run(variant: Variant, project_dir: str | Path, run: RunId) -> Variant:
-    """The variant as one run is read, by the run's protocol (its results.json's flags, else its folder name):
+def for_run(variant: Variant, run: RunId, flags: dict) -> Variant:
+    """The variant as one run is read, by the run's protocol (its recorded flags, else its folder name):
     without a chosen fairness group, the protocol's; privacy "auto": the original's probe for --protocol original
     runs, the linear probe otherwise."""
-    protocol = recorded_flags(project_dir, run).get("protocol") or ("original" if "_origproto" in run.name else "fixed")
+    protocol = flags.get("protocol") or ("original" if "_origproto" in run.name else "fixed")
     probe = variant.privacy_probe if variant.privacy_probe != "auto" else \
         ("original" if protocol == "original" else "linear")
     return replace(variant, fairness_group=variant.fairness_group or PROTOCOL_FAIRNESS_GROUP.get(protocol, "speaker"),
