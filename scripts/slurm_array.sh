@@ -112,19 +112,28 @@ run() {   # one stage script: echoed first, then run (or only echoed with DRY_RU
 
 contains() { local x; for x in "${@:2}"; do [[ "$x" == "$1" ]] && return 0; done; return 1; }
 
+trust_stages() {   # trust_stages PRIVACY FLAGS...: fairness, each attack, robustness, and privacy if PRIVACY is yes;
+                  # all of them run even if one fails (then 1)
+    local privacy=$1 attack status=0
+    shift
+    run "$PY" "$FAIRNESS" "$@" || status=1
+    for attack in "${ATTACKS[@]}"; do
+        run "$PY" "$SAFETY" "$@" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
+    done
+    run "$PY" "$ROBUSTNESS" "$@" "${ROBUSTNESS_FLAGS[@]}" || status=1
+    if [[ "$privacy" == yes ]]; then
+        run "$PY" "$PRIVACY" "$@" || status=1
+    fi
+    return $status
+}
+
 fold_task() {   # fold_task CORPUS BACKBONE FOLD FIRST_FOLD [flags...]: the trust evaluations run even if one fails
-    local corpus=$1 backbone=$2 fold=$3 first_fold=$4 attack status=0
+    local corpus=$1 backbone=$2 fold=$3 first_fold=$4 privacy=no status=0
     shift 4
     local common=(--dataset "$corpus" --pretrain_model "$backbone" --folds "$fold" "$@")
     run "$PY" "$FINETUNE" "${common[@]}" || return 1       # nothing to evaluate without the trained fold
-    run "$PY" "$FAIRNESS" "${common[@]}" || status=1
-    for attack in "${ATTACKS[@]}"; do
-        run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=1
-    done
-    run "$PY" "$ROBUSTNESS" "${common[@]}" "${ROBUSTNESS_FLAGS[@]}" || status=1
-    if contains "$fold" "${PRIVACY_FOLDS[@]}"; then
-        run "$PY" "$PRIVACY" "${common[@]}" || status=1
-    fi
+    contains "$fold" "${PRIVACY_FOLDS[@]}" && privacy=yes
+    trust_stages "$privacy" "${common[@]}" || status=1
     if [[ "$fold" == "$first_fold" ]]; then    # FLOPs and latency do not depend on the fold
         run "$PY" "$SUSTAINABILITY" "${common[@]}" || status=1
     fi
@@ -161,7 +170,7 @@ failed_tasks() {   # failed_tasks FLAGS...: "index (corpus backbone fold: why[, 
 }
 
 aggregate_all() {   # results.json of every stage, corpus and backbone from the per-fold files; goes on past gaps
-    local corpus backbone attack output status=0 failed
+    local corpus backbone output status=0 failed
     failed=$(failed_tasks "$@")
     for corpus in "${CORPORA[@]}"; do
       for backbone in "${BACKBONES[@]}"; do
@@ -182,12 +191,7 @@ aggregate_all() {   # results.json of every stage, corpus and backbone from the 
             continue
         fi
         echo "$output"
-        run "$PY" "$FAIRNESS" "${common[@]}" || status=2
-        for attack in "${ATTACKS[@]}"; do
-            run "$PY" "$SAFETY" "${common[@]}" --attack_method "${attack%%:*}" --snr "${attack##*:}" || status=2
-        done
-        run "$PY" "$ROBUSTNESS" "${common[@]}" "${ROBUSTNESS_FLAGS[@]}" || status=2
-        run "$PY" "$PRIVACY" "${common[@]}" || status=2
+        trust_stages yes "${common[@]}" || status=2
       done
     done
     if [[ -n "$failed" ]]; then
