@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
                          device)
         if protocol_of(run).thop_style_gflops:
             result["gflops_original_style"] = thop_style_gflops(backbone, head, device)
-        log.info(f"{result['gflops']:.2f} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.2f} M "
-                 f"parameters ({result['params_trainable'] / 1e6:.2f} M trainable), latency "
+        log.info(f"{result['gflops']:.3g} GFLOPs for {args.input_seconds:g} s, {result['params_total'] / 1e6:.3g} M "
+                 f"parameters ({result['params_trainable'] / 1e6:.3g} M trainable), latency "
                  f"{result['latency_ms_median']:.1f} ms on {result['device_name']}")
         return {**result, "fold": fold, "weights": backbone.weights_id, "trained_checkpoint": trained}
 

@@ -26,12 +26,14 @@ def draw_reliability(probs: np.ndarray, labels: np.ndarray, title: str, path: Pa
     top.bar(centres[used], bins["accuracy"][used], width=width, color="tab:blue", edgecolor="white",
             label="accuracy in bin")
     top.plot(bins["confidence"][used], bins["accuracy"][used], "o", color="tab:orange", markersize=4,
-             label="(mean confidence, accuracy)")
+             label="(mean confidence, accuracy)", clip_on=False)
     top.plot([0, 1], [0, 1], "--", color="0.3", linewidth=1, label="calibrated")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
     top.set_title(f"{title}\nECE {100 * scores['ece']:.1f}%, Brier {scores['brier']:.3f}, "
-                  f"{scores['num_utterances']} utterances", fontsize=9.5)
-    top.legend(fontsize=8, loc="upper left")
+                  f"{scores['num_utterances']} utterances", fontsize=9.5, pad=24)
+    # above the axes: any corner inside may hold a full bin
+    top.legend(fontsize=7.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
+               handlelength=1.5, columnspacing=1.0)
     top.grid(alpha=0.3)
     bottom.bar(centres, bins["count"], width=width, color="0.55", edgecolor="white")
     bottom.set(xlabel="confidence (largest class probability)", ylabel="utterances")
