@@ -427,21 +427,23 @@ def test_front_ends_are_kept_in_the_given_order_when_not_all_fit(where, utts, tm
     assert np.array_equal(got.predictions, expected.predictions) and diff <= 1e-4
 
 
-def test_a_batch_of_front_ends_is_the_layers_output_in_the_batchs_order(utts, tmp_path, monkeypatch):
-    """A batch with only front ends stored is padded once (its front ends), and equals, bit for bit, each
+@pytest.mark.parametrize("layers_batch", [8, 4])       # the batch in one pass of the layers, or in two
+def test_a_batch_of_front_ends_is_written_from_the_layers_outputs(layers_batch, utts, tmp_path, monkeypatch):
+    """A batch with only front ends stored pads nothing but its front ends, and equals, bit for bit, each
     utterance's hidden states padded again (fetch_stored, the path of a batch that mixes tiers)."""
     bb = backbone("wavlm")
     full = cached(bb, None)
     full.prepare(utts)
-    source = bounded(bb, tmp_path, 0, sum(full.length(u) * bb.front_end_dim * 4 + ENTRY_BYTES for u in utts))
+    budget = sum(full.length(u) * bb.front_end_dim * 4 + ENTRY_BYTES for u in utts)
+    source = CachedFeatures(bb, AudioBank(2, skip_bad=False), CPU, layers_batch, tmp_path, budget, 0)
     source.prepare(utts)
     assert source.stats["live_from_front_end"] == len(utts) and not source.store.memory
-    paddings = []
-    monkeypatch.setattr(cache_module, "pad_features", lambda feats: paddings.append(len(feats)) or pad_features(feats))
+    padded = []
+    monkeypatch.setattr(cache_module, "pad_features", lambda feats: padded.append(len(feats)) or pad_features(feats))
     for batch in ([utts[i] for i in (3, 0, 6, 2, 7, 1)], utts[5:6]):
-        paddings.clear()
+        padded.clear()
         hidden, mask = source.fetch(batch)
-        assert paddings == [len(batch)]
+        assert sum(padded) == len(batch) and len(padded) == -(-len(batch) // layers_batch)
         expected_hidden, expected_mask = pad_features(source.fetch_stored(batch))
         assert torch.equal(mask, expected_mask) and torch.equal(hidden, expected_hidden)
         assert hidden.dtype == torch.float16 and not hidden[:, ~mask].any()     # padding is zero

@@ -347,16 +347,20 @@ class CachedFeatures(StoredFeatures):
             self.stats["live_from_front_end"] = len(self.from_front_end)
 
     def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
-        """As StoredFeatures.fetch. A batch that has only front ends stored (a bounded cache's training batch) is the
-        layers' padded output itself (its padding is zero: Backbone.forward_from_front_end), put back in the
-        batch's order: the tensor that cutting it into utterances and padding them again gives, without the two
-        copies."""
+        """As StoredFeatures.fetch. A batch that has only front ends stored (a bounded cache's training batch) is
+        written from the layers' padded outputs (their padding is zero: Backbone.forward_from_front_end), one
+        indexed write per length-sorted batch of the layers, rather than cut into utterances and padded again: the
+        same tensor, without the two copies."""
         fronts = self._front_ends_only(utts)
-        if fronts is None or len(utts) > self.batch_size:
+        if fronts is None:
             return super().fetch(utts)
-        ((order, hidden, mask),) = self._layers_batches(fronts)
-        back = torch.tensor(order).argsort().to(mask.device)    # each utterance's row in the length-sorted batch
-        return hidden[:, back], mask[back]
+        lengths = torch.tensor([front.shape[1] for front in fronts])
+        width = int(lengths.max())
+        hidden = torch.zeros(self.backbone.num_layers, len(utts), width, self.backbone.hidden_dim, dtype=self.dtype,
+                             device=self.device)
+        for order, layers_out, _ in self._layers_batches(fronts):
+            hidden[:, torch.tensor(order).to(self.device), :layers_out.shape[2]] = layers_out
+        return hidden, (torch.arange(width)[None, :] < lengths[:, None]).to(self.device)
 
     def _front_ends_only(self, utts: list[Utterance]) -> list[torch.Tensor] | None:
         """The utterances' stored front ends, if none of them has its hidden states stored and all have a front end."""
