@@ -2,6 +2,7 @@
 of the memory tier, one host->device move per batch, no per-utterance synchronisation in the hot paths."""
 import traceback
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ from utils.features.cache import CachedFeatures
 from utils.features.source import AudioBank, LiveFeatures
 from utils.training import loop
 from utils.training.loop import train_epoch
+from utils.training import protocol as protocol_module
+from utils.training.pipeline import make_backbone
+from utils.training.protocol import protocol_source
+from utils.runs.identity import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -97,6 +102,37 @@ def test_frozen_linear_weights_give_what_autocast_computes_and_are_put_back():
         weight.mul_(2)          # a reload: the copies are made again
         with backbone.frozen_linear_weights(torch.bfloat16):
             assert torch.equal(linear.weight.float(), weight.to(torch.bfloat16).float())
+
+
+def test_an_input_gradient_through_the_kept_bf16_weights_equals_autocasts():
+    """An attack's pass (low_precision): the frozen layers' bf16 copies give autocast's input gradient exactly."""
+    backbone = build_backbone("wavlm", random_init=True, tiny=True)
+    torch.manual_seed(3)
+    wav, lengths = torch.randn(2, 8000), torch.tensor([8000, 5000])
+    grads = []
+    for kept in (False, True):
+        x = wav.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), \
+                (backbone.frozen_linear_weights(torch.bfloat16) if kept else nullcontext()):
+            assert backbone.model.encoder.layers[0].attention.q_proj.weight.dtype == (torch.bfloat16 if kept
+                                                                                     else torch.float32)
+            hidden, _, _ = backbone(x, lengths)
+        hidden.float().pow(2).sum().backward()
+        grads.append(x.grad)
+    assert grads[0].abs().max() > 0 and torch.equal(*grads)
+
+
+def test_original_train_mode_batches_use_the_kept_bf16_weights(monkeypatch):
+    """--protocol original's live train-mode pass of a frozen backbone enters low_precision (on CUDA: autocast with
+    the frozen layers' bf16 copies, not re-cast on every call), as the attacks do (tests/test_protocol.py)."""
+    entered = []
+    monkeypatch.setattr(protocol_module, "low_precision", lambda backbone, device: entered.append(1) or nullcontext())
+    run = RunConfig(pretrain_model="wavlm", tiny=True, random_init=True, protocol="original")
+    backbone = make_backbone(run, CPU)
+    source = protocol_source(run, backbone, LiveFeatures(backbone, AudioBank(2, skip_bad=False), CPU, True), CPU)
+    backbone.train()
+    source.finish((0.1 * torch.randn(2, 6000), torch.tensor([6000, 4000])))
+    assert entered == [1]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,9 @@ from synthetic_project import REPO, call_script, load_script, make_project
 from utils.core.errors import TrustSerError
 from utils.data.corpora import get_corpus, split_file_name
 from utils.data.utterances import Utterance, load_fold, pad_waveforms
+from utils.features import source as source_module
 from utils.features.cache import CachedFeatures
+from utils.features.source import LiveFeatures
 from utils.training.finetune import reported_scores
 from utils.training.metrics import classification_scores
 from utils.training.pipeline import build_head, make_backbone, make_source
@@ -101,6 +103,21 @@ def test_predict_reads_a_backbone_the_original_kept_frozen_as_its_test_evaluatio
     run = _run(pretrain_model="tera", finetune=finetune, protocol="original")
     backbone = make_backbone(run, CPU)
     assert type(EmotionRecognizer(run, ["a", "b"], [], CPU)._source(backbone)) is CachedFeatures
+
+
+def test_predict_evaluates_a_live_trainable_backbone_in_fp32_under_original_as_its_test_evaluation(monkeypatch):
+    """The original's unfrozen WavLM was scored in fp32 (Protocol.fp32_live_evaluation): predict.py's live pass
+    runs outside frozen_pass (bf16 autocast on CUDA) under original, inside it under fixed."""
+    entered = []
+    monkeypatch.setattr(source_module, "frozen_pass", lambda *a: entered.append(1) or torch.no_grad())
+    wav, lengths = 0.1 * torch.randn(2, 6000), torch.tensor([6000, 4000])
+    for protocol, frozen_passes in (("original", 0), ("fixed", 1)):
+        entered.clear()
+        run = _run(pretrain_model="wavlm", finetune="unfrozen", protocol=protocol)
+        backbone = make_backbone(run, CPU).eval()
+        source = EmotionRecognizer(run, ["a", "b"], [], CPU)._source(backbone)
+        hidden, _ = source.finish(source.fetch_waveforms(wav, lengths))
+        assert type(source) is LiveFeatures and len(entered) == frozen_passes and not hidden.requires_grad
 
 
 def test_original_wavlm_unfrozen_keeps_feature_projection_frozen():
@@ -279,7 +296,7 @@ def test_original_attacks_in_fp32_from_a_live_clean_pass(tmp_path, monkeypatch, 
     cached, autocasts = [], []
     monkeypatch.setattr(safety, "cached_predictions",
                         lambda *args: cached.append(1) or torch.tensor([u.label for u in utts]))
-    monkeypatch.setattr(safety, "autocast_for", lambda device: autocasts.append(device) or nullcontext())
+    monkeypatch.setattr(safety, "low_precision", lambda backbone, device: autocasts.append(device) or nullcontext())
     attack = attack_spec(run, "fgsm", 30, 10, fp32=False)
     test, audio, clean = clean_inputs(run, attack, backbone, head, utts, CPU, str(tmp_path / "project"), 2)
     result = attack_fold(backbone, head, test, audio, attack, CPU, 2, clean)

@@ -79,12 +79,22 @@ def autocast_for(device: torch.device):
 
 
 @contextmanager
+def low_precision(backbone, device: torch.device):
+    """autocast_for(device); on CUDA the frozen linear layers compute with their kept bf16 weights
+    (Backbone.frozen_linear_weights: the values autocast would cast them to, not cast anew on every call)."""
+    if device.type != "cuda":
+        yield
+        return
+    with autocast_for(device), backbone.frozen_linear_weights(torch.bfloat16):
+        yield
+
+
+@contextmanager
 def frozen_pass(backbone, device: torch.device):
-    """A frozen inference pass: no_grad and autocast_for(device); on CUDA the frozen linear layers compute with
-    their kept bf16 weights (Backbone.frozen_linear_weights: the values autocast would cast them to), and cuDNN's
-    autotuner is on. set_seed (utils/training/loop.py) turns the autotuner off for the process, so that training
-    steps pick the same convolution algorithms in every run; a frozen pass's features are computed once and
-    stored, and cudnn.deterministic still limits the tuner to deterministic algorithms. CPU: plain fp32."""
+    """A frozen inference pass: no_grad and low_precision; on CUDA cuDNN's autotuner is on. set_seed (utils/training/
+    loop.py) turns the autotuner off for the process, so that training steps pick the same convolution algorithms
+    in every run; a frozen pass's features are computed once and stored, and cudnn.deterministic still limits the
+    tuner to deterministic algorithms. CPU: plain fp32."""
     if device.type != "cuda":
         with torch.no_grad():
             yield
@@ -92,7 +102,7 @@ def frozen_pass(backbone, device: torch.device):
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
     try:
-        with torch.no_grad(), autocast_for(device), backbone.frozen_linear_weights(torch.bfloat16):
+        with torch.no_grad(), low_precision(backbone, device):
             yield
     finally:
         torch.backends.cudnn.benchmark = before
@@ -122,9 +132,10 @@ def prefetched(source: FeatureSource, groups: list[list[Utterance]], grad: bool 
 class LiveFeatures(FeatureSource):
     """Runs the backbone on every batch (--finetune unfrozen, or --no_cache: the original's per-epoch loop)."""
 
-    def __init__(self, backbone, audio: AudioBank, device: torch.device, round_like_cache: bool):
+    def __init__(self, backbone, audio: AudioBank, device: torch.device, round_like_cache: bool, fp32: bool = False):
         self.backbone, self.audio, self.device = backbone, audio, device
         self.round_like_cache = round_like_cache   # frozen --no_cache: same fp16 rounding as the cache
+        self.fp32 = fp32                           # evaluate without autocast (Protocol.fp32_live_evaluation)
 
     def prepare(self, utts: list[Utterance]) -> list[Utterance]:
         return self.audio.readable(utts)
@@ -142,7 +153,7 @@ class LiveFeatures(FeatureSource):
 
     def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         wav, lengths = fetched
-        with torch.enable_grad() if grad else frozen_pass(self.backbone, self.device):
+        with torch.enable_grad() if grad else torch.no_grad() if self.fp32 else frozen_pass(self.backbone, self.device):
             hidden, _, mask = self.backbone(wav, lengths)
         if self.round_like_cache:
             hidden = hidden.to(torch.float16)

@@ -27,7 +27,7 @@ from utils.features.cache import CachedFeatures, LastLayerFeatures, StoredFeatur
 from utils.features.source import AudioBank, LiveFeatures, to_device
 from utils.runs.paths import finetune_folder
 from utils.training.pipeline import load_trained, resolve_device
-from utils.training.protocol import crop_seconds, fold_ids
+from utils.training.protocol import crop_seconds, fold_ids, protocol_of
 from utils.runs.identity import RunConfig
 
 log = logging.getLogger("trust-ser")
@@ -104,7 +104,8 @@ class EmotionRecognizer:
             return CachedFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
         if backbone.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
             return LastLayerFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
-        return LiveFeatures(backbone, audio, self.device, round_like_cache=False)
+        return LiveFeatures(backbone, audio, self.device, round_like_cache=False,
+                            fp32=protocol_of(self.run).fp32_live_evaluation)
 
     def classify_files(self, paths: list[Path], skip: list[str] | None = None) -> tuple[list[Path], torch.Tensor]:
         """Probabilities of the readable files; unreadable ones are named in `skip` (and logged). Files are read

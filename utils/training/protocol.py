@@ -10,7 +10,7 @@ from utils.core.errors import TrustSerError
 from utils.data.corpora import SINGLE_SPLIT_RUNS, Corpus
 from utils.data.utterances import Utterance
 from utils.features.cache import StoredFeatures
-from utils.features.source import FeatureSource, LiveFeatures, autocast_for
+from utils.features.source import FeatureSource, LiveFeatures, low_precision
 from utils.runs.identity import RunConfig
 from utils.runs.stages import PROTOCOL_FAIRNESS_GROUP
 
@@ -174,7 +174,7 @@ class TrainModeFeatures(FeatureSource):
         if self._from_eval_source():
             return self.eval_source.finish(fetched, grad)
         fp32 = grad or not self.backbone.training
-        with torch.set_grad_enabled(grad), (nullcontext() if fp32 else autocast_for(self.device)):
+        with torch.set_grad_enabled(grad), (nullcontext() if fp32 else low_precision(self.backbone, self.device)):
             if self.front_ends and self.backbone.training:
                 front, mask = fetched
                 hidden, _, mask = self.backbone.forward_from_front_end(front[0].float(), mask.sum(1))

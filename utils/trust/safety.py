@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from utils.trust.attacks import attack_success_rate, fgsm, gaussian_noise, measured_snr_db, pgd
 from utils.data.utterances import Utterance, length_sorted_batches, pad_waveforms
-from utils.features.source import AudioBank, autocast_for
+from utils.features.source import AudioBank, low_precision
 from utils.training.metrics import classification_scores
 from utils.runs.identity import RunConfig
 from utils.training.pipeline import make_source
@@ -102,10 +102,11 @@ def attack_fold(backbone, head, test: list[Utterance], audio: AudioBank, attack:
 
     `clean`: the model's test predictions if already known (from the feature cache); else a live pass makes them.
     Either way an utterance is attacked only if the attack's own pass on its clean audio classifies it correctly.
-    On CUDA the passes run under bf16 autocast, as every other evaluation, unless attack.fp32 (the input gradient is
-    taken with respect to the fp32 waveform either way); on CPU they are fp32.
+    On CUDA the passes run under bf16 autocast with the frozen layers' bf16 weights (low_precision), as every other
+    evaluation, unless attack.fp32 (the input gradient is taken with respect to the fp32 waveform either way); on
+    CPU they are fp32.
     """
-    with nullcontext() if attack.fp32 else autocast_for(device):
+    with nullcontext() if attack.fp32 else low_precision(backbone, device):
         return _attack_fold(backbone, head, test, audio, attack, device, num_classes, clean)
 
 
