@@ -221,8 +221,9 @@ def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tenso
     valid = valid[:, None, None, :]
     count = valid.sum(dim=(2, 3), keepdim=True) * groups.shape[2]
     mean = (groups * valid).sum(dim=(2, 3), keepdim=True) / count
-    var = ((groups - mean) ** 2 * valid).sum(dim=(2, 3), keepdim=True) / count
-    normed = ((groups - mean) / torch.sqrt(var + norm.eps)).reshape(batch, channels, frames)
+    centered = groups - mean
+    var = (centered ** 2 * valid).sum(dim=(2, 3), keepdim=True) / count
+    normed = (centered / torch.sqrt(var + norm.eps)).reshape(batch, channels, frames)
     if norm.affine:
         normed = normed * norm.weight[None, :, None].float() + norm.bias[None, :, None].float()
     return normed.to(x.dtype)
