@@ -73,6 +73,25 @@ def test_original_trains_on_new_features_every_epoch_and_evaluates_on_cached_one
     torch.testing.assert_close(orig_dev_1, fixed_dev)            # ...and the same (cached) features as fixed
 
 
+@pytest.mark.parametrize("no_cache", [False, True])
+def test_original_evaluates_a_frozen_backbone_rounded_as_the_cache_with_or_without_it(tmp_path, no_cache):
+    """--no_cache changes no number under original either: dev/test batches of a frozen backbone's live pass are
+    rounded to fp16 as the cache's; only a trainable backbone's live evaluation is fp32 (fp32_live_evaluation)."""
+    utts = _utterances(tmp_path)
+    evaluated = {}
+    for protocol in ("fixed", "original"):
+        run = _run(pretrain_model="wavlm", protocol=protocol, no_cache=no_cache)
+        backbone = make_backbone(run, CPU)
+        source = make_source(run, backbone, CPU, str(tmp_path / protocol), grad_backbone=False)
+        backbone.eval()
+        evaluated[protocol], _ = source.batch(source.prepare(utts))
+    assert torch.equal(evaluated["original"], evaluated["original"].half().float())
+    assert torch.equal(evaluated["original"], evaluated["fixed"])
+    run = _run(pretrain_model="wavlm", finetune="unfrozen", protocol="original")
+    live = make_source(run, make_backbone(run, CPU), CPU, str(tmp_path / "unfrozen"), grad_backbone=True)
+    assert type(live.eval_source) is LiveFeatures and live.eval_source.fp32 and not live.eval_source.round_like_cache
+
+
 @pytest.mark.parametrize("conv_layers, hidden_size, protocol, expected", [
     (2, 128, "original", (2, 256)), (3, 128, "original", (3, 256)), (4, 64, "original", (2, 256)),
     (2, 128, "fixed", (2, 128)), (4, 64, "fixed", (4, 64))])

@@ -25,7 +25,7 @@ from utils.core.io import load_torch, read_json, write_json
 from utils.training.metrics import folds_with_values, mean_std
 from utils.data.layout import cache_dir
 from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_seconds, fold_ids, head_shape,
-                                     protocol_source)
+                                     protocol_of, protocol_source)
 from utils.runs.identity import IDENTITY, RunConfig, record_differences, run_record
 from utils.runs.paths import RunFolder, RunId, finetune_dir, finetune_folder
 from utils.runs.stages import TrustStage, Variant
@@ -214,8 +214,9 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
     last_layer_only = (grad_backbone and run.finetune == "unfrozen_last_layer"
                        and backbone.supports_last_layer_split)
     if run.no_cache or (grad_backbone and not last_layer_only):
-        return protocol_source(run, backbone, LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone),
-                               device)
+        live = LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone,
+                            fp32=grad_backbone and protocol_of(run).fp32_live_evaluation)
+        return protocol_source(run, backbone, live, device)
     memory, disk = feature_budgets(run.cache_gb, run.memory_gb, device, cache_dir(project_dir))
     store = LastLayerFeatures if last_layer_only else CachedFeatures
     return protocol_source(run, backbone, store(backbone, audio, device, run.eval_batch_size, cache_dir(project_dir),

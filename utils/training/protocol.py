@@ -10,7 +10,7 @@ from utils.core.errors import TrustSerError
 from utils.data.corpora import SINGLE_SPLIT_RUNS, Corpus
 from utils.data.utterances import Utterance
 from utils.features.cache import StoredFeatures
-from utils.features.source import FeatureSource, LiveFeatures, low_precision
+from utils.features.source import FeatureSource, low_precision
 from utils.runs.identity import RunConfig
 from utils.runs.stages import PROTOCOL_FAIRNESS_GROUP
 
@@ -123,23 +123,20 @@ def protocol_source(run: RunConfig, backbone, source, device: torch.device):
     if not protocol_of(run).train_mode_features:
         return source
     protocol = protocol_of(run)
-    return TrainModeFeatures(backbone, source, device, live_eval_fp32=protocol.fp32_live_evaluation,
-                             padded_batch=protocol.padded_batch_features)
+    return TrainModeFeatures(backbone, source, device, padded_batch=protocol.padded_batch_features)
 
 
 class TrainModeFeatures(FeatureSource):
     """--protocol original: while the backbone is in train mode (train_epoch), every batch runs it live with
     dropout and LayerDrop, new features every epoch, as the original's loop (no_grad and bf16 autocast on CUDA
     for a frozen backbone), with `padded_batch` on the zero-padded batch as the original formed it (shuffled,
-    padded to its longest clip) and made its features; in eval mode, batches come from `eval_source` (the cache:
-    the original evaluated in eval mode too, one clip at a time, so those features are the same), or, for a live
-    trainable backbone, a live fp32 pass. Without `padded_batch`, wav2vec2/WavLM batches start from the stored
-    per-clip CNN encoder output."""
+    padded to its longest clip) and made its features; in eval mode, batches come from `eval_source`: the cache
+    (the original evaluated in eval mode too, one clip at a time, so those features are the same), or the live
+    source (fp32 for a trainable backbone, Protocol.fp32_live_evaluation). Without `padded_batch`, wav2vec2/WavLM
+    batches start from the stored per-clip CNN encoder output."""
 
-    def __init__(self, backbone, eval_source: FeatureSource, device: torch.device, live_eval_fp32: bool,
-                 padded_batch: bool):
+    def __init__(self, backbone, eval_source: FeatureSource, device: torch.device, padded_batch: bool):
         self.backbone, self.eval_source, self.device = backbone, eval_source, device
-        self.live_eval_fp32 = live_eval_fp32 and isinstance(eval_source, LiveFeatures)
         self.padded_batch = padded_batch
         self.audio = eval_source.audio
         # the cache's own front-end tier where it has one; either way within the cache's disk and memory budgets
@@ -157,35 +154,27 @@ class TrainModeFeatures(FeatureSource):
     def cache_report(self) -> str | None:
         return self.eval_source.cache_report()
 
-    def _from_eval_source(self) -> bool:
-        return not self.backbone.training and not self.live_eval_fp32
-
     def fetch(self, utts: list[Utterance]):
         """What can be read ahead of the batch (utils.features.source.prefetched): the eval source's part, or the
         stored front ends / waveforms that the live train-mode pass starts from."""
-        if self._from_eval_source():
+        if not self.backbone.training:
             return self.eval_source.fetch(utts)
-        if self.front_ends and self.backbone.training:
+        if self.front_ends:
             return self.front_ends.fetch(utts)
         return self.audio.device_batch(utts, self.device)
 
     def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's hidden states; the live pass runs here, in the caller's thread, so dropout draws in order."""
-        if self._from_eval_source():
+        if not self.backbone.training:
             return self.eval_source.finish(fetched, grad)
-        fp32 = grad or not self.backbone.training
-        with torch.set_grad_enabled(grad), (nullcontext() if fp32 else low_precision(self.backbone, self.device)):
-            if self.front_ends and self.backbone.training:
+        with torch.set_grad_enabled(grad), (nullcontext() if grad else low_precision(self.backbone, self.device)):
+            if self.front_ends:
                 front, mask = fetched
                 hidden, _, mask = self.backbone.forward_from_front_end(front[0].float(), mask.sum(1))
             else:
-                with self._padded_batch():
+                with self.backbone.padded_batch_features() if self.padded_batch else nullcontext():
                     hidden, _, mask = self.backbone(*fetched)
         return hidden.float(), mask
-
-    def _padded_batch(self):
-        """A training batch's features as the original made them of the padded batch (not dev/test's)."""
-        return self.backbone.padded_batch_features() if self.padded_batch and self.backbone.training else nullcontext()
 
 
 @contextmanager
