@@ -19,6 +19,7 @@ from utils.core.io import write_wav
 from utils.data.utterances import Utterance
 from utils.features import source as source_module
 from utils.features.cache import CachedFeatures
+from utils.features.shards import ENTRY_BYTES
 from utils.features.source import AudioBank, LiveFeatures
 from utils.training import loop
 from utils.training.loop import train_epoch
@@ -176,6 +177,24 @@ def test_the_feature_pass_reads_back_per_batch_not_per_utterance(name, utts):
         with ReadBacks() as reads:
             source.prepare(utts[:n])
         assert source.stats["computed"] == n
+        counts.append(reads.calls)
+    assert counts[0] == counts[1], counts
+
+
+def test_a_bounded_batch_reads_back_per_batch_not_per_utterance(utts):
+    """A batch made from stored front ends (the layers run live from them, in one pass) reads back the same for 4
+    utterances as for 8."""
+    backbone = build_backbone("wavlm", random_init=True, tiny=True)
+    full = CachedFeatures(backbone, AudioBank(2, skip_bad=False), CPU, 8, None, memory_budget_bytes=1 << 30)
+    full.prepare(utts)
+    budget = sum(full.length(u) for u in utts) * backbone.front_end_dim * 4 + len(utts) * ENTRY_BYTES
+    source = CachedFeatures(backbone, AudioBank(2, skip_bad=False), CPU, 8, None, memory_budget_bytes=budget)
+    source.prepare(utts)
+    assert source.stats["live_from_front_end"] == len(utts) and not source.store.memory
+    counts = []
+    for n in (4, 8):
+        with ReadBacks() as reads:
+            source.fetch(utts[:n])
         counts.append(reads.calls)
     assert counts[0] == counts[1], counts
 
