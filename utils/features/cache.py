@@ -351,8 +351,10 @@ class CachedFeatures(StoredFeatures):
         written from the layers' padded outputs (their padding is zero: Backbone.forward_from_front_end), one
         indexed write per length-sorted batch of the layers, rather than cut into utterances and padded again: the
         same tensor, without the two copies."""
-        fronts = self._front_ends_only(utts)
-        if fronts is None:
+        if not self._only_front_ends_stored(utts):
+            return super().fetch(utts)
+        fronts = [self.front_ends.store.get(self.front_ends._known_key(u.path)) for u in utts]
+        if any(front is None for front in fronts):     # a damaged shard: fetch_stored computes those from the audio
             return super().fetch(utts)
         lengths = torch.tensor([front.shape[1] for front in fronts])
         width = int(lengths.max())
@@ -362,12 +364,11 @@ class CachedFeatures(StoredFeatures):
             hidden[:, torch.tensor(order).to(self.device), :layers_out.shape[2]] = layers_out
         return hidden, (torch.arange(width)[None, :] < lengths[:, None]).to(self.device)
 
-    def _front_ends_only(self, utts: list[Utterance]) -> list[torch.Tensor] | None:
-        """The utterances' stored front ends, if none of them has its hidden states stored and all have a front end."""
-        if not self.front_ends or any(self._known_key(u.path) in self.store for u in utts):
-            return None
-        fronts = [self.front_ends.store.get(self.front_ends._known_key(u.path)) for u in utts]
-        return None if any(f is None for f in fronts) else fronts
+    def _only_front_ends_stored(self, utts: list[Utterance]) -> bool:
+        """Whether every utterance has its front end stored and none its hidden states (nothing is read)."""
+        return bool(self.front_ends) and all(
+            self._known_key(u.path) not in self.store and self.front_ends._known_key(u.path) in self.front_ends.store
+            for u in utts)
 
     def fetch_stored(self, utts: list[Utterance]) -> list[torch.Tensor]:
         """As StoredFeatures.fetch_stored; what has only a front end stored runs the layers from it."""
