@@ -153,8 +153,14 @@ class LiveFeatures(FeatureSource):
 
     def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         wav, lengths = fetched
-        with torch.enable_grad() if grad else torch.no_grad() if self.fp32 else frozen_pass(self.backbone, self.device):
+        with self._pass(grad):
             hidden, _, mask = self.backbone(wav, lengths)
         if self.round_like_cache:
             hidden = hidden.to(torch.float16)
         return hidden.float(), mask
+
+    def _pass(self, grad: bool):
+        """Training: autograd, fp32. Evaluation: no_grad, in fp32 (`fp32`) or as a frozen pass (bf16 on CUDA)."""
+        if grad:
+            return torch.enable_grad()
+        return torch.no_grad() if self.fp32 else frozen_pass(self.backbone, self.device)
