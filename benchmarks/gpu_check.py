@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_batch_size", type=int, default=32)
     p.add_argument("--batches", type=int, default=10, help="training batches timed per measurement")
     p.add_argument("--json", type=Path)
+    p.add_argument("--profile", action="store_true",
+                   help="after the timings, profile one call of each of ours: its operators with the most self time")
     args = p.parse_args(argv)
     args.clips = args.clips or (24 if args.tiny else 1024)
     args.batch_size = args.batch_size or (8 if args.tiny else 64)
@@ -148,30 +150,54 @@ def measure(args, device: torch.device) -> dict:
     ceiling = Ceiling(backbone, device)
     groups = [utts[i * args.batch_size:(i + 1) * args.batch_size]
               for i in range(min(args.batches, len(utts) // args.batch_size))]
-    out = {}
-    out["feature_pass"], cache = feature_pass(args, backbone, ceiling, audio, utts, seconds, clock, device)
-    out["bounded_batch"] = bounded_batch(args, backbone, ceiling, audio, utts, groups, cache, clock, device)
-    out["original_batch"] = original_batch(args, ceiling, audio, groups, clock, device)
-    out.update(head_measurements(args, backbone, cache, utts, groups, seconds, clock, device))
+    out, calls = {}, {}     # calls: one call of ours per measurement, for --profile
+    (out["feature_pass"], calls["feature_pass"]), cache = feature_pass(args, backbone, ceiling, audio, utts, seconds,
+                                                                       clock, device)
+    out["bounded_batch"], calls["bounded_batch"] = bounded_batch(args, backbone, ceiling, audio, utts, groups, cache,
+                                                                 clock, device)
+    out["original_batch"], calls["original_batch"] = original_batch(args, ceiling, audio, groups, clock, device)
+    for name, (measured, call) in head_measurements(args, backbone, cache, utts, groups, seconds, clock,
+                                                    device).items():
+        out[name], calls[name] = measured, call
+    profiles = {name: top_ops(call, clock) for name, call in calls.items()} if args.profile else {}
     work.cleanup()
-    return out
+    return out, profiles
+
+
+def top_ops(call, clock: Clock, n: int = 12) -> list[dict]:
+    """The n operators with the most self time in one call (device time on CUDA, CPU time elsewhere), in ms."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if clock.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        call()
+        clock.sync()
+    key = "self_device_time_total" if clock.device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))[:n]
+    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key) / 1000} for e in events]
 
 
 def feature_pass(args, backbone, ceiling: Ceiling, audio, utts, seconds: float, clock: Clock, device: torch.device):
-    """(ours, ceiling) in ms per audio-second, and the filled cache; a warm-up batch first on both sides (kernels,
-    cuDNN's autotuner)."""
+    """((ours, ceiling) in ms per audio-second, one batch of ours), and the filled cache; a warm-up batch first on
+    both sides (kernels, cuDNN's autotuner)."""
     CachedFeatures(backbone, audio, device, args.eval_batch_size, None, 1 << 40).prepare(utts[:args.eval_batch_size])
     batches = list(padded_batches(audio, utts, args.eval_batch_size, device))
     with torch.no_grad():
         ceiling.forward(*batches[0])
         ceiling_ms = clock(lambda: [ceiling.forward(wav, lengths) for wav, lengths in batches])
     cache = CachedFeatures(backbone, audio, device, args.eval_batch_size, None, 1 << 40)
-    return (clock(cache.prepare, utts) / seconds, ceiling_ms / seconds), cache
+    ours_ms = clock(cache.prepare, utts)
+
+    def one_batch():
+        CachedFeatures(backbone, audio, device, args.eval_batch_size, None, 1 << 40).prepare(utts[:args.eval_batch_size])
+
+    return ((ours_ms / seconds, ceiling_ms / seconds), one_batch), cache
 
 
 def bounded_batch(args, backbone, ceiling: Ceiling, audio, utts, groups, cache: CachedFeatures, clock: Clock,
-                  device: torch.device) -> tuple[float, float]:
-    """Memory for the front ends only, so that each training batch runs the layers live from them; ms per batch."""
+                  device: torch.device):
+    """Memory for the front ends only, so that each training batch runs the layers live from them: (ours, ceiling)
+    in ms per batch, and one batch of ours."""
     front_bytes = sum(cache.frames.values()) * backbone.front_end_dim * (2 if device.type == "cuda" else 4)
     bounded = CachedFeatures(backbone, audio, device, args.eval_batch_size, None, front_bytes + len(utts) * ENTRY_BYTES)
     bounded.prepare(utts)
@@ -181,11 +207,13 @@ def bounded_batch(args, backbone, ceiling: Ceiling, audio, utts, groups, cache: 
     padded = [pad_features([fronts.store.get(fronts.key(u.path)) for u in g]) for g in groups]
     with torch.no_grad():
         ceiling.layers(padded[0][0][0].to(torch.bfloat16), padded[0][1])
-        return ours, np.mean([clock(ceiling.layers, front[0].to(torch.bfloat16), mask) for front, mask in padded])
+        plain = np.mean([clock(ceiling.layers, front[0].to(torch.bfloat16), mask) for front, mask in padded])
+    return (ours, plain), lambda: bounded.batch(groups[0])
 
 
-def original_batch(args, ceiling: Ceiling, audio, groups, clock: Clock, device: torch.device) -> tuple[float, float]:
-    """--protocol original's training batch: the train-mode backbone on the padded batch, every batch; ms per batch."""
+def original_batch(args, ceiling: Ceiling, audio, groups, clock: Clock, device: torch.device):
+    """--protocol original's training batch, the train-mode backbone on the padded batch: (ours, ceiling) in ms per
+    batch, and one batch of ours."""
     run = RunConfig(protocol="original", pretrain_model="wavlm", tiny=args.tiny, random_init=True)
     original = apply_to_backbone(run, build_backbone("wavlm", random_init=True, tiny=args.tiny)).to(device)
     source = protocol_source(run, original, LiveFeatures(original, audio, device, round_like_cache=True), device)
@@ -197,7 +225,12 @@ def original_batch(args, ceiling: Ceiling, audio, groups, clock: Clock, device: 
     with torch.no_grad():
         plain = np.mean([clock(ceiling.forward, to_device(w, device), n) for w, n in train_batches])
     ceiling.model.eval()
-    return ours, plain
+
+    def one_batch():
+        original.train()
+        source.batch(groups[0])
+
+    return (ours, plain), one_batch
 
 
 def head_measurements(args, backbone, cache: CachedFeatures, utts, groups, seconds: float, clock: Clock,
@@ -241,10 +274,13 @@ def head_measurements(args, backbone, cache: CachedFeatures, utts, groups, secon
                 torch.log_softmax(plain_head(x, mask).float(), dim=1)
 
     plain_eval()
-    return {"head_step": (ours_step, plain_step), "evaluation": (ours_eval, clock(plain_eval) / seconds)}
+    return {"head_step": ((ours_step, plain_step), epoch),
+            "evaluation": ((ours_eval, clock(plain_eval) / seconds),
+                           lambda: evaluate(head, backbone, cache, utts[:4 * args.eval_batch_size],
+                                            args.eval_batch_size, NUM_CLASSES))}
 
 
-def report(args, device: torch.device, measured: dict) -> dict:
+def report(args, device: torch.device, measured: dict, profiles: dict) -> dict:
     rows = {}
     print(f"\n{'measurement':<16}{'ours':>12}{'ceiling':>12}{'ratio':>8}  unit        target")
     for name, (ours, ceiling) in measured.items():
@@ -256,6 +292,13 @@ def report(args, device: torch.device, measured: dict) -> dict:
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "tiny": args.tiny, "clips": args.clips, "batch_size": args.batch_size,
               "eval_batch_size": args.eval_batch_size, "measurements": rows}
+    if profiles:
+        result["profile"] = profiles
+        unit = "device" if device.type == "cuda" else "CPU"
+        for name, ops in profiles.items():
+            print(f"\n{name}: one call's operators with the most self {unit} time")
+            for op in ops[:8]:
+                print(f"  {op['self_ms']:>10.3f} ms  {op['calls']:>6}x  {op['op']}")
     if args.json:
         write_json(args.json, result)
     return result
@@ -267,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrustSerError(f"--device {args.device} requested but CUDA is not available; use --device cpu --tiny")
     start = time.perf_counter()
-    result = report(args, device, measure(args, device))
+    result = report(args, device, *measure(args, device))
     print(f"total {time.perf_counter() - start:.0f} s")
     return result
 

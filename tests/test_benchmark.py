@@ -187,7 +187,8 @@ runpy.run_path({str(REPO / 'benchmarks' / 'gpu_check.py')!r}, run_name="__main__
 def test_gpu_check_cpu_mode_runs_without_the_optional_packages(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run([sys.executable, "-c", GPU_CHECK, "--device", "cpu", "--tiny", "--clips", "8",
-                           "--batch_size", "4", "--eval_batch_size", "4", "--batches", "2", "--json", str(out)],
+                           "--batch_size", "4", "--eval_batch_size", "4", "--batches", "2", "--profile", "--json",
+                           str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -199,3 +200,8 @@ def test_gpu_check_cpu_mode_runs_without_the_optional_packages(tmp_path):
         assert row["ratio_to_ceiling"] == pytest.approx(row["ours"] / row["ceiling"], rel=1e-4)   # JSON: 6 digits
         assert row["target"] is None and f"\n{name} " in proc.stdout     # no GPU targets on CPU; one line each
     assert res["clips"] == 8 and res["batch_size"] == 4 and res["tiny"]
+    assert list(res["profile"]) == list(rows)           # --profile: one call of each of ours, its costliest operators
+    for name, ops in res["profile"].items():
+        assert 0 < len(ops) <= 12 and all(op["self_ms"] >= 0 and op["calls"] > 0 for op in ops), name
+        assert [op["self_ms"] for op in ops] == sorted((op["self_ms"] for op in ops), reverse=True)
+        assert f"\n{name}: one call's operators" in proc.stdout
