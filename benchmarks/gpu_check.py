@@ -142,10 +142,12 @@ def padded_batches(audio: AudioBank, utts: list[Utterance], batch_size: int, dev
         yield audio.device_batch([utts[i] for i in idx], device)
 
 
-def measure(args, device: torch.device) -> dict:
+def measure(args, device: torch.device, folder: Path) -> tuple[dict, dict]:
+    """(ours, ceiling) per measurement, and one call of ours per measurement (for --profile); placeholder audio files
+    under `folder`."""
     set_seed(0)
-    clock, work = Clock(device), tempfile.TemporaryDirectory()
-    audio, utts, seconds = make_clips(args, Path(work.name))
+    clock = Clock(device)
+    audio, utts, seconds = make_clips(args, folder)
     backbone = build_backbone("wavlm", random_init=True, tiny=args.tiny).to(device)
     ceiling = Ceiling(backbone, device)
     groups = [utts[i * args.batch_size:(i + 1) * args.batch_size]
@@ -159,20 +161,18 @@ def measure(args, device: torch.device) -> dict:
     for name, (measured, call) in head_measurements(args, backbone, cache, utts, groups, seconds, clock,
                                                     device).items():
         out[name], calls[name] = measured, call
-    profiles = {name: top_ops(call, clock) for name, call in calls.items()} if args.profile else {}
-    work.cleanup()
-    return out, profiles
+    return out, calls
 
 
-def top_ops(call, clock: Clock, n: int = 12) -> list[dict]:
+def top_ops(call, device: torch.device, n: int = 12) -> list[dict]:
     """The n operators with the most self time in one call (device time on CUDA, CPU time elsewhere), in ms."""
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if clock.device.type == "cuda":
+    if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         call()
-        clock.sync()
-    key = "self_device_time_total" if clock.device.type == "cuda" else "self_cpu_time_total"
+        Clock(device).sync()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))[:n]
     return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key) / 1000} for e in events]
 
@@ -280,7 +280,7 @@ def head_measurements(args, backbone, cache: CachedFeatures, utts, groups, secon
                                             args.eval_batch_size, NUM_CLASSES))}
 
 
-def report(args, device: torch.device, measured: dict, profiles: dict) -> dict:
+def report(args, device: torch.device, measured: dict) -> dict:
     rows = {}
     print(f"\n{'measurement':<16}{'ours':>12}{'ceiling':>12}{'ratio':>8}  unit        target")
     for name, (ours, ceiling) in measured.items():
@@ -292,16 +292,22 @@ def report(args, device: torch.device, measured: dict, profiles: dict) -> dict:
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "tiny": args.tiny, "clips": args.clips, "batch_size": args.batch_size,
               "eval_batch_size": args.eval_batch_size, "measurements": rows}
-    if profiles:
-        result["profile"] = profiles
-        unit = "device" if device.type == "cuda" else "CPU"
-        for name, ops in profiles.items():
-            print(f"\n{name}: one call's operators with the most self {unit} time")
-            for op in ops[:8]:
-                print(f"  {op['self_ms']:>10.3f} ms  {op['calls']:>6}x  {op['op']}")
     if args.json:
         write_json(args.json, result)
     return result
+
+
+def add_profiles(args, device: torch.device, result: dict, calls: dict) -> None:
+    """--profile: each call's costliest operators, printed and added to the JSON (written again: the timings are
+    on disk already, should the profiler fail)."""
+    result["profile"] = {name: top_ops(call, device) for name, call in calls.items()}
+    unit = "device" if device.type == "cuda" else "CPU"
+    for name, ops in result["profile"].items():
+        print(f"\n{name}: one call's operators with the most self {unit} time")
+        for op in ops[:8]:
+            print(f"  {op['self_ms']:>10.3f} ms  {op['calls']:>6}x  {op['op']}")
+    if args.json:
+        write_json(args.json, result)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -310,7 +316,11 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrustSerError(f"--device {args.device} requested but CUDA is not available; use --device cpu --tiny")
     start = time.perf_counter()
-    result = report(args, device, *measure(args, device))
+    with tempfile.TemporaryDirectory() as folder:
+        measured, calls = measure(args, device, Path(folder))
+        result = report(args, device, measured)
+        if args.profile:
+            add_profiles(args, device, result, calls)
     print(f"total {time.perf_counter() - start:.0f} s")
     return result
 
