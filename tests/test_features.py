@@ -157,7 +157,24 @@ def test_make_source_picks_the_source_for_each_mode(tmp_path):
     assert type(source_for("unfrozen")) is LiveFeatures and not source_for("unfrozen").round_like_cache
     assert type(source_for("unfrozen_last_layer", grad=False)) is CachedFeatures   # probing a fine-tuned backbone
     assert source_for("frozen", no_cache=True).round_like_cache
-    assert type(source_for("unfrozen_last_layer", no_cache=True)) is LiveFeatures
+    uncached = source_for("unfrozen_last_layer", no_cache=True)     # the cache's values, nothing kept
+    assert type(uncached) is LastLayerFeatures and uncached.cache_root is None and uncached.cache_report() is None
+
+
+def test_no_cache_with_a_trainable_last_layer_gives_the_cached_inputs(utts, tmp_path):
+    """--no_cache --finetune unfrozen_last_layer: each batch's lower hidden states and last-layer input are the
+    cache's (fp16-rounded), recomputed, so the last layer trains and scores on the same values either way."""
+    batches = []
+    for no_cache in (False, True):
+        run = RunConfig(audio_duration=2, finetune="unfrozen_last_layer", no_cache=no_cache, eval_batch_size=4)
+        bb = backbone("wavlm", "unfrozen_last_layer")
+        source = make_source(run, bb, CPU, str(tmp_path), grad_backbone=True)
+        bb.eval()
+        batches.append(source.batch(source.prepare(utts)))
+    assert source.stats["live"] == len(utts)                       # the uncached source kept nothing
+    (cached, cached_mask), (uncached, uncached_mask) = batches
+    assert torch.equal(cached_mask, uncached_mask) and torch.equal(cached, uncached)
+    assert torch.equal(uncached[:-1], uncached[:-1].half().float())      # the lower states: rounded as stored
 
 # -- Part B: equivalences the feature cache must keep
 

@@ -195,7 +195,9 @@ class StoredFeatures(FeatureSource):
     def disk_bytes(self) -> int:
         return self.store.disk_bytes()
 
-    def cache_report(self) -> str:
+    def cache_report(self) -> str | None:
+        if self.cache_root is None:       # keeps nothing (--no_cache): every batch is computed anew
+            return None
         return f"feature cache: {self.stats}, {self.disk_bytes() / 2**20:.1f} MiB on disk under {self.cache_root}"
 
 

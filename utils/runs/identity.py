@@ -114,7 +114,7 @@ NOT_IDENTITY = {
     "folds": "which folds of the run to do now",
     "seeds": "how many seeded runs of a one-split corpus there are (run k's numbers depend on k only)",
     "device": "where it runs",
-    "no_cache": "cached features are rounded as the live path rounds them",
+    "no_cache": "what the cache would hold is recomputed on every batch, rounded as the cache rounds it",
     "cache_gb": "what the feature cache keeps, not what it computes",
     "memory_gb": "what the feature cache keeps, not what it computes",
     "skip_bad": "without it a bad file stops the run; with it the skipped files are counted in the results",
