@@ -1,5 +1,6 @@
 """The GPU path's parts, checked on CPU: WavLM's fused attention against Hugging Face's layers, no host round trip
 of the memory tier, one host->device move per batch, no per-utterance synchronisation in the hot paths."""
+import threading
 import traceback
 from collections import Counter
 from contextlib import nullcontext
@@ -20,7 +21,7 @@ from utils.data.utterances import Utterance
 from utils.features import source as source_module
 from utils.features.cache import CachedFeatures
 from utils.features.shards import ENTRY_BYTES
-from utils.features.source import AudioBank, LiveFeatures
+from utils.features.source import AudioBank, LiveFeatures, frozen_pass
 from utils.training import loop
 from utils.training.loop import train_epoch
 from utils.training import protocol as protocol_module
@@ -84,6 +85,25 @@ def test_wav2vec2_family_layers_use_scaled_dot_product_attention():
     """wav2vec 2.0 / HuBERT / data2vec go through Hugging Face's own SDPA attention (WavLM's is eager only)."""
     backbone = build_backbone("wav2vec2_0", random_init=True, tiny=True)
     assert backbone.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_only_the_main_thread_turns_the_autotuner_on_for_a_frozen_pass(monkeypatch):
+    """cudnn.benchmark is global: a frozen pass in the read-ahead thread leaves it off, for the head's training step
+    runs in the main thread meanwhile (the CUDA branch, run on CPU: only the flag is looked at)."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)     # as set_seed leaves it
+    backbone = build_backbone("tera", random_init=True, tiny=True)
+    seen = {}
+
+    def look(where: str) -> None:
+        with frozen_pass(backbone, torch.device("cuda")):
+            seen[where] = torch.backends.cudnn.benchmark
+
+    look("main")
+    reader = threading.Thread(target=look, args=("read-ahead",))
+    reader.start()
+    reader.join()
+    assert seen == {"main": True, "read-ahead": False} and torch.backends.cudnn.benchmark is False
 
 
 def test_frozen_linear_weights_give_what_autocast_computes_and_are_put_back():

@@ -1,6 +1,7 @@
 """The interface every feature source implements (FeatureSource), what the sources share (the audio, the copy to
 the device, read-ahead) and the live source."""
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Protocol
@@ -91,12 +92,18 @@ def low_precision(backbone, device: torch.device):
 
 @contextmanager
 def frozen_pass(backbone, device: torch.device):
-    """A frozen inference pass: no_grad and low_precision; on CUDA cuDNN's autotuner is on. set_seed (utils/training/
-    loop.py) turns the autotuner off for the process, so that training steps pick the same convolution algorithms
-    in every run; a frozen pass's features are computed once and stored, and cudnn.deterministic still limits the
-    tuner to deterministic algorithms. CPU: plain fp32."""
+    """A frozen inference pass: no_grad and low_precision; on CUDA, in the main thread, cuDNN's autotuner is on.
+    set_seed (utils/training/loop.py) turns the autotuner off for the process, so that training steps pick the
+    same convolution algorithms in every run; a frozen pass's features are computed once and stored, and
+    cudnn.deterministic still limits the tuner to deterministic algorithms. The flag is global: only the main
+    thread sets and restores it, since the head trains there while the read-ahead thread (prefetched) computes.
+    CPU: plain fp32."""
     if device.type != "cuda":
         with torch.no_grad():
+            yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        with torch.no_grad(), low_precision(backbone, device):
             yield
         return
     before = torch.backends.cudnn.benchmark
