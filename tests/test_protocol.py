@@ -18,11 +18,10 @@ from utils.data.corpora import get_corpus, split_file_name
 from utils.data.utterances import Utterance, load_fold, pad_waveforms
 from utils.features import source as source_module
 from utils.features.cache import CachedFeatures
-from utils.features.source import LiveFeatures
+from utils.features.source import AudioBank, LiveFeatures
 from utils.training.finetune import reported_scores
 from utils.training.metrics import classification_scores
-from utils.training.pipeline import build_head, make_backbone, make_source
-from utils.training.predict import EmotionRecognizer
+from utils.training.pipeline import build_head, evaluation_source, make_backbone, make_source
 from utils.training.protocol import PROTOCOLS, crop_seconds, fold_ids, protocol_of
 from utils.reporting.report import run_folds
 from utils.runs.identity import RunConfig
@@ -116,17 +115,18 @@ def test_original_finetune_reaches_only_wavlm_and_whisper_tiny(model):
 
 
 @pytest.mark.parametrize("finetune", ["unfrozen", "unfrozen_last_layer"])
-def test_predict_reads_a_backbone_the_original_kept_frozen_as_its_test_evaluation_did(finetune):
+def test_other_audio_reads_a_backbone_the_original_kept_frozen_as_its_test_evaluation_did(finetune):
     """A backbone outside the original's reach is frozen whatever --finetune says: its test predictions came from
-    the cache (fp16 hidden states), so predict.py's come from the same source."""
+    the cache (fp16 hidden states), so predict.py's and the robustness stage's come from the same source."""
     run = _run(pretrain_model="tera", finetune=finetune, protocol="original")
     backbone = make_backbone(run, CPU)
-    assert type(EmotionRecognizer(run, ["a", "b"], [], CPU)._source(backbone)) is CachedFeatures
+    assert type(evaluation_source(run, backbone, AudioBank(2, skip_bad=False), CPU)) is CachedFeatures
 
 
-def test_predict_evaluates_a_live_trainable_backbone_in_fp32_under_original_as_its_test_evaluation(monkeypatch):
-    """The original's unfrozen WavLM was scored in fp32 (Protocol.fp32_live_evaluation): predict.py's live pass
-    runs outside frozen_pass (bf16 autocast on CUDA) under original, inside it under fixed."""
+def test_other_audio_is_scored_by_a_live_trainable_backbone_in_fp32_under_original_as_its_test_split(monkeypatch):
+    """The original's unfrozen WavLM was scored in fp32 (Protocol.fp32_live_evaluation): the live pass of
+    predict.py and the robustness stage runs outside frozen_pass (bf16 autocast on CUDA) under original, inside it
+    under fixed."""
     entered = []
     monkeypatch.setattr(source_module, "frozen_pass", lambda *a: entered.append(1) or torch.no_grad())
     wav, lengths = 0.1 * torch.randn(2, 6000), torch.tensor([6000, 4000])
@@ -134,7 +134,7 @@ def test_predict_evaluates_a_live_trainable_backbone_in_fp32_under_original_as_i
         entered.clear()
         run = _run(pretrain_model="wavlm", finetune="unfrozen", protocol=protocol)
         backbone = make_backbone(run, CPU).eval()
-        source = EmotionRecognizer(run, ["a", "b"], [], CPU)._source(backbone)
+        source = evaluation_source(run, backbone, AudioBank(2, skip_bad=False), CPU)
         hidden, _ = source.finish(source.fetch_waveforms(wav, lengths))
         assert type(source) is LiveFeatures and len(entered) == frozen_passes and not hidden.requires_grad
 

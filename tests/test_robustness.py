@@ -4,12 +4,19 @@ import pytest
 import torch
 
 from utils.core.errors import TrustSerError
+from utils.core.io import write_wav
+from utils.data.utterances import Utterance
+from utils.features.source import AudioBank
+from utils.runs.identity import RunConfig
+from utils.training.pipeline import evaluation_source, make_backbone, make_source
 from utils.trust.attacks import measured_snr_db, valid_mask
 from utils.trust.calibration import brier_score, confidence_bins, expected_calibration_error
 from utils.trust.perturbations import Perturbation, parse_perturbations
-from utils.trust.robustness import BABBLE_TALKERS, Perturber, convolve_rir, perturbation_seed, telephone
+from utils.trust.robustness import (BABBLE_TALKERS, PerturbedFeatures, Perturber, convolve_rir, perturbation_seed,
+                                    telephone)
 
 SR = 16000
+CPU = torch.device("cpu")
 
 
 def _batch(seed: int = 0):
@@ -23,6 +30,28 @@ def _batch(seed: int = 0):
 def _pool():
     g = torch.Generator().manual_seed(1)
     return {f"talker{i}": 0.1 * torch.randn(3000 + 500 * i, generator=g) for i in range(BABBLE_TALKERS + 2)}
+
+
+@pytest.mark.parametrize("finetune", ["frozen", "unfrozen_last_layer", "unfrozen"])
+def test_the_clean_pass_gives_the_features_the_test_split_was_scored_on(finetune, tmp_path):
+    """The robustness stage's clean batches equal what the finetune stage's evaluation source gives the same
+    utterances (the cache's fp16 values for a frozen backbone or the frozen layers below a trainable last layer;
+    the live backbone for unfrozen), bit for bit."""
+    run = RunConfig(pretrain_model="wavlm", tiny=True, random_init=True, finetune=finetune, eval_batch_size=4)
+    backbone = make_backbone(run, CPU).eval()
+    rng = np.random.default_rng(0)
+    utts = []
+    for i, seconds in enumerate([0.6, 1.3, 0.9, 1.1]):
+        path = tmp_path / f"u{i}.wav"
+        write_wav(path, 0.1 * rng.standard_normal(int(seconds * SR)).astype(np.float32), SR)
+        utts.append(Utterance(f"u{i}", "s", "F", str(path), i % 2))
+    tested = make_source(run, backbone, CPU, str(tmp_path / "project"), grad_backbone=finetune != "frozen")
+    order = [utts[i] for i in (1, 3, 2, 0)]          # length-sorted, as evaluate() batches them
+    expected = tested.batch(tested.prepare(order))
+    audio = AudioBank(2, skip_bad=False)
+    clean = PerturbedFeatures(evaluation_source(run, backbone, audio, CPU), audio, CPU, None)
+    got = clean.batch(clean.prepare(order))
+    assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
 
 
 @pytest.mark.parametrize("name", ["white_20db", "white_0db", "pink_10db", "babble_10db", "noise_5db", "white_100db"])

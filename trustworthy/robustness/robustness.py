@@ -18,7 +18,8 @@ from utils.features.source import AudioBank  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.runs.paths import RunFolder  # noqa: E402
 from utils.runs.stages import STAGE  # noqa: E402
-from utils.training.pipeline import load_trained, resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
+from utils.training.pipeline import (evaluation_source, load_trained, resolve_device, run_stage,  # noqa: E402
+                                     start_stage, trained_folder)
 from utils.training.protocol import crop_seconds, protocol_of  # noqa: E402
 from utils.trust.perturbations import DEFAULT_PERTURBATIONS, parse_perturbations, perturbation_keys  # noqa: E402
 from utils.trust.robustness import RobustnessSpec, load_noises, score_fold  # noqa: E402
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         audio = AudioBank(crop_seconds(run), run.skip_bad)
         test = [u for u in load_fold(stage.project_dir, run.dataset, fold, run.config)["test"]
                 if audio.get(u.path) is not None]
-        result = score_fold(backbone, head, test, audio, spec, fold, device, num_classes, noises)
+        evaluation = evaluation_source(run, backbone, audio, device)
+        result = score_fold(backbone, head, evaluation, test, audio, spec, fold, device, num_classes, noises)
         log.info(f"fold {fold}: clean UAR {result['clean']['uar']:.2f}%, mean drop {result['mean_uar_drop']:.2f} "
                  f"points over {len(names)} perturbations")
         return {**result, "skipped_bad_audio": len(audio.bad)}

@@ -20,7 +20,7 @@ from utils.data.corpora import Corpus, get_corpus
 from utils.core.errors import TrustSerError
 from utils.features.budget import feature_budgets
 from utils.features.cache import CachedFeatures, LastLayerFeatures
-from utils.features.source import AudioBank, LiveFeatures
+from utils.features.source import AudioBank, FeatureSource, LiveFeatures
 from utils.core.io import load_torch, read_json, write_json
 from utils.training.metrics import folds_with_values, mean_std
 from utils.data.layout import cache_dir
@@ -227,6 +227,18 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
     store = LastLayerFeatures if last_layer_only else CachedFeatures
     return protocol_source(run, backbone, store(backbone, audio, device, run.eval_batch_size, root, memory, disk),
                            device)
+
+
+def evaluation_source(run: RunConfig, backbone, audio: AudioBank, device: torch.device) -> FeatureSource:
+    """The source a trained fold's test split was scored through, keeping nothing: a padded batch of waveforms goes
+    through its own pass and finishing step (fetch_waveforms, then finish), so other audio rounds as the test split
+    did: fp16 hidden states of a frozen backbone; fp16 lower states and the live last layer with
+    unfrozen_last_layer; live with unfrozen (fp32 under --protocol original)."""
+    if backbone.finetune == "frozen":
+        return CachedFeatures(backbone, audio, device, run.eval_batch_size, None, 0)
+    if backbone.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
+        return LastLayerFeatures(backbone, audio, device, run.eval_batch_size, None, 0)
+    return LiveFeatures(backbone, audio, device, round_like_cache=False, fp32=protocol_of(run).fp32_live_evaluation)
 
 
 def prepare_splits(source, splits: dict[str, list]) -> dict[str, list]:

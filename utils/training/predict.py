@@ -23,11 +23,10 @@ from utils.data.utterances import length_sorted_batches, pad_waveforms
 from utils.data.corpora import get_corpus
 from utils.core.errors import TrustSerError
 from utils.core.io import write_csv
-from utils.features.cache import CachedFeatures, LastLayerFeatures, StoredFeatures
-from utils.features.source import AudioBank, LiveFeatures, to_device
+from utils.features.source import AudioBank, to_device
 from utils.runs.paths import finetune_folder
-from utils.training.pipeline import load_trained, resolve_device
-from utils.training.protocol import crop_seconds, fold_ids, protocol_of
+from utils.training.pipeline import evaluation_source, load_trained, resolve_device
+from utils.training.protocol import crop_seconds, fold_ids
 from utils.runs.identity import RunConfig
 
 log = logging.getLogger("trust-ser")
@@ -85,7 +84,8 @@ class EmotionRecognizer:
     def probabilities(self, clips: list[torch.Tensor]) -> torch.Tensor:
         """[N, classes]: the folds' softmax outputs, averaged."""
         probs = torch.zeros(len(clips), len(self.class_names))
-        sources = [self._source(backbone) for backbone, _ in self.models]
+        audio = AudioBank(self.run.audio_duration, skip_bad=False)    # unused: batches arrive as waveforms
+        sources = [evaluation_source(self.run, backbone, audio, self.device) for backbone, _ in self.models]
         for idx in length_sorted_batches([len(c) for c in clips], self.run.eval_batch_size):
             wav, lengths = pad_waveforms([clips[i] for i in idx])
             wav, shared = to_device(wav, self.device), None
@@ -94,18 +94,6 @@ class EmotionRecognizer:
                     shared = source.finish(source.fetch_waveforms(wav, lengths))
                 probs[idx] += torch.softmax(head(*shared).float(), dim=1).cpu()
         return probs / len(self.models)
-
-    def _source(self, backbone) -> LiveFeatures | StoredFeatures:
-        """The feature source the run's test evaluation read the head's input from (no cache: a batch runs
-        through the source's own frozen pass and finishing step): stored (fp16) hidden states of a frozen backbone;
-        fp16 lower states plus the live last layer with unfrozen_last_layer; live with unfrozen."""
-        audio = AudioBank(self.run.audio_duration, skip_bad=False)
-        if backbone.finetune == "frozen":
-            return CachedFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
-        if backbone.finetune == "unfrozen_last_layer" and backbone.supports_last_layer_split:
-            return LastLayerFeatures(backbone, audio, self.device, self.run.eval_batch_size, None, 0)
-        return LiveFeatures(backbone, audio, self.device, round_like_cache=False,
-                            fp32=protocol_of(self.run).fp32_live_evaluation)
 
     def classify_files(self, paths: list[Path], skip: list[str] | None = None) -> tuple[list[Path], torch.Tensor]:
         """Probabilities of the readable files; unreadable ones are named in `skip` (and logged). Files are read

@@ -30,7 +30,7 @@ import torchaudio.functional as AF
 from utils.core.errors import TrustSerError
 from utils.data.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
 from utils.data.utterances import Utterance
-from utils.features.source import AudioBank, LiveFeatures
+from utils.features.source import AudioBank, FeatureSource
 from utils.training.loop import evaluate
 from utils.training.metrics import classification_scores
 from utils.trust.attacks import measured_snr_db, scale_to_snr, valid_mask
@@ -169,26 +169,33 @@ class Perturber:
         return sum(_unit_rms(_looped(t, n, int(torch.randint(len(t), (1,), generator=choice)))) for t in talkers)
 
 
-class PerturbedFeatures(LiveFeatures):
-    """The live backbone on perturbed waveforms (None: clean), with each utterance's measured effect recorded.
+class PerturbedFeatures(FeatureSource):
+    """The run's evaluation source (utils/training/pipeline.py evaluation_source) on perturbed waveforms (None:
+    clean), with each utterance's measured effect recorded. Its features round as the test split's did, so the
+    clean pass gives the finetune stage's test predictions, whatever --finetune trained."""
 
-    Hidden states are rounded to fp16 as the feature cache stores them, so the clean pass of a frozen backbone
-    gives the finetune stage's test predictions."""
-
-    def __init__(self, backbone, audio: AudioBank, device: torch.device, perturber: Perturber | None):
-        super().__init__(backbone, audio, device, round_like_cache=True)
-        self.perturber = perturber
+    def __init__(self, evaluation: FeatureSource, audio: AudioBank, device: torch.device, perturber: Perturber | None):
+        self.evaluation, self.audio, self.device, self.perturber = evaluation, audio, device, perturber
         self.snr_db: list[float] = []
         self.level_db: list[float] = []
 
-    def fetch(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
-        wav, lengths = super().fetch(utts)
-        if self.perturber is None:
-            return wav, lengths
-        perturbed = self.perturber(wav, lengths, [u.key for u in utts])
-        self.snr_db += measured_snr_db(wav, perturbed - wav, lengths).tolist()
-        self.level_db += (-measured_snr_db(wav, perturbed, lengths)).tolist()
-        return perturbed, lengths
+    def prepare(self, utts: list[Utterance]) -> list[Utterance]:
+        return self.audio.readable(utts)
+
+    def length(self, u: Utterance) -> int:
+        return len(self.audio.get(u.path))
+
+    def fetch(self, utts: list[Utterance]):
+        wav, lengths = self.audio.device_batch(utts, self.device)
+        if self.perturber is not None:
+            perturbed = self.perturber(wav, lengths, [u.key for u in utts])
+            self.snr_db += measured_snr_db(wav, perturbed - wav, lengths).tolist()
+            self.level_db += (-measured_snr_db(wav, perturbed, lengths)).tolist()
+            wav = perturbed
+        return self.evaluation.fetch_waveforms(wav, lengths)
+
+    def finish(self, fetched, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.evaluation.finish(fetched, grad)
 
 
 @dataclass(frozen=True)
@@ -198,14 +205,16 @@ class RobustnessSpec:
     uar_classes: str = "labels"
 
 
-def score_fold(backbone, head, test: list[Utterance], audio: AudioBank, spec: RobustnessSpec, fold: int,
-               device: torch.device, num_classes: int, noises: list[torch.Tensor] | None = None) -> dict:
-    """Clean and perturbed test scores of one fold's model: per perturbation its UAR, the drop from clean (points),
-    the fraction of predictions that changed, and the measured SNR and level change (dB, mean/min/max)."""
+def score_fold(backbone, head, evaluation: FeatureSource, test: list[Utterance], audio: AudioBank,
+               spec: RobustnessSpec, fold: int, device: torch.device, num_classes: int,
+               noises: list[torch.Tensor] | None = None) -> dict:
+    """Clean and perturbed test scores of one fold's model (`evaluation`: its evaluation source): per perturbation
+    its UAR, the drop from clean (points), the fraction of predictions that changed, and the measured SNR and level
+    change (dB, mean/min/max)."""
     labels = np.array([u.label for u in test])
 
     def run(perturber):
-        source = PerturbedFeatures(backbone, audio, device, perturber)
+        source = PerturbedFeatures(evaluation, audio, device, perturber)
         result = evaluate(head, backbone, source, test, spec.batch_size, num_classes, spec.uar_classes)
         return result.predictions, source
 
