@@ -209,24 +209,20 @@ def make_backbone(run: RunConfig, device: torch.device):
 def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str, grad_backbone: bool):
     """Where the head's input comes from: cached hidden states of a frozen backbone; with --finetune
     unfrozen_last_layer, cached inputs of the last layer, which alone runs every batch; the live backbone
-    with --finetune unfrozen. --no_cache recomputes on every batch (the original's per-epoch recomputation) what
-    the cache would hold, rounded as it rounds it: the frozen backbone live, or the last layer's inputs through
-    a cache that keeps nothing."""
+    with --finetune unfrozen (the evaluation source of a trainable backbone). --no_cache recomputes on every batch
+    (the original's per-epoch recomputation) what the cache would hold, rounded as it rounds it: the frozen
+    backbone live, or the last layer's inputs through the evaluation source, a cache that keeps nothing."""
     audio = AudioBank(crop_seconds(run), run.skip_bad)
     last_layer_only = (grad_backbone and run.finetune == "unfrozen_last_layer"
                        and backbone.supports_last_layer_split)
-    if (grad_backbone and not last_layer_only) or (run.no_cache and not grad_backbone):
-        live = LiveFeatures(backbone, audio, device, round_like_cache=not grad_backbone,
-                            fp32=grad_backbone and protocol_of(run).fp32_live_evaluation)
-        return protocol_source(run, backbone, live, device)
+    if grad_backbone and (run.no_cache or not last_layer_only):
+        return protocol_source(run, backbone, evaluation_source(run, backbone, audio, device), device)
     if run.no_cache:
-        root, memory, disk = None, 0, 0
-    else:
-        root = cache_dir(project_dir)
-        memory, disk = feature_budgets(run.cache_gb, run.memory_gb, device, root)
+        return protocol_source(run, backbone, LiveFeatures(backbone, audio, device, round_like_cache=True), device)
+    memory, disk = feature_budgets(run.cache_gb, run.memory_gb, device, cache_dir(project_dir))
     store = LastLayerFeatures if last_layer_only else CachedFeatures
-    return protocol_source(run, backbone, store(backbone, audio, device, run.eval_batch_size, root, memory, disk),
-                           device)
+    return protocol_source(run, backbone, store(backbone, audio, device, run.eval_batch_size, cache_dir(project_dir),
+                                                memory, disk), device)
 
 
 def evaluation_source(run: RunConfig, backbone, audio: AudioBank, device: torch.device) -> FeatureSource:
