@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         raise TrustSerError(f"none of the {len(files)} audio files is readable (first: {bad[0]})")
     write_predictions_csv(stage.args.output, kept, probs, recognizer.class_names)
     log.info(f"predictions for {len(kept)} files -> {stage.args.output}"
-             + (f"; {len(bad)} unreadable file(s) skipped" if bad else ""))
+             + (f"; {len(bad)} unusable file(s) skipped (named above)" if bad else ""))
 
 
 if __name__ == "__main__":

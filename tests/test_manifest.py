@@ -94,7 +94,7 @@ def test_predict_equals_the_fold_models_test_predictions(folds):
         out = root / f"preds{fold}.csv"
         proc = run_script("experiment/predict.py", *flags, "--audio", str(root / "corpus"), "--folds", str(fold),
                           "--output", str(out))
-        assert "broken.wav" in proc.stderr and "1 unreadable file(s) skipped" in proc.stderr
+        assert "broken.wav" in proc.stderr and "1 unusable file(s) skipped (named above)" in proc.stderr
         preds = pd.read_csv(out)
         assert len(preds) == 48 and list(preds.columns) == ["path", "prediction", "prob_ang", "prob_hap",
                                                             "prob_neu", "prob_sad"]

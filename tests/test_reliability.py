@@ -324,18 +324,20 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
              "zero_bytes": (folder / "zero.wav", "not a readable audio file"),
              "no_samples": (folder / "empty.wav", "no samples"),
              "all_nan": (folder / "nan.wav", "NaN"),
-             "not_preprocessed": (folder / "sr8k.wav", "preprocess_audio/preprocess_audio.py")}
+             "not_preprocessed": (folder / "sr8k.wav", "preprocess_audio/preprocess_audio.py"),
+             "too_short": (folder / "short.wav", "399 samples, shorter than 25 ms")}
     (folder / "junk.wav").write_bytes(b"not audio at all " * 64)
     (folder / "cut.wav").write_bytes((folder / "good.wav").read_bytes()[:30])
     (folder / "zero.wav").write_bytes(b"")
     write_wav(folder / "empty.wav", np.zeros(0, np.float32), 16000)
     write_wav(folder / "nan.wav", np.full(16000, np.nan, np.float32), 16000)
     write_wav(folder / "sr8k.wav", good[:8000], 8000)
+    write_wav(folder / "short.wav", good[:399], 16000)       # the backbones' front ends take 400 samples or more
     return cases
 
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "truncated_header", "zero_bytes", "no_samples",
-                                  "all_nan", "not_preprocessed"])
+                                  "all_nan", "not_preprocessed", "too_short"])
 def test_each_bad_audio_file_is_named_in_one_line_or_skipped(tmp_path, case):
     path, words = _bad_files(tmp_path)[case]
     with pytest.raises(TrustSerError) as info:
@@ -346,6 +348,11 @@ def test_each_bad_audio_file_is_named_in_one_line_or_skipped(tmp_path, case):
     bank = AudioBank(6, skip_bad=True)
     assert bank.get(str(path)) is None and bank.get(str(tmp_path / "good.wav")) is not None
     assert list(bank.bad) == [str(path)]
+
+
+def test_the_shortest_clip_the_backbones_take_is_read(tmp_path):
+    write_wav(tmp_path / "window.wav", np.full(400, 0.1, np.float32), 16000)
+    assert len(AudioBank(6, skip_bad=False).get(str(tmp_path / "window.wav"))) == 400
 
 
 def test_audio_cut_off_inside_its_data_is_reported(tmp_path):

@@ -8,15 +8,16 @@ from typing import Protocol
 
 import torch
 
+from model.backbones import MIN_SAMPLES
 from utils.core.errors import TrustSerError
-from utils.data.audio import BadAudioError, load_utterance
+from utils.data.audio import TARGET_SR, BadAudioError, load_utterance
 from utils.data.utterances import Utterance, pad_waveforms
 
 log = logging.getLogger("trust-ser")
 
 
 class AudioBank:
-    """Cropped 16 kHz waveforms, read once per process; unreadable files raise, or are skipped with --skip_bad."""
+    """Cropped 16 kHz waveforms, read once per process; unreadable or too short files raise, or are skipped with --skip_bad."""
 
     def __init__(self, max_seconds: float, skip_bad: bool):
         self.max_seconds, self.skip_bad = max_seconds, skip_bad
@@ -26,7 +27,7 @@ class AudioBank:
     def get(self, path: str) -> torch.Tensor | None:
         if path not in self.wavs and path not in self.bad:
             try:
-                self.wavs[path] = load_utterance(path, self.max_seconds)
+                self.wavs[path] = long_enough(path, load_utterance(path, self.max_seconds))
             except BadAudioError as err:
                 if not self.skip_bad:
                     raise TrustSerError(f"{err} (pass --skip_bad to skip such files)") from None
@@ -42,6 +43,14 @@ class AudioBank:
         """The utterances' waveforms zero-padded [B, T] on the device, their lengths [B] on the host."""
         wav, lengths = pad_waveforms([self.get(u.path) for u in utts])
         return to_device(wav, device), lengths
+
+
+def long_enough(path, clip: torch.Tensor) -> torch.Tensor:
+    """The clip, if every backbone's front end can take it (one 25 ms analysis window); BadAudioError if not."""
+    if len(clip) < MIN_SAMPLES:
+        raise BadAudioError(f"{path}: {len(clip)} samples, shorter than {MIN_SAMPLES * 1000 // TARGET_SR} ms "
+                            f"(one analysis window, the shortest clip the backbones take)")
+    return clip
 
 
 class FeatureSource(Protocol):

@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model.backbones import MIN_SAMPLES
 from utils.data.audio import TARGET_SR, BadAudioError, read_audio, to_16k_mono
 from utils.data.utterances import length_sorted_batches, pad_waveforms
 from utils.data.corpora import get_corpus
 from utils.core.errors import TrustSerError
 from utils.core.io import write_csv
-from utils.features.source import AudioBank, to_device
+from utils.features.source import AudioBank, long_enough, to_device
 from utils.runs.paths import finetune_folder
 from utils.training.pipeline import evaluation_source, load_trained, resolve_device
 from utils.training.protocol import crop_seconds, fold_ids
@@ -53,10 +52,7 @@ def find_audio(inputs: list[str]) -> list[Path]:
 def load_clip(path: Path, max_seconds: float) -> torch.Tensor:
     """16 kHz mono, cropped to the first max_seconds, as training saw the preprocessed file."""
     audio, sr = read_audio(path)
-    clip = torch.from_numpy(to_16k_mono(audio, sr)[: int(max_seconds * TARGET_SR)].copy())
-    if len(clip) < MIN_SAMPLES:
-        raise BadAudioError(f"{path}: shorter than {MIN_SAMPLES / TARGET_SR * 1000:.0f} ms")
-    return clip
+    return long_enough(path, torch.from_numpy(to_16k_mono(audio, sr)[: int(max_seconds * TARGET_SR)].copy()))
 
 
 @dataclass
