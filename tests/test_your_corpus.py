@@ -14,6 +14,7 @@ import pytest
 
 from manifest_corpus import write_manifest_corpus
 from synthetic_project import REPO, call_script
+from utils.core.errors import TrustSerError
 from utils.data.audio import audio_info
 from utils.trust.fairness import multiclass_statistical_parity
 
@@ -174,3 +175,21 @@ def test_privacy_on_a_split_with_one_gender_in_dev_and_test(tmp_path, caplog):
     assert probe["n_splits"] == 2 and probe["num_speakers"] == 4 and 0 <= probe["uar"] <= 100
     assert privacy["average"]["linear_probe"]["uar"] == probe["uar"]
     assert "fold 1: original probe not run: dev holds female speakers only" in caplog.text
+
+
+@pytest.mark.parametrize("genders, says", [({"F"}, "every utterance with a gender label is female"),
+                                           (None, "no utterance has a gender label (one starting with f or m)")])
+def test_privacy_on_a_corpus_without_both_genders_says_what_it_holds(tmp_path, genders, says):
+    manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, gender=genders is not None)
+    if genders:
+        table = pd.read_csv(manifest)
+        table["gender"] = genders.pop()
+        table.to_csv(manifest, index=False)
+    config = tmp_path / "config.yml"
+    config.write_text(f"project_dir: {tmp_path / 'project'}\n")
+    call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "own", "--num_folds", "2",
+                "--config", str(config))
+    call_script("preprocess_audio/preprocess_audio.py", "--dataset", "own", "--config", str(config))
+    with pytest.raises(TrustSerError) as info:      # before any model is loaded: no finetune run is needed
+        call_script("trustworthy/privacy/gender_inference.py", "--dataset", "own", *MODEL, "--config", str(config))
+    assert str(info.value) == f"own fold 1: gender inference needs both genders, and {says}"

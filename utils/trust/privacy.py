@@ -46,6 +46,15 @@ def relabel_by_gender(utts: list[Utterance]) -> list[Utterance]:
     return [dataclasses.replace(u, label=gender_class(u.gender)) for u in utts if gender_class(u.gender) is not None]
 
 
+def missing_gender(utts: list[Utterance]) -> str | None:
+    """What keeps gender-labelled utterances from holding both genders ("every utterance is female"); None if
+    nothing does."""
+    present = sorted({u.label for u in utts})
+    if not present:
+        return "no utterance has a gender label (one starting with f or m)"
+    return f"every utterance with a gender label is {GENDER_CLASSES[present[0]]}" if len(present) == 1 else None
+
+
 def one_gender_splits(data: dict[str, list[Utterance]]) -> str | None:
     """Why the original probe cannot run on a fold (it trains on train, picks its epoch on dev, scores test, each
     needing both genders): e.g. "dev holds female speakers only"; None when it can."""
@@ -126,15 +135,15 @@ def privacy_fold(run: RunConfig, fold: int, project_dir: str, trained: RunFolder
     the original probe's, so that the fold is finished only with both; returns the fold's fold_k.json content.
     The linear probe needs no dev set and runs whenever the corpus has both genders; the original probe only where
     train, dev and test each hold both ("original_probe_skipped" says why not; its scores are then None)."""
+    split_file = load_fold(project_dir, run.dataset, fold, run.config)
+    lacking = missing_gender(relabel_by_gender([u for s in SPLITS for u in split_file[s]]))
+    if lacking:
+        raise TrustSerError(f"{run.dataset} fold {fold}: gender inference needs both genders, and {lacking}")
     backbone, emotion_head = load_trained(run, trained, fold, device, num_classes)
     backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
-    splits = prepare_splits(source, load_fold(project_dir, run.dataset, fold, run.config))
-    data = {split: relabel_by_gender(utts) for split, utts in splits.items()}
+    data = {split: relabel_by_gender(utts) for split, utts in prepare_splits(source, split_file).items()}
     everything = [u for s in SPLITS for u in data[s]]
-    if len({u.label for u in everything}) < 2:
-        raise TrustSerError(f"{run.dataset} fold {fold}: needs utterances of both genders for gender inference "
-                            f"(this corpus has no gender labels?)")
     probe = gender_probe(emotion_head, source, everything, run.eval_batch_size, n_bootstrap, seed=fold)
     skipped = one_gender_splits(data)
     if skipped:
