@@ -278,6 +278,8 @@ def test_ranges_ticks_and_radius():
     assert place(fairness, 40.0, (10.0, 30.0)) == Point(0.0, -1)
     assert place(privacy, 45.0, (50.0, 100.0)) == Point(1.0, 1)               # below 50: beyond the better end
     assert place(uar, 70.0, (50.0, 70.0)) == Point(1.0, 0)
+    assert place(uar, 33.3333, (100 / 3, 100.0)) == Point(0.0, 0)      # chance, as saved: on the end, not past it
+    assert place(uar, 33.333, (100 / 3, 100.0)) == Point(0.0, -1)
 
 
 def test_axes_add_robustness_and_calibration_in_the_given_order(tmp_path, spider):
@@ -302,6 +304,7 @@ def test_axes_add_robustness_and_calibration_in_the_given_order(tmp_path, spider
     with open(chosen / "trust_profile.csv") as f:
         rows = {row["pretrain_model"]: row for row in csv.DictReader(f)}
     assert float(rows["apc"]["robustness_uar_drop_pts"]) == 31.0 and float(rows["apc"]["calibration_ece_pct"]) == 18.7
+    assert rows["wavlm"]["calibration_ece_pct"] == "4.1"            # 100 * 0.041, without the binary noise
     for bad in ("uar,fairness", "uar,fairness,speed", "uar,uar,safety"):
         with pytest.raises(TrustSerError, match="--axes"):
             spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(chosen),

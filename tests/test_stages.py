@@ -71,6 +71,19 @@ def test_skeleton_writes_what_the_profile_reads(tmp_path, trust):
         assert m.folds == 3
 
 
+def test_a_missing_value_says_why_where_the_folds_say_it(tmp_path):
+    trust = STAGE["fairness"]
+
+    def evaluate(fold):
+        result = _result(trust, None)
+        result["speaker"]["reason"] = "only one group ('20')" if fold == 1 else None
+        return result
+
+    run_stage(_stage(tmp_path, folds=(1, 2)), trust, evaluate)
+    note = measure(trust, tmp_path, RunId.of(_stage(tmp_path).run), Variant()).note
+    assert note.endswith("has no number at average.speaker.statistical_parity (fold 1: only one group ('20'))")
+
+
 def test_skeleton_skips_finished_folds_redoes_unfinished_and_overwrites(tmp_path, caplog):
     trust = STAGE["privacy"]
     run_stage(_stage(tmp_path, folds=[1, 2]), trust, lambda f: _result(trust, 50.0 + f))

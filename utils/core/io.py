@@ -16,6 +16,9 @@ from typing import Any, Iterable
 
 from utils.core.errors import TrustSerError
 
+SIGNIFICANT_DIGITS = 6      # of every float in a JSON result
+SAVED_RELATIVE_ERROR = 0.5 * 10 ** (1 - SIGNIFICANT_DIGITS)
+
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
@@ -43,7 +46,7 @@ def _create_temporary(path: Path) -> tuple[Path, int]:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Floats rounded to 6 significant digits (NaN, inf and None kept as they are)."""
+    """Floats rounded to SIGNIFICANT_DIGITS (NaN, inf and None kept as they are)."""
     text = json.dumps(_rounded(obj), indent=4, default=_to_builtin)
     _atomic(Path(path), lambda f: f.write(text.encode()))
 
@@ -107,9 +110,14 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
         raise TrustSerError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
+def saved_number(value: float) -> str:
+    """A float as results save it: SIGNIFICANT_DIGITS, no binary noise (7.32358, not 7.323580000000001)."""
+    return f"{value:.{SIGNIFICANT_DIGITS}g}"
+
+
 def _rounded(obj: Any) -> Any:
     if isinstance(obj, float):
-        return float(f"{obj:.6g}") if math.isfinite(obj) else obj
+        return float(saved_number(obj)) if math.isfinite(obj) else obj
     if isinstance(obj, dict):
         return {k: _rounded(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

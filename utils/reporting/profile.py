@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.core.errors import TrustSerError
+from utils.core.io import saved_number
 from utils.runs.paths import RunId
 from utils.runs.stages import (STAGE, STAGES, Measurement, Variant, backbone_build, for_run, measure,
                               recorded_flags)
@@ -141,6 +142,13 @@ def cell(m: Measurement, folds_of_run: int | None = None) -> str:
     return text + (f" ({count})" if count else "") + (" (probe collapsed)" if m.collapsed else "")
 
 
+def _csv_cell(value) -> str:
+    """None as an empty cell, a float as results save it."""
+    if value is None:
+        return ""
+    return saved_number(value) if isinstance(value, float) else str(value)
+
+
 def table_rows(profiles: list[RunProfile]) -> list[list]:
     """trust_profile.csv: a header, then one row per run."""
     header = ["label", "pretrain_model", "run_name", "tiny", "random_init", "folds"]
@@ -150,15 +158,14 @@ def table_rows(profiles: list[RunProfile]) -> list[list]:
                "privacy_original_probe_uar_pct_folds", "privacy_original_probe_collapsed"]
     rows = [header]
     for p in profiles:
-        row = [p.label, p.run.pretrain_model, p.run.name, "tiny" in p.build, p.random_init,
-               "" if p.folds is None else p.folds]
+        row = [p.label, p.run.pretrain_model, p.run.name, "tiny" in p.build, p.random_init, p.folds]
         for s in STAGES:
             m = p.measurements[s.key]
-            folds = None if m.value is None else m.folds
-            row += ["" if v is None else repr(v) for v in (m.value, spread(m), folds)]
+            row += [m.value, spread(m), None if m.value is None else m.folds]
         original = p.original_probe or p.measurements["privacy"]
-        rows.append(row + [p.variant.privacy_probe, p.measurements["privacy"].collapsed, original.value,
-                           None if original.value is None else original.folds, original.collapsed])
+        row += [p.variant.privacy_probe, p.measurements["privacy"].collapsed, original.value,
+                None if original.value is None else original.folds, original.collapsed]
+        rows.append([_csv_cell(v) for v in row])
     return rows
 
 

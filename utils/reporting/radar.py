@@ -17,7 +17,7 @@ from matplotlib.patheffects import withStroke  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
-from utils.core.io import save_figure  # noqa: E402
+from utils.core.io import SAVED_RELATIVE_ERROR, save_figure  # noqa: E402
 from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, folds_text, shown_variant  # noqa: E402
 from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
@@ -134,11 +134,15 @@ class Point:
 
 
 def place(stage: TrustStage, value: float, value_range: tuple[float, float]) -> Point:
+    """Where the value sits on its spoke. An end the value meets within the precision results are saved with is
+    reached, not passed (chance-level UAR, saved as 33.3333, lies on the 100/3 end)."""
     low, high = value_range
+    if any(abs(value - end) <= SAVED_RELATIVE_ERROR * abs(end) for end in value_range):
+        value = min(max(value, low), high)
     fraction = (value - low) / (high - low)
     r = fraction if stage.higher_is_better else 1 - fraction
     clipped = float(np.clip(r, 0.0, 1.0))
-    return Point(clipped, 0 if abs(clipped - r) < 1e-9 else (1 if r > 1 else -1))
+    return Point(clipped, 0 if clipped == r else (1 if r > 1 else -1))
 
 
 # ---------------------------------------------------------------- drawing

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from utils.core.config import REPO_ROOT
+from utils.core.io import saved_number
 
 
 def default_device() -> str:
@@ -78,7 +79,7 @@ def _canonical_path(value: str | None) -> str | None:
 
 
 def _stored_float(value: float) -> float:
-    return float(f"{value:.6g}")    # as utils/core/io.write_json stores it
+    return float(saved_number(value))
 
 
 @dataclass(frozen=True)

@@ -163,13 +163,21 @@ def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Var
     where = (["average"] if stage.per_fold else []) + key
     value = number(dig(data, where))
     if value is None:
-        return Measurement(note=f"{path} has no number at {'.'.join(where)}")
+        return Measurement(note=f"{path} has no number at {'.'.join(where)}{reasons_text(data, key)}")
     if not stage.per_fold:
         return Measurement(stage.scale * value)
     std, folds = number(dig(data, ["std"] + key)), value_folds(data, key)
     return Measurement(stage.scale * value, None if std is None else stage.scale * std,
                        len(folds) if isinstance(folds, list) else None,
                        stage.key == "privacy" and variant.privacy_probe == "original" and privacy_collapsed(data))
+
+
+def reasons_text(results: dict, keys: list[str]) -> str:
+    """Why the folds have no value at keys, where they say it beside the value ("reason"): " (fold 1: only one
+    group ('20'))", or ""."""
+    reasons = [f"fold {fold}: {why}" for fold in dig(results, ["meta", "folds_done"]) or []
+               if (why := dig(results, [str(fold), *keys[:-1], "reason"]))]
+    return f" ({'; '.join(reasons)})" if reasons else ""
 
 
 def value_folds(results: dict, keys: list[str]) -> list | None:
