@@ -207,6 +207,36 @@ def test_a_folder_written_before_run_json_is_read_with_one_warning(config, caplo
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "trust-ser"] == warnings
 
 
+def test_splits_made_again_differently_are_another_run(config, tmp_path):
+    argv = flags(config, "--batch_size", "8", "--learning_rate", "0.004")
+    FINETUNE.main(argv)
+    folder = run_dir(config, "--batch_size", "8", "--learning_rate", "0.004")
+    recorded = json.loads((folder / "run.json").read_text())["splits"]
+    split = config.parent / "project" / "train_split" / "demo_fold2.json"
+    original = split.read_text()
+    try:
+        moved = json.loads(original)
+        for entry in moved["test"]:
+            entry[3] = "/elsewhere/" + Path(entry[3]).name       # the corpus copied to another disk: the same splits
+        split.write_text(json.dumps(moved))
+        FINETUNE.main(argv)
+        assert json.loads((folder / "run.json").read_text())["splits"] == recorded
+
+        moved["train"][:2] = moved["train"][1::-1]             # made again with another order: another run
+        split.write_text(json.dumps(moved))
+        expected = "describes another run (its train/dev/test splits, which train_split/ no longer holds)"
+        for extra in ([], ["--folds", "2"], ["--aggregate_only"]):
+            assert expected in refusal(FINETUNE.main, argv + extra)
+        assert "trained as another run (its train/dev/test splits" in refusal(FAIRNESS.main, argv)
+        audio = sorted((config.parent / "project" / "audio").rglob("*.wav"))[:2]
+        PREDICT.main(argv + ["--audio", *map(str, audio), "--output", str(tmp_path / "p.csv")])    # new audio: fine
+        assert not (folder / "fold_2.json").exists()
+        FINETUNE.main(argv + ["--overwrite"])
+        assert json.loads((folder / "run.json").read_text())["splits"] != recorded
+    finally:
+        split.write_text(original)
+
+
 # ---------------------------------------------------------------- --run instead of the flags
 
 @pytest.mark.slow

@@ -131,19 +131,26 @@ def folder_suffixes(run: RunConfig) -> str:
                    if flag.suffix and getattr(run, flag.name) != getattr(RunConfig, flag.name))
 
 
-def run_record(run: RunConfig, weights: str) -> dict:
-    """run.json: what the run is (its identity flags and the weights its backbone starts from), and what it ran
-    with (the project's commit, library versions), which is recorded but never compared."""
-    return {"identity": run.identity(), "weights": weights, "protocol": run.protocol,
-            **({"commit": commit} if (commit := git_commit()) else {}), "versions": versions()}
+def run_record(run: RunConfig, weights: str, splits: str | None = None) -> dict:
+    """run.json: what the run is (its identity flags, the weights its backbone starts from and the fingerprint of
+    its splits: utils/data/utterances.py), and what it ran with (the project's commit, library versions), which is
+    recorded but never compared."""
+    return {"identity": run.identity(), "weights": weights, **({"splits": splits} if splits else {}),
+            "protocol": run.protocol, **({"commit": commit} if (commit := git_commit()) else {}),
+            "versions": versions()}
 
 
-def record_differences(record: dict, expected: dict) -> list[str]:
-    """The identity flags (and "weights") in which run.json `record` differs from `expected`, as 'name A (here B)'.
-    A flag the record lacks (added to IDENTITY after it was written) had its default then."""
+def record_differences(record: dict, expected: dict, splits: bool = True) -> list[str]:
+    """The identity flags (and "weights", and with `splits` the splits) in which run.json `record` differs from
+    `expected`, as 'name A (here B)'. A flag the record lacks (added to IDENTITY after it was written) had its
+    default then; splits are compared where both records have them."""
     have = {**RunConfig().identity(), **record.get("identity", {}), "weights": record.get("weights")}
     want = {**expected["identity"], "weights": expected["weights"]}
-    return [f"{name} {have.get(name)!r} (here {value!r})" for name, value in want.items() if have.get(name) != value]
+    differences = [f"{name} {have.get(name)!r} (here {value!r})" for name, value in want.items()
+                   if have.get(name) != value]
+    if splits and None not in (record.get("splits"), expected.get("splits")) and record["splits"] != expected["splits"]:
+        differences.append("its train/dev/test splits, which train_split/ no longer holds")
+    return differences
 
 
 def git_commit() -> str | None:

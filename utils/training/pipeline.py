@@ -24,6 +24,7 @@ from utils.features.source import AudioBank, FeatureSource, LiveFeatures
 from utils.core.io import load_torch, read_json, write_json
 from utils.training.metrics import folds_with_values, mean_std
 from utils.data.layout import cache_dir
+from utils.data.utterances import splits_fingerprint
 from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_seconds, fold_ids, head_shape,
                                      protocol_of, protocol_source)
 from utils.runs.identity import IDENTITY, RunConfig, record_differences, run_record
@@ -57,7 +58,8 @@ class Stage:
     def record(self) -> dict:
         """This run's run.json."""
         run = self.run
-        return run_record(run, weights_identity(run.pretrain_model, run.pretrain_path, run.random_init, run.tiny))
+        return run_record(run, weights_identity(run.pretrain_model, run.pretrain_path, run.random_init, run.tiny),
+                          splits_fingerprint(self.project_dir, run.dataset, self.fold_ids))
 
 
 def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: list[str] | None = None) -> Stage:
@@ -129,11 +131,12 @@ def start_folder(stage: Stage, folder: RunFolder) -> None:
     write_json(folder.record, stage.record)
 
 
-def trained_folder(stage: Stage) -> RunFolder:
-    """The finetune run whose checkpoints an evaluation reads; checkpoints another run trained are refused."""
+def trained_folder(stage: Stage, same_splits: bool = True) -> RunFolder:
+    """The finetune run whose checkpoints an evaluation reads; checkpoints another run trained are refused, and
+    with `same_splits` checkpoints trained on splits that train_split/ no longer holds."""
     folder = finetune_folder(stage.project_dir, stage.run)
     if folder.record.is_file():
-        differences = record_differences(read_json(folder.record), stage.record)
+        differences = record_differences(read_json(folder.record), stage.record, splits=same_splits)
         if differences:
             raise TrustSerError(f"the checkpoints in {folder.path} were trained as another run ({'; '.join(differences)})"
                                 f"; train this run: {finetune_command(stage.run)} --overwrite")
