@@ -7,7 +7,8 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from utils.reporting.report import confusion_counts, read_history, row_normalised
+from utils.reporting import report
+from utils.reporting.report import FoldHistory, confusion_counts, read_history, row_normalised
 from utils.runs.paths import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +57,15 @@ def test_history_and_confusion_numbers(tmp_path):
 
 
 @pytest.mark.slow
+def test_training_curves_mark_whole_epochs_only(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(report, "save_png", lambda fig, path: figures.append(fig))
+    curves = {(split, metric): [1.0, 2.0, 3.0] for split in ("train", "dev", "test") for metric in ("uar", "loss")}
+    report.draw_training_curves([FoldHistory(1, [0, 1, 2], curves, 0)], "t", tmp_path / "curves.png")
+    for ax in figures[0].axes:
+        assert [t for t in ax.get_xticks() if 0 <= t <= 2] == [0, 1, 2]
+
+
 def test_report_writes_figures_and_markdown(tmp_path):
     project = tmp_path / "project"
     _finetune_run(project, "tera", PREDICTIONS)

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.core.errors import TrustSerError  # noqa: E402
@@ -110,6 +111,7 @@ def draw_training_curves(histories: list[FoldHistory], title: str, path: Path) -
                 ax.set_title(f"fold {history.fold}{best}", fontsize=10)
             else:
                 ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0][0].set_ylabel("UAR (%)")
         axes[1][0].set_ylabel("loss")
     fig.suptitle(title, fontsize=12, fontweight="bold")
