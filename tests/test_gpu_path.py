@@ -125,6 +125,37 @@ def test_frozen_linear_weights_give_what_autocast_computes_and_are_put_back():
             assert torch.equal(linear.weight.float(), weight.to(torch.bfloat16).float())
 
 
+def test_frozen_linear_weights_are_put_back_when_passes_in_two_threads_overlap():
+    """The read-ahead thread's frozen pass and the main thread's may overlap in any order: the weights are back
+    only when both are out, and then they are the original parameters."""
+    backbone = build_backbone("wavlm", random_init=True, tiny=True)
+    linear = backbone.model.encoder.layers[0].attention.q_proj
+    weight = linear.weight
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def first():
+        with backbone.frozen_linear_weights(torch.bfloat16):
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with backbone.frozen_linear_weights(torch.bfloat16):
+            second_in.set()
+            first_out.wait(10)
+            seen.append(linear.weight.dtype)        # the other pass has left; this one still computes in bf16
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == [torch.bfloat16]
+    assert linear.weight is weight and weight.dtype == torch.float32
+
+
 def test_an_input_gradient_through_the_kept_bf16_weights_equals_autocasts():
     """An attack's pass (low_precision): the frozen layers' bf16 copies give autocast's input gradient exactly."""
     backbone = build_backbone("wavlm", random_init=True, tiny=True)

@@ -2,6 +2,7 @@
 its registry entry (BackboneSpec) and helpers for masks, weight identities and s3prl checkpoints."""
 import argparse
 import hashlib
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class Backbone(nn.Module):
         self.weights_id = weights_id
         self.finetune = finetune
         self._low_precision: dict = {}   # (module id, dtype) -> (weight versions, copies): frozen_linear_weights
+        self._swap_lock = threading.Lock()
+        self._swap_depth, self._swapped = 0, []     # passes inside frozen_linear_weights, what it swapped out
 
     # -- provided by each family
     def frame_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
@@ -136,17 +139,29 @@ class Backbone(nn.Module):
         """Inside: every frozen nn.Linear computes with `dtype` copies of its weight and bias, made once (again
         when the weights change: a fold's reload), so that a pass under autocast to `dtype` does not cast them
         anew on every call (autocast caches casts of trainable weights only). Only for such passes: there the
-        layers compute with exactly these values."""
+        layers compute with exactly these values. Passes in several threads (the read-ahead's and the main one)
+        share one swap: the first in makes it, the last out puts the weights back."""
+        with self._swap_lock:
+            if not self._swap_depth:
+                self._swapped = self._swap_in(dtype)
+            self._swap_depth += 1
+        try:
+            yield self
+        finally:
+            with self._swap_lock:
+                self._swap_depth -= 1
+                if not self._swap_depth:
+                    for module, parameters in self._swapped:
+                        module._parameters.update(parameters)
+
+    def _swap_in(self, dtype: torch.dtype) -> list:
+        """The frozen linear layers' parameters replaced by their `dtype` copies; returns (module, originals) pairs."""
         swapped = []
         for module in self.modules():
             if isinstance(module, nn.Linear) and not module.weight.requires_grad:
                 swapped.append((module, dict(module._parameters)))
                 module._parameters.update(self._weight_copies(module, dtype))
-        try:
-            yield self
-        finally:
-            for module, parameters in swapped:
-                module._parameters.update(parameters)
+        return swapped
 
     def _weight_copies(self, module: nn.Module, dtype: torch.dtype) -> dict:
         versions = tuple(p._version for p in module._parameters.values() if p is not None)
