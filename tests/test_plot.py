@@ -10,11 +10,12 @@ import pytest
 from synthetic_project import load_script
 from utils.core.errors import TrustSerError
 from utils.reporting.cli import profile_parser, profile_variant
+from utils.reporting import radar
 from utils.reporting.profile import RunProfile, load_profiles
 from utils.reporting.radar import (DEFAULT_AXES, Point, _value_text, axis_ranges, legend_label, natural_range,
                                   nice_step, own_ranges, place, ticks, wrap_entries)
 from utils.reporting.report import AxisChoice, write_trust_profile
-from utils.runs.stages import STAGE
+from utils.runs.stages import STAGE, Variant
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "trustworthy" / "plot_spider.py"
@@ -241,6 +242,18 @@ def test_five_runs_with_missing_evaluations_random_init_and_collapsed_probe(tmp_
 
 def _flags(*extra: str):
     return profile_parser("t").parse_args(["--dataset", "iemocap", *extra])
+
+
+def test_runs_after_the_first_ten_keep_apart_by_their_lines(tmp_path, monkeypatch):
+    for i in range(12):
+        _only_finetune(tmp_path, "apc", f"lr00{10 + i}_ep30_cnn_conv2_hid128_mean_frozen", 40.0 + i, [1])
+    profiles = load_profiles(tmp_path, "iemocap", None, profile_variant(_flags()))
+    figures = []
+    monkeypatch.setattr(radar, "save_png", lambda fig, path: figures.append(fig))
+    radar.draw_overlay(profiles, axis_ranges(profiles, {}, 4, zoom=False), Variant(), "iemocap", tmp_path / "c.png")
+    styles = [(line.get_color(), line.get_linestyle()) for line in figures[0].axes[0].get_legend().get_lines()]
+    assert len(styles) == 12 and len(set(styles)) == 12
+    assert styles[10] == (styles[0][0], "--")
 
 
 def test_zoom_gives_tight_round_ranges_for_close_runs(tmp_path):

@@ -22,6 +22,7 @@ from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, fol
 from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
+LINESTYLES = ("-", "--", ":", "-.")     # the overlay's runs after the first ten: colours again, other lines
 DEFAULT_AXES = tuple(s.key for s in STAGES if s.default_axis)     # the original's five
 AXIS_ALIASES = {"sustainability": "gflops", "performance": "uar"}
 HOLE = 0.25         # empty disc at the centre (in radius units), where each axis' inner value is written
@@ -213,14 +214,15 @@ def _value_text(profile: RunProfile, key: str, point: Point) -> str:
     return text + ("\n(off scale)" if point.off_scale else "")
 
 
-def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool) -> None:
+def _plot_profile(ax, profile: RunProfile, ranges: dict, color, annotate: bool, linestyle: str = "-") -> None:
     drawn = [(stage, angle, place(stage, profile.value(stage.key), ranges[stage.key]))
              for stage, angle in _axes(ranges) if profile.value(stage.key) is not None]
     # a collapsed probe measures nothing: it gets a mark, not a corner of the polygon (it would read as privacy)
     corners = [(a, p.radius) for s, a, p in drawn if not profile.measurements[s.key].collapsed]
     if corners:
         thetas, radii = zip(*(corners + corners[:1]))
-        ax.plot(thetas, radii, color=color, linewidth=2, label=legend_label(profile, ranges), zorder=4)
+        ax.plot(thetas, radii, color=color, linewidth=2, linestyle=linestyle, label=legend_label(profile, ranges),
+                zorder=4)
         ax.fill(thetas, radii, color=color, alpha=0.15, zorder=3)
     for stage, angle, point in drawn:
         if profile.measurements[stage.key].collapsed:
@@ -296,7 +298,8 @@ def draw_single(profile: RunProfile, ranges: dict, color, dataset: str, path: Pa
 def draw_overlay(profiles: list[RunProfile], ranges: dict, variant: Variant, dataset: str, path: Path) -> None:
     fig, ax = _new_radar(ranges, shown_variant(profiles, variant))
     for i, profile in enumerate(profiles):
-        _plot_profile(ax, profile, ranges, COLORS[i % len(COLORS)], annotate=False)
+        _plot_profile(ax, profile, ranges, COLORS[i % len(COLORS)], annotate=False,
+                      linestyle=LINESTYLES[i // len(COLORS) % len(LINESTYLES)])
     ax.set_title(f"Trust profiles: {dataset}", fontsize=16, fontweight="bold", pad=72)
     ncol = min(len(profiles), 3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=ncol, frameon=False, fontsize=9.5)
