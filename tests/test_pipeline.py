@@ -338,7 +338,7 @@ def test_robustness_stage_scores_live_perturbed_audio(project, tmp_path):
 
     noise_dir = tmp_path / "noises"
     write_wav(noise_dir / "hum.wav", 0.2 * np.sin(np.arange(8000) * 0.3), sr=8000)
-    with pytest.raises(TrustSerError, match="other perturbations"):     # fold 2 would mix two lists
+    with pytest.raises(TrustSerError, match="fold_2.json was made with other settings .perturbations"):  # two lists
         stage.main([*flags, "--folds", "1", "--overwrite", "--noise_dir", str(noise_dir),
                     "--perturbations", "white_10db"])
     stage.main([*flags, "--overwrite", "--noise_dir", str(noise_dir), "--perturbations", "white_10db"])

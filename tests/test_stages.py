@@ -84,6 +84,35 @@ def test_a_missing_value_says_why_where_the_folds_say_it(tmp_path):
     assert note.endswith("has no number at average.speaker.statistical_parity (fold 1: only one group ('20'))")
 
 
+def test_a_kept_result_of_other_settings_stops_the_stage(tmp_path):
+    trust = STAGE["fairness"]
+    folder = trust.folder(tmp_path, _stage(tmp_path).run)
+    evaluate = lambda fold: _result(trust, 10.0 * fold)    # noqa: E731
+    run_stage(_stage(tmp_path, folds=(1, 2)), trust, evaluate, settings={"bootstrap": 1000})
+    assert read_json(folder.fold_json(1))["settings"] == {"bootstrap": 1000}
+    run_stage(_stage(tmp_path, folds=(3,)), trust, evaluate, settings={"bootstrap": 1000})     # the same: resumes
+    for stage, folds in [(_stage(tmp_path, folds=(4,)), "1,2,3"), (_stage(tmp_path, aggregate_only=True), "1,2,3"),
+                         (_stage(tmp_path, folds=(1,), overwrite=True), "2,3")]:
+        with pytest.raises(TrustSerError) as err:
+            run_stage(stage, trust, evaluate, settings={"bootstrap": 50})
+        assert f"other settings (bootstrap 1000 (here 50)); redo with --overwrite --folds {folds}," in str(err.value)
+    assert not folder.fold_json(4).exists() and read_json(folder.fold_json(1))["settings"] == {"bootstrap": 1000}
+    results = run_stage(_stage(tmp_path, folds=(1, 2, 3), overwrite=True), trust, evaluate, settings={"bootstrap": 50})
+    assert {results[f]["settings"]["bootstrap"] for f in "123"} == {50}
+
+
+def test_a_kept_per_run_result_of_other_settings_stops_the_stage(tmp_path):
+    trust = STAGE["gflops"]
+    measured = lambda fold: _result(trust, 1.5)     # noqa: E731
+    run_stage(_stage(tmp_path), trust, measured, settings={"input_seconds": 6.0})
+    assert run_stage(_stage(tmp_path), trust, measured, settings={"input_seconds": 6})["settings"] == \
+        {"input_seconds": 6.0}
+    with pytest.raises(TrustSerError, match=r"other settings \(input_seconds 6.0 \(here 10.0\)\); redo with --overwrite"):
+        run_stage(_stage(tmp_path), trust, measured, settings={"input_seconds": 10.0})
+    redone = run_stage(_stage(tmp_path, overwrite=True), trust, measured, settings={"input_seconds": 10.0})
+    assert redone["settings"] == {"input_seconds": 10.0}
+
+
 def test_skeleton_skips_finished_folds_redoes_unfinished_and_overwrites(tmp_path, caplog):
     trust = STAGE["privacy"]
     run_stage(_stage(tmp_path, folds=[1, 2]), trust, lambda f: _result(trust, 50.0 + f))

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                                                 ", ".join(f"{m} {r[m]:.3f}" for m in FAIRNESS_METRICS)))
         return result
 
-    run_stage(stage, trust, evaluate_fold, meta={"bootstrap": args.bootstrap}, extra_keys=group_keys(attributes))
+    run_stage(stage, trust, evaluate_fold, meta={"bootstrap": args.bootstrap}, extra_keys=group_keys(attributes),
+              settings={"bootstrap": args.bootstrap})
     log.info(f"results: {trust.result_path(stage.project_dir, run)}")
 
 

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         return fold_json
 
     results = run_stage(stage, trust, evaluate_fold, variant,
-                        {"linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}, fold_meta=collapsed_meta)
+                        {"linear_probe": {**PROBE_DESCRIPTION, "bootstrap": args.bootstrap}}, fold_meta=collapsed_meta,
+                        settings={"bootstrap": args.bootstrap})
     log_summary(results, results["meta"]["collapsed_folds"], out.results)
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.core.errors import run_main  # noqa: E402
 from utils.data.audio import TARGET_SR  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.features.source import AudioBank  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
-from utils.runs.paths import RunFolder  # noqa: E402
 from utils.runs.stages import STAGE  # noqa: E402
 from utils.training.pipeline import (evaluation_source, load_trained, resolve_device, run_stage,  # noqa: E402
                                      start_stage, trained_folder)
@@ -43,8 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     trust = STAGE["robustness"]
     out = trust.folder(stage.project_dir, run)
     names = [p.name for p in spec.perturbations]
-    redone = stage.folds if run.overwrite and not args.aggregate_only else []
-    _check_earlier_folds(out, [f for f in stage.fold_ids if f not in redone], names)
+    noise_dir = str(Path(args.noise_dir).resolve()) if args.noise_dir else None
     trained, device = trained_folder(stage), resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
@@ -59,22 +57,14 @@ def main(argv: list[str] | None = None) -> None:
         return {**result, "skipped_bad_audio": len(audio.bad)}
 
     meta = {"robustness": {
-        "perturbations": names, "noise_dir": str(Path(args.noise_dir).resolve()) if args.noise_dir else None,
+        "perturbations": names, "noise_dir": noise_dir,
         "noise_files": len(noises) if noises else 0, "sample_rate": TARGET_SR,
         "seed": "per utterance: sha256 of 'fold/perturbation/key'",
         "definitions": "utils/trust/robustness.py (README: Robustness Evaluation)"}}
-    results = run_stage(stage, trust, evaluate_fold, meta=meta, extra_keys=perturbation_keys(spec.perturbations))
+    results = run_stage(stage, trust, evaluate_fold, meta=meta, extra_keys=perturbation_keys(spec.perturbations),
+                        settings={"perturbations": sorted(names), "noise_dir": noise_dir})
     log.info(f"mean UAR drop {results['average']['mean_uar_drop']:.2f} points (clean UAR "
              f"{results['average']['clean']['uar']:.2f}%); results: {out.results}")
-
-
-def _check_earlier_folds(out: RunFolder, folds: list[int], names: list[str]) -> None:
-    """A kept fold file of another perturbation list would mix into results.json: stop and say so."""
-    for fold in folds:
-        result = out.fold_result(fold)
-        if result is not None and sorted(result.get("perturbations", {})) != sorted(names):
-            raise TrustSerError(f"{out.fold_json(fold)} holds other perturbations ({', '.join(result['perturbations'])}); "
-                                f"pass --overwrite to redo the fold with these")
 
 
 if __name__ == "__main__":

@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> None:
                  + (f" ({result['success_rate']:.2f}%)" if result["success_rate"] is not None else ""))
         return result
 
+    precision = attack_precision(attack, device)
     meta = {"attack": {"method": attack.method, "snr": attack.snr, "pgd_steps": attack.pgd_steps,
-                       "precision": attack_precision(attack, device)}}
-    results = run_stage(stage, trust, evaluate_fold, variant, meta)
+                       "precision": precision}}
+    settings = {"precision": precision, **({"pgd_steps": attack.pgd_steps} if attack.method == "pgd" else {})}
+    results = run_stage(stage, trust, evaluate_fold, variant, meta, settings=settings)
     log.info(f"attack success rate {results['average']['success_rate']:.2f}%; "
              f"results: {trust.result_path(stage.project_dir, run, variant)}")
 

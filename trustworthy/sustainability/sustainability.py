@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"{result['latency_ms_median']:.1f} ms on {result['device_name']}")
         return {**result, "fold": fold, "weights": backbone.weights_id, "trained_checkpoint": trained}
 
-    run_stage(stage, trust, evaluate)
+    run_stage(stage, trust, evaluate, settings={"input_seconds": args.input_seconds,
+                                                "throughput_batch": args.throughput_batch, "repeats": args.repeats})
     log.info(f"results: {trust.result_path(stage.project_dir, run)}")
 
 

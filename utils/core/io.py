@@ -110,6 +110,11 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
         raise TrustSerError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
 
+def as_saved(obj: Any) -> Any:
+    """What read_json gives back of write_json(obj): to compare a value with one that was saved."""
+    return json.loads(json.dumps(_rounded(obj), default=_to_builtin))
+
+
 def saved_number(value: float) -> str:
     """A float as results save it: SIGNIFICANT_DIGITS, no binary noise (7.32358, not 7.323580000000001)."""
     return f"{value:.{SIGNIFICANT_DIGITS}g}"

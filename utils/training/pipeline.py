@@ -21,7 +21,7 @@ from utils.core.errors import TrustSerError
 from utils.features.budget import feature_budgets
 from utils.features.cache import CachedFeatures, LastLayerFeatures
 from utils.features.source import AudioBank, FeatureSource, LiveFeatures
-from utils.core.io import load_torch, read_json, write_json
+from utils.core.io import as_saved, load_torch, read_json, write_json
 from utils.training.metrics import folds_with_values, mean_std
 from utils.data.layout import cache_dir
 from utils.data.utterances import splits_fingerprint
@@ -151,18 +151,24 @@ def _warn_unrecorded(folder: RunFolder) -> None:
 
 def run_stage(stage: Stage, trust: TrustStage, evaluate: Callable[[int], dict], variant: Variant = Variant(),
               meta: dict | None = None, extra_keys: Sequence[str] = (),
-              fold_meta: Callable[[dict], dict] | None = None) -> dict:
+              fold_meta: Callable[[dict], dict] | None = None, settings: dict | None = None) -> dict:
     """Every trust stage's skeleton; returns what it wrote last.
 
     A per-fold stage: evaluate(fold) becomes fold_k.json for each fold of --folds not yet finished (all with
     --overwrite, none with --aggregate_only), then results.json averages every finished fold (aggregate). A fold
     is finished once its result holds the stage's result keys and extra_keys (what this call asks for beyond the
     table, e.g. a --group_by column). A per-run stage: evaluate(first fold of --folds) becomes its one file,
-    unless that exists. Either way the folder's run.json must describe this run (take_folder)."""
+    unless that exists. Either way the folder's run.json must describe this run (take_folder), and `settings`
+    (the stage's own flags that change its numbers, beyond the variant its folder is named after) are saved with
+    each result: a kept result made with other settings stops the stage (results.json would mix them)."""
     folder, keys = trust.folder(stage.project_dir, stage.run, variant), _keys(trust, extra_keys)
     take_folder(stage, folder)
+    settings = as_saved(settings or {})
     if not trust.per_fold:
-        return _run_once(stage, folder, trust.result_path(stage.project_dir, stage.run, variant), evaluate, meta)
+        return _run_once(stage, folder, trust.result_path(stage.project_dir, stage.run, variant), evaluate, meta,
+                         settings)
+    redone = stage.folds if stage.run.overwrite and not stage.args.aggregate_only else []
+    _check_settings(folder, [f for f in stage.fold_ids if f not in redone], settings)
     if not stage.args.aggregate_only:
         for fold in stage.folds:
             if trust.holds(folder.fold_result(fold), keys) and not stage.run.overwrite:
@@ -170,20 +176,45 @@ def run_stage(stage: Stage, trust: TrustStage, evaluate: Callable[[int], dict], 
                 continue
             start_folder(stage, folder)
             fold_json = evaluate(fold)
-            if not trust.holds(folder.result_of(fold_json), keys):
+            result = folder.result_of(fold_json)
+            if not trust.holds(result, keys):
                 raise ValueError(f"the {trust.key} stage's fold result lacks some of {keys}")
+            result["settings"] = settings
             write_json(folder.fold_json(fold), fold_json)
     return aggregate(stage, trust, variant, meta, extra_keys, fold_meta)
 
 
-def _run_once(stage: Stage, folder: RunFolder, path: Path, evaluate: Callable[[int], dict], meta: dict | None) -> dict:
+def _check_settings(folder: RunFolder, folds: list[int], settings: dict) -> None:
+    """The kept fold results must have been made with these settings (results without any are older: read)."""
+    made = {fold: result["settings"] for fold in folds
+            if isinstance(result := folder.fold_result(fold), dict) and "settings" in result}
+    other = {fold: kept for fold, kept in made.items() if kept != settings}
+    if other:
+        fold, kept = next(iter(other.items()))
+        which = f"{folder.fold_json(fold)} was" if len(other) == 1 else \
+            f"{folder.fold_json(fold)} and {len(other) - 1} other fold file(s) were"
+        raise TrustSerError(f"{which} made with other settings ({settings_differences(kept, settings)}); redo with "
+                            f"--overwrite --folds {','.join(map(str, other))}, or run with those settings")
+
+
+def settings_differences(kept: dict, settings: dict) -> str:
+    return "; ".join(f"{name} {kept.get(name)!r} (here {value!r})" for name, value in settings.items()
+                     if kept.get(name) != value)
+
+
+def _run_once(stage: Stage, folder: RunFolder, path: Path, evaluate: Callable[[int], dict], meta: dict | None,
+              settings: dict) -> dict:
     if path.is_file() and (stage.args.aggregate_only or not stage.run.overwrite):
+        kept = read_json(path)
+        if "settings" in kept and kept["settings"] != settings:
+            raise TrustSerError(f"{path} was made with other settings ({settings_differences(kept['settings'], settings)})"
+                                f"; redo with --overwrite, or run with those settings")
         log.info(f"already measured: {path}, skipping (--overwrite to redo)")
-        return read_json(path)
+        return kept
     if stage.args.aggregate_only:
         raise TrustSerError(f"nothing to aggregate: {path} is not there yet (run without --aggregate_only)")
     start_folder(stage, folder)
-    result = {**evaluate(stage.folds[0]), **(meta or {}), **run_flags(stage.run)}
+    result = {**evaluate(stage.folds[0]), **(meta or {}), **run_flags(stage.run), "settings": settings}
     write_json(path, result)
     return result
 
