@@ -3,7 +3,6 @@
 Reads all folds' split files (their union: a file is written once), skips outputs already done,
 and reports unreadable inputs at the end (non-zero exit, unless --skip_bad).
 """
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from utils.data.audio import TARGET_SR, BadAudioError, audio_info, read_audio, t
 from utils.core.config import add_config_flag, load_config  # noqa: E402
 from utils.data.corpora import CORPORA, get_corpus, preprocessed_name, split_command  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.core.flags import ArgumentParser  # noqa: E402
 from utils.core.io import read_json, write_wav  # noqa: E402
 from utils.data.layout import SPLITS, audio_dir, split_path  # noqa: E402
 
@@ -80,7 +80,7 @@ def preprocess(plan: dict[str, str], out_dir: Path) -> tuple[int, int, list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(CORPORA)}, or a manifest corpus "
                         f"(train_split_gen/manifest.py)")
     add_config_flag(parser)

@@ -4,7 +4,6 @@
   python3 scripts/corpus_folds.py --dataset msp-podcast --protocol original   # 1 2 3 4 5: seeded runs, one split
   python3 scripts/corpus_folds.py --dataset mine --config c.yml  # a manifest corpus: its own folds
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -12,11 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.data.corpora import CORPORA, SINGLE_SPLIT_RUNS, get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
+from utils.core.flags import ArgumentParser  # noqa: E402
 from utils.runs.identity import RunConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=RunConfig.dataset)
     parser.add_argument("--config", default=None)
     parser.add_argument("--protocol", default="fixed", choices=list(SINGLE_SPLIT_RUNS))

@@ -256,7 +256,7 @@ def test_predict_takes_the_flags_of_a_trained_run_and_none_of_training():
                          "--num_layers", "--norm", "--optimizer"}
     pasted = shlex.split(finetune_command(RUN_CONFIG))[2:] + ["--num_layers", "3", "--norm", "nonorm"]
     assert RunConfig.from_args(predict_parser("").parse_args(pasted)).defining_flags() == RUN_CONFIG.defining_flags()
-    with pytest.raises(SystemExit):
+    with pytest.raises(TrustSerError, match="unrecognized arguments: --overwrite"):
         predict_parser("").parse_args([*pasted, "--overwrite"])
 
 

@@ -243,6 +243,9 @@ def test_bad_audio_is_one_line_or_skipped_and_counted(base):
     ("--pretrain_model", "whisper_huge", ["unknown --pretrain_model 'whisper_huge'", "apc", "tera", "wavlm",
                                           "wav2vec2_0", "whisper_small"]),
     ("--config", "/nonexistent/config.yml", ["config file /nonexistent/config.yml not found"]),
+    ("--batch_size", "0", ["argument --batch_size: must be at least 1, got 0", "--help lists the flags"]),
+    ("--learning_rate", "-1", ["argument --learning_rate: must be above 0, got -1"]),
+    ("--pooling", "max", ["argument --pooling: invalid choice: 'max'"]),
 ])
 def test_cli_mistakes_give_one_line_and_exit_2(base, flag, value, expected):
     config = base / "base" / "config.yml"
@@ -252,6 +255,20 @@ def test_cli_mistakes_give_one_line_and_exit_2(base, flag, value, expected):
     for text in expected:
         assert text in line
     assert not (base / "base" / "project" / "finetune").exists()
+
+
+@pytest.mark.parametrize("script, flag, value, says", [
+    ("trustworthy/safety/adversarial_attack.py", "--pgd_steps", "0", "must be at least 1, got 0"),
+    ("trustworthy/fairness/fairness_evaluation.py", "--bootstrap", "-5", "must be at least 0, got -5"),
+    ("trustworthy/sustainability/sustainability.py", "--input_seconds", "0", "must be above 0, got 0"),
+    ("trustworthy/sustainability/sustainability.py", "--repeats", "ten", "expected a whole number, got 'ten'"),
+    ("experiment/finetune_single_thread.py", "--num_epochs", "0", "must be at least 1, got 0"),
+    ("experiment/finetune_single_thread.py", "--cache_gb", "nan", "must be 0 or more, got nan"),
+])
+def test_a_stage_flag_out_of_range_is_refused_before_any_work(script, flag, value, says):
+    with pytest.raises(TrustSerError) as err:
+        load_script(script).main(["--dataset", "demo", flag, value])
+    assert str(err.value).startswith(f"argument {flag}: {says} (")
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 Every script writes `{"train": [...], "dev": [...], "test": [...]}` with entries
 `[key, speaker_id, gender, path, label]` to utils.data.layout.split_path(project_dir, dataset, fold).
 """
-import argparse
 import logging
 import warnings
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from utils.core.config import add_config_flag, corpus_dir, load_config
 from utils.core.errors import TrustSerError
+from utils.core.flags import ArgumentParser
 from utils.core.io import write_json
 from utils.data.layout import SPLITS, split_path
 
@@ -27,7 +27,7 @@ Item = tuple[Hashable, list]
 
 def corpus_and_project_dir(dataset: str, description: str) -> tuple[Path, Path]:
     """Parse --config and set up logging; return (the corpus folder as distributed, project_dir)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     add_config_flag(parser)
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s ==> %(message)s", level=logging.INFO,

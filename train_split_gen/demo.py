@@ -6,7 +6,6 @@ Entries are [key, speaker id, gender, path, label], e.g.
 
 --generate first writes the corpus into data_dir.demo when that folder has no speakers.csv yet.
 """
-import argparse
 import csv
 import logging
 import sys
@@ -18,6 +17,7 @@ from train_split_gen.common import kfold, last_fifth  # noqa: E402
 from utils.core.config import add_config_flag, load_config, corpus_dir  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
+from utils.core.flags import ArgumentParser  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
 from utils.data.layout import SPLITS, split_path  # noqa: E402
 from utils.data.synthetic import EMOTIONS, make_corpus  # noqa: E402
@@ -58,7 +58,7 @@ def fold_speakers(speakers: list, n_folds: int) -> list[tuple[list, list, list]]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     add_config_flag(parser)
     parser.add_argument("--generate", action="store_true",
                         help="write the synthetic corpus into data_dir.demo first if it is not there yet")

@@ -11,7 +11,6 @@ takes --dataset NAME.
   python3 train_split_gen/manifest.py --manifest my_corpus.csv --dataset my_corpus [--num_folds 5] \\
       [--labels neutral,angry,sad,happy] [--config config/config.yml]
 """
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from train_split_gen.common import (SPLITS, Fold, assign, kfold, last_fifth, log
 from utils.core.config import add_config_flag, load_config  # noqa: E402
 from utils.data.corpora import corpus_path, get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
+from utils.core.flags import ArgumentParser  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
 from utils.data.manifest import corpus_description, manifest_corpus  # noqa: E402
 
@@ -64,7 +64,7 @@ def log_genders(fold: Fold, genders: dict[str, str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, type=Path, help="CSV: path,label,speaker[,gender][,split]")
     parser.add_argument("--dataset", required=True, help="the corpus' name for every later stage (--dataset NAME)")
     parser.add_argument("--num_folds", type=int, default=5, help="speaker folds when there is no split column")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.core.flags import at_least  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.trust.fairness import fairness_report  # noqa: E402
@@ -74,7 +75,7 @@ def fold_fairness(run: RunConfig, n_bootstrap: int, fold: int, trained: RunFolde
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
-    parser.add_argument("--bootstrap", default=1000, type=int, help="bootstrap resamples for the 95%% CIs (0: none)")
+    parser.add_argument("--bootstrap", default=1000, type=at_least(0), help="bootstrap resamples for the 95%% CIs (0: none)")
     parser.add_argument("--group_by", default=None, metavar="COLUMN",
                         help="also a speaker-level column of the corpus manifest (age group, accent, ...)")
     stage = start_stage(parser, argv=argv)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.core.flags import at_least  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.data.utterances import load_fold  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
     parser.add_argument("--attack_method", default="fgsm", choices=ATTACK_METHODS)
     parser.add_argument("--snr", "-snr", default=45, type=int, help="SNR (dB) of the perturbation")
-    parser.add_argument("--pgd_steps", default=10, type=int)
+    parser.add_argument("--pgd_steps", default=10, type=at_least(1))
     parser.add_argument("--fp32", action="store_true",
                         help="attack in fp32 on CUDA too, clean predictions from a live pass, as the original (no bf16 "
                              "autocast; slower; always so under --protocol original)")

@@ -10,6 +10,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.core.flags import at_least, positive  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.data.audio import TARGET_SR  # noqa: E402
@@ -57,9 +58,9 @@ def profile(model: Classifier, seconds: float, batch: int, repeats: int, device:
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
-    parser.add_argument("--input_seconds", default=6.0, type=float, help="input length for FLOPs and latency")
-    parser.add_argument("--throughput_batch", default=8, type=int)
-    parser.add_argument("--repeats", default=10, type=int, help="timed repeats (after 3 warm-up runs)")
+    parser.add_argument("--input_seconds", default=6.0, type=positive, help="input length for FLOPs and latency")
+    parser.add_argument("--throughput_batch", default=8, type=at_least(1))
+    parser.add_argument("--repeats", default=10, type=at_least(1), help="timed repeats (after 3 warm-up runs)")
     stage = start_stage(parser, argv=argv)
     args, run, corpus, trust = stage.args, stage.run, stage.corpus, STAGE["gflops"]
 

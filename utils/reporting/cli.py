@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from utils.core.config import add_config_flag, load_config
+from utils.core.flags import ArgumentParser
 from utils.runs.stages import FAIRNESS_GROUPS, FAIRNESS_METRICS, PRIVACY_PROBES, STAGE, STAGES, Variant
 
 _V = Variant()
@@ -10,7 +11,7 @@ _V = Variant()
 
 def profile_parser(description: str) -> argparse.ArgumentParser:
     """Flags choosing finished runs and which of their results to show (trust profile and report)."""
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     p.add_argument("--dataset", required=True)
     p.add_argument("--project_dir", default=None, help="default: project_dir of --config")
     add_config_flag(p)

@@ -3,6 +3,7 @@ import argparse
 
 from model.backbones import BACKBONES
 from utils.core.config import add_config_flag
+from utils.core.flags import ArgumentParser, at_least, not_negative, positive
 from utils.data.corpora import CORPORA
 from utils.runs.identity import ORIGINAL_ONLY, RunConfig
 
@@ -11,7 +12,7 @@ _D = RunConfig()
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Flags naming a run (dataset, backbone, head, training) and where/how to run it."""
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     _run_flags(p, ORIGINAL_ONLY)
     _training_flags(p)
     return p
@@ -20,7 +21,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 def predict_parser(description: str) -> argparse.ArgumentParser:
     """The flags naming a trained run and where to run it, none of training's (cache, overwrite, aggregation); the
     original's unused flags are accepted (a finetune command line pastes as is) but not listed."""
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     _run_flags(p, argparse.SUPPRESS)
     return p
 
@@ -38,21 +39,21 @@ def _run_flags(p: argparse.ArgumentParser, original_only_help: str) -> None:
     p.add_argument("--tiny", action="store_true", help="a tiny version of the architecture (tests only)")
     p.add_argument("--finetune", default=_D.finetune, choices=["frozen", "unfrozen_last_layer", "unfrozen"])
     p.add_argument("--downstream_model", default=_D.downstream_model, choices=["cnn"])
-    p.add_argument("--learning_rate", default=_D.learning_rate, type=float)
-    p.add_argument("--num_epochs", default=_D.num_epochs, type=int)
+    p.add_argument("--learning_rate", default=_D.learning_rate, type=positive)
+    p.add_argument("--num_epochs", default=_D.num_epochs, type=at_least(1))
     p.add_argument("--num_layers", default=1, type=int, help=original_only_help)
-    p.add_argument("--conv_layers", default=_D.conv_layers, type=int, help="number of pointwise Conv1d layers in the head")
-    p.add_argument("--hidden_size", default=_D.hidden_size, type=int, help="channels of the head's Conv1d layers")
+    p.add_argument("--conv_layers", default=_D.conv_layers, type=at_least(1), help="number of pointwise Conv1d layers in the head")
+    p.add_argument("--hidden_size", default=_D.hidden_size, type=at_least(1), help="channels of the head's Conv1d layers")
     p.add_argument("--pooling", default=_D.pooling, choices=["mean", "att"], help="mean, or att (self-attention)")
     p.add_argument("--norm", default="nonorm", help=original_only_help)
     p.add_argument("--optimizer", default="adam", choices=["adam"], help=original_only_help)
-    p.add_argument("--audio_duration", default=_D.audio_duration, type=int, help="seconds each utterance is cropped to")
-    p.add_argument("--batch_size", default=_D.batch_size, type=int, help="training batch size")
-    p.add_argument("--eval_batch_size", default=_D.eval_batch_size, type=int, help="batch size for evaluation and feature passes")
+    p.add_argument("--audio_duration", default=_D.audio_duration, type=at_least(1), help="seconds each utterance is cropped to")
+    p.add_argument("--batch_size", default=_D.batch_size, type=at_least(1), help="training batch size")
+    p.add_argument("--eval_batch_size", default=_D.eval_batch_size, type=at_least(1), help="batch size for evaluation and feature passes")
     p.add_argument("--protocol", default=_D.protocol, choices=["fixed", "original"],
                    help="original: the original's procedure, number for number (README: the two protocols)")
     p.add_argument("--folds", default=None, help="folds to run, e.g. '3' or '1,2' (default: all)")
-    p.add_argument("--seeds", default=None, type=int,
+    p.add_argument("--seeds", default=None, type=at_least(1),
                    help="a corpus with one split (msp-podcast, meld): seeded runs over it, numbered as folds 1..N, "
                         "seed 8 x run (default: 1; 5 under --protocol original, as the original)")
     p.add_argument("--device", default=_D.device)
@@ -60,9 +61,9 @@ def _run_flags(p: argparse.ArgumentParser, original_only_help: str) -> None:
 
 def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_cache", action="store_true", help="recompute the frozen backbone every epoch (no feature cache)")
-    p.add_argument("--cache_gb", type=float, default=None,
+    p.add_argument("--cache_gb", type=not_negative, default=None,
                    help="disk the feature cache may take, in GiB (default: 80%% of the free space); what does not fit is recomputed every epoch")
-    p.add_argument("--memory_gb", type=float, default=None,
+    p.add_argument("--memory_gb", type=not_negative, default=None,
                    help="GPU (or host) memory holding cached features, in GiB (default: 60%% of free GPU / 30%% of available host memory)")
     p.add_argument("--skip_bad", action="store_true", help="skip unreadable audio files (counted in results)")
     p.add_argument("--overwrite", action="store_true", help="redo folds whose outputs already exist")

@@ -1,0 +1,46 @@
+"""Command-line parsing with the project's error policy: a bad flag is one `error: ...` line and exit status 2
+(utils/core/errors.run_main), not a usage dump or a traceback from deep inside a run."""
+import argparse
+
+from utils.core.errors import TrustSerError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise TrustSerError(f"{message} ({self.prog} --help lists the flags)")
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return whole
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number > 0."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def not_negative(text: str) -> float:
+    """An argparse type: a number >= 0."""
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
