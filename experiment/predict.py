@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.core.flags import file_to_write  # noqa: E402
 from utils.runs.cli import add_run_flag, predict_parser  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.training.predict import EmotionRecognizer, find_audio, write_predictions_csv  # noqa: E402
@@ -20,7 +21,7 @@ log = logging.getLogger("trust-ser")
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(predict_parser(__doc__.splitlines()[0]))
     parser.add_argument("--audio", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
-    parser.add_argument("--output", default="predictions.csv", type=Path, help="CSV: path, prediction, prob_<class>")
+    parser.add_argument("--output", default="predictions.csv", type=file_to_write, help="CSV: path, prediction, prob_<class>")
     stage = start_stage(parser, argv=argv)
     trained_folder(stage, same_splits=False)     # checkpoints of this run, wherever its splits are now
     files = find_audio(stage.args.audio)

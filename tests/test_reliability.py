@@ -21,7 +21,7 @@ import torch
 
 from synthetic_project import ENV, REPO, load_script, make_project, run_script
 from model.heads import CNNSelfAttention
-from utils.core.io import write_wav
+from utils.core.io import write_json, write_wav
 from utils.runs.cli import base_parser
 from utils.core.config import corpus_dir, load_config
 from utils.data.utterances import load_fold
@@ -264,6 +264,7 @@ def test_cli_mistakes_give_one_line_and_exit_2(base, flag, value, expected):
     ("trustworthy/sustainability/sustainability.py", "--repeats", "ten", "expected a whole number, got 'ten'"),
     ("experiment/finetune_single_thread.py", "--num_epochs", "0", "must be at least 1, got 0"),
     ("experiment/finetune_single_thread.py", "--cache_gb", "nan", "must be 0 or more, got nan"),
+    ("experiment/predict.py", "--output", "/", "/ is a folder; give a file path, e.g. /predictions.csv"),
 ])
 def test_a_stage_flag_out_of_range_is_refused_before_any_work(script, flag, value, says):
     with pytest.raises(TrustSerError) as err:
@@ -457,10 +458,18 @@ def test_out_of_memory_suggests_the_batch_size_flags(capsys):
     assert "out of memory" in err and "--batch_size" in err and "--eval_batch_size" in err and "resume" in err
 
 
-def test_disk_full_and_multi_line_messages_stay_one_line(capsys):
+def test_disk_full_and_multi_line_messages_stay_one_line(capsys, tmp_path):
     def disk_full():
         raise OSError(28, "No space left on device", "/project/cache/ab/x.pt")
     assert "no space left on the device writing /project/cache/ab/x.pt" in _exit_line(capsys, disk_full)
+
+    def read_only():
+        raise PermissionError(13, "Permission denied", "/shared/project/finetune")
+    assert _exit_line(capsys, read_only).startswith("error: /shared/project/finetune: Permission denied (check its")
+
+    def folder_as_file():
+        write_json(tmp_path, {})
+    assert _exit_line(capsys, folder_as_file) == f"error: cannot write {tmp_path}: it is a folder\n"
 
     def two_lines():
         raise TrustSerError("first\nsecond")

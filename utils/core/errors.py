@@ -30,6 +30,8 @@ def explain(err: BaseException) -> str | None:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
         return f"no space left on the device{where}; free some or point project_dir elsewhere: {KEPT}"
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and err.filename:
+        return f"{err.filename}: {err.strerror} (check its permissions, or point project_dir / --output elsewhere)"
     return None
 
 

@@ -1,6 +1,7 @@
 """Command-line parsing with the project's error policy: a bad flag is one `error: ...` line and exit status 2
 (utils/core/errors.run_main), not a usage dump or a traceback from deep inside a run."""
 import argparse
+from pathlib import Path
 
 from utils.core.errors import TrustSerError
 
@@ -37,6 +38,14 @@ def not_negative(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def file_to_write(text: str) -> Path:
+    """An argparse type: the path of a file to write, not an existing folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file path, e.g. {path / 'predictions.csv'}")
+    return path
 
 
 def _number(text: str) -> float:

@@ -22,6 +22,8 @@ SAVED_RELATIVE_ERROR = 0.5 * 10 ** (1 - SIGNIFICANT_DIGITS)
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
+    if path.is_dir():
+        raise TrustSerError(f"cannot write {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fd = _create_temporary(path)
     try:
