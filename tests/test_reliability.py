@@ -260,7 +260,7 @@ def test_cli_mistakes_give_one_line_and_exit_2(base, flag, value, expected):
 @pytest.mark.parametrize("script, flag, value, says", [
     ("trustworthy/safety/adversarial_attack.py", "--pgd_steps", "0", "must be at least 1, got 0"),
     ("trustworthy/fairness/fairness_evaluation.py", "--bootstrap", "-5", "must be at least 0, got -5"),
-    ("trustworthy/sustainability/sustainability.py", "--input_seconds", "0", "must be above 0, got 0"),
+    ("trustworthy/sustainability/sustainability.py", "--input_seconds", "0.01", "must be 0.025 or more, got 0.01"),
     ("trustworthy/sustainability/sustainability.py", "--repeats", "ten", "expected a whole number, got 'ten'"),
     ("experiment/finetune_single_thread.py", "--num_epochs", "0", "must be at least 1, got 0"),
     ("experiment/finetune_single_thread.py", "--cache_gb", "nan", "must be 0 or more, got nan"),

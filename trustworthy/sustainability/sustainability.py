@@ -10,7 +10,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.core.flags import at_least, positive  # noqa: E402
+from model.backbones import MIN_SAMPLES, SAMPLE_RATE  # noqa: E402
+from utils.core.flags import at_least, number_from  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
 from utils.data.audio import TARGET_SR  # noqa: E402
@@ -58,7 +59,8 @@ def profile(model: Classifier, seconds: float, batch: int, repeats: int, device:
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
-    parser.add_argument("--input_seconds", default=6.0, type=positive, help="input length for FLOPs and latency")
+    parser.add_argument("--input_seconds", default=6.0, type=number_from(MIN_SAMPLES / SAMPLE_RATE),
+                        help="input length for FLOPs and latency")
     parser.add_argument("--throughput_batch", default=8, type=at_least(1))
     parser.add_argument("--repeats", default=10, type=at_least(1), help="timed repeats (after 3 warm-up runs)")
     stage = start_stage(parser, argv=argv)

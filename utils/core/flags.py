@@ -32,12 +32,17 @@ def positive(text: str) -> float:
     return value
 
 
-def not_negative(text: str) -> float:
-    """An argparse type: a number >= 0."""
-    value = _number(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def number_from(minimum: float):
+    """An argparse type: a number >= minimum."""
+    def number(text: str) -> float:
+        value = _number(text)
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum:g} or more, got {text}")
+        return value
+    return number
+
+
+not_negative = number_from(0)
 
 
 def file_to_write(text: str) -> Path:
