@@ -17,7 +17,7 @@ from synthetic_project import ENV, REPO, call_script, load_script, run_script
 from utils.data.audio import audio_info
 from utils.core.errors import TrustSerError
 from utils.data.manifest import manifest_corpus, speaker_column
-from train_split_gen.common import dev_groups, kfold, last_fifth
+from utils.data.splits import dev_groups, kfold, last_fifth
 
 APC = ["--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "1",
        "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8", "--learning_rate",

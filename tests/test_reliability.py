@@ -21,7 +21,7 @@ import torch
 
 from synthetic_project import ENV, REPO, load_script, make_project, run_script
 from model.heads import CNNSelfAttention
-from utils.core.io import write_json, write_wav
+from utils.core.io import write_wav
 from utils.runs.cli import base_parser
 from utils.core.config import corpus_dir, load_config
 from utils.data.utterances import load_fold

@@ -12,7 +12,7 @@ sys.path.insert(0, str(REPO))
 
 from corpus_fixtures import (make_crema_d, make_iemocap, make_meld, make_msp_improv,  # noqa: E402
                              make_msp_podcast, make_ravdess)
-from train_split_gen.common import kfold, kfold_indices, last_fifth, last_one  # noqa: E402
+from utils.data.splits import kfold, last_fifth, last_one  # noqa: E402
 from synthetic_project import load_script  # noqa: E402
 from utils.core.errors import TrustSerError  # noqa: E402
 
@@ -276,11 +276,10 @@ def test_bad_corpus_gives_an_error_naming_the_path(tmp_path, monkeypatch, script
     assert message in str(err.value) and str(corpus) in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("n_samples, n_splits", [(5, 5), (6, 6), (7, 5), (24, 5), (25, 5), (91, 5)])
-def test_kfold_indices_match_sklearn(n_samples, n_splits):
-    from sklearn.model_selection import KFold
-    expected = [(list(train), list(test)) for train, test in KFold(n_splits, shuffle=False).split(range(n_samples))]
-    assert kfold_indices(n_samples, n_splits) == expected
+def test_kfold_tests_contiguous_blocks_the_first_ones_longer():
+    folds = kfold(list("abcdefg"), 5, last_one)      # scikit-learn's KFold without shuffling, as the original
+    assert [f.test for f in folds] == [("a", "b"), ("c", "d"), ("e",), ("f",), ("g",)]
+    assert folds[0].dev == ("g",) and folds[4].train == ("a", "b", "c", "d", "e")
 
 
 def test_dev_is_taken_from_the_end_of_the_training_groups():

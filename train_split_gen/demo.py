@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_split_gen.common import kfold, last_fifth  # noqa: E402
+from utils.data.splits import kfold, last_fifth  # noqa: E402
 from utils.core.config import add_config_flag, load_config, corpus_dir  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import TrustSerError, run_main  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_split_gen.common import (Item, corpus_and_project_dir, is_hidden, kfold, last_one, read_text,
+from utils.data.splits import (Item, corpus_and_project_dir, is_hidden, kfold, last_one, read_text,
                                     require_dir, warn_skipped, write_folds)
 from utils.core.errors import TrustSerError, run_main
 

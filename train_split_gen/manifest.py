@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collections import Counter  # noqa: E402
 
-from train_split_gen.common import (SPLITS, Fold, assign, kfold, last_fifth, log, stratified_kfold,  # noqa: E402
+from utils.data.splits import (SPLITS, Fold, assign, kfold, last_fifth, log, stratified_kfold,  # noqa: E402
                                     write_split)
 from utils.core.config import add_config_flag, load_config  # noqa: E402
 from utils.data.corpora import corpus_path, get_corpus  # noqa: E402

@@ -12,7 +12,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_split_gen.common import SPLITS, corpus_and_project_dir, read_csv, require_dir, warn_skipped, write_split
+from utils.data.splits import SPLITS, corpus_and_project_dir, read_csv, require_dir, warn_skipped, write_split
 from utils.core.errors import run_main
 
 AUDIO_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}

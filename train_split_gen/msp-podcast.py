@@ -11,7 +11,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_split_gen.common import corpus_and_project_dir, log, read_csv, require_dir, warn_skipped, write_split
+from utils.data.splits import corpus_and_project_dir, log, read_csv, require_dir, warn_skipped, write_split
 from utils.core.errors import TrustSerError, run_main
 
 LABEL_FILES = ("labels_concensus.csv", "labels_consensus.csv")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_split_gen.common import Item, corpus_and_project_dir, kfold, last_fifth, log, warn_skipped, write_folds
+from utils.data.splits import Item, corpus_and_project_dir, kfold, last_fifth, log, warn_skipped, write_folds
 from utils.core.errors import TrustSerError, run_main
 
 ACTOR_FOLDER = re.compile(r"Actor_(\d+)")

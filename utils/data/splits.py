@@ -1,4 +1,4 @@
-"""Shared pieces of the train_split_gen scripts: --config, folds, reading label files, writing the splits.
+"""What the train_split_gen scripts share: --config, folds, reading label files, writing the splits.
 
 Every script writes `{"train": [...], "dev": [...], "test": [...]}` with entries
 `[key, speaker_id, gender, path, label]` to utils.data.layout.split_path(project_dir, dataset, fold).
@@ -11,7 +11,7 @@ from typing import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from utils.core.config import add_config_flag, corpus_dir, load_config
 from utils.core.errors import TrustSerError
@@ -52,20 +52,6 @@ class Fold:
         return "train"
 
 
-def kfold_indices(n_samples: int, n_splits: int) -> list[tuple[list[int], list[int]]]:
-    """(train, test) indices of sklearn's KFold(n_splits, shuffle=False): contiguous test blocks,
-    the first n_samples % n_splits blocks one longer."""
-    if not 2 <= n_splits <= n_samples:
-        raise ValueError(f"KFold needs 2 <= n_splits ({n_splits}) <= n_samples ({n_samples})")
-    sizes = [n_samples // n_splits + (1 if i < n_samples % n_splits else 0) for i in range(n_splits)]
-    folds, start = [], 0
-    for size in sizes:
-        test = list(range(start, start + size))
-        folds.append(([i for i in range(n_samples) if not start <= i < start + size], test))
-        start += size
-    return folds
-
-
 def last_one(n_train: int) -> int:
     """Dev size for session folds: the last training session."""
     return 1
@@ -80,7 +66,7 @@ def last_fifth(n_train: int) -> int:
 def kfold(groups: Sequence[Hashable], n_splits: int, dev_size: Callable[[int], int]) -> list[Fold]:
     """KFold over groups (no shuffle); the last dev_size(len(train)) training groups become dev."""
     folds = []
-    for number, (train_idx, test_idx) in enumerate(kfold_indices(len(groups), n_splits), start=1):
+    for number, (train_idx, test_idx) in enumerate(KFold(n_splits).split(np.zeros(len(groups))), start=1):
         n_dev = dev_size(len(train_idx))
         folds.append(Fold(number,
                           train=tuple(groups[i] for i in train_idx[:-n_dev]),
