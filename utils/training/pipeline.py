@@ -1,5 +1,4 @@
 """Shared by the stage scripts: logging, the models of a run, their feature source, results files."""
-import fcntl
 import logging
 import shlex
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from filelock import FileLock
 
 from model.backbones import build_backbone, check_backbone_name, weights_identity
 from model.heads import CNNSelfAttention
@@ -380,13 +380,9 @@ def _keys(trust: TrustStage, extra_keys: Sequence[str]) -> list[str]:
 
 @contextmanager
 def _exclusive(lock_path: Path):
-    """An advisory lock held by one process at a time (flock: local disks and NFS alike on Linux)."""
+    """A lock held by one process at a time."""
     if not lock_path.parent.is_dir():
         yield       # nothing there to aggregate; aggregate() says so
         return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(lock_path)):
+        yield
