@@ -18,6 +18,7 @@ from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.core.flags import ArgumentParser  # noqa: E402
 from utils.core.io import read_json, write_wav  # noqa: E402
 from utils.data.layout import SPLITS, audio_dir, split_path  # noqa: E402
+from model.backbones import MIN_SAMPLES  # noqa: E402
 
 SHOWN_BAD = 3
 
@@ -61,9 +62,9 @@ def is_done(output: Path) -> bool:
     return sr == TARGET_SR and channels == 1 and frames > 0
 
 
-def preprocess(plan: dict[str, str], out_dir: Path) -> tuple[int, int, list[str]]:
-    """Write what is not done yet; returns (written, skipped, bad-file messages)."""
-    written, skipped, bad = 0, 0, []
+def preprocess(plan: dict[str, str], out_dir: Path) -> tuple[int, int, list[str], list[str]]:
+    """Write what is not done yet; returns (written, skipped, bad-file messages, written clips under 25 ms)."""
+    written, skipped, bad, short = 0, 0, [], []
     for out_name, source in tqdm(sorted(plan.items()), desc=f"preprocess {out_dir.name}", unit="file"):
         output = out_dir / out_name
         if is_done(output):
@@ -74,9 +75,12 @@ def preprocess(plan: dict[str, str], out_dir: Path) -> tuple[int, int, list[str]
         except BadAudioError as err:
             bad.append(str(err))
             continue
-        write_wav(output, to_16k_mono(audio, sr), TARGET_SR)
+        clip = to_16k_mono(audio, sr)
+        write_wav(output, clip, TARGET_SR)
         written += 1
-    return written, skipped, bad
+        if len(clip) < MIN_SAMPLES:
+            short.append(source)
+    return written, skipped, bad, short
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,9 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     split_files = [split_path(config["project_dir"], corpus.name, fold) for fold in corpus.fold_ids()]
     plan = plan_outputs(corpus.name, split_files, args.config)
     out_dir = audio_dir(config["project_dir"], corpus.name)
-    written, skipped, bad = preprocess(plan, out_dir)
+    written, skipped, bad, short = preprocess(plan, out_dir)
     logging.info(f"{corpus.name}: {len(plan)} files in the splits; {written} written, "
                  f"{skipped} already preprocessed (skipped), {len(bad)} unreadable; output in {out_dir}")
+    if short:
+        logging.warning(f"{len(short)} clip(s) shorter than 25 ms, which no backbone takes ("
+                        + ", ".join(short[:SHOWN_BAD]) + (", ..." if len(short) > SHOWN_BAD else "")
+                        + "): training stops on them, or leaves them out with --skip_bad")
     if not bad:
         return
     if args.skip_bad:

@@ -123,11 +123,18 @@ def test_meld_keeps_same_file_names_of_different_splits_apart(tmp_path):
     write_json(tmp_path / "meld.json", split)
     plan = script.plan_outputs("meld", [tmp_path / "meld.json"])
     assert sorted(plan) == ["dev_dia0_utt0.wav", "test_dia0_utt0.wav", "train_dia0_utt0.wav"]
-    written, skipped, bad = script.preprocess(plan, tmp_path / "out")
-    assert (written, skipped, bad) == (3, 0, [])
+    assert script.preprocess(plan, tmp_path / "out") == (3, 0, [], [])
     outputs = [sf.read(tmp_path / "out" / name)[0] for name in sorted(plan)]
     assert all(len(o) == 1600 for o in outputs)
     assert not np.allclose(outputs[0], outputs[1])
+
+
+def test_clips_too_short_for_the_backbones_are_written_and_named(tmp_path):
+    script = load_script(SCRIPT)
+    for name, samples in (("window", 1200), ("short", 1197)):      # 400 and 399 samples at 16 kHz
+        sf.write(tmp_path / f"{name}.wav", np.full(samples, 0.1), 48000)
+    plan = {f"{name}.wav": str(tmp_path / f"{name}.wav") for name in ("window", "short")}
+    assert script.preprocess(plan, tmp_path / "out") == (2, 0, [], [str(tmp_path / "short.wav")])
 
 
 def test_two_sources_for_one_output_name_is_an_error(tmp_path):
