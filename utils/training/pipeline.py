@@ -193,11 +193,11 @@ def _check_settings(folder: RunFolder, folds: list[int], settings: dict) -> None
         fold, kept = next(iter(other.items()))
         which = f"{folder.fold_json(fold)} was" if len(other) == 1 else \
             f"{folder.fold_json(fold)} and {len(other) - 1} other fold file(s) were"
-        raise TrustSerError(f"{which} made with other settings ({settings_differences(kept, settings)}); redo with "
+        raise TrustSerError(f"{which} made with other settings ({_settings_differences(kept, settings)}); redo with "
                             f"--overwrite --folds {','.join(map(str, other))}, or run with those settings")
 
 
-def settings_differences(kept: dict, settings: dict) -> str:
+def _settings_differences(kept: dict, settings: dict) -> str:
     return "; ".join(f"{name} {kept.get(name)!r} (here {value!r})" for name, value in settings.items()
                      if kept.get(name) != value)
 
@@ -207,7 +207,7 @@ def _run_once(stage: Stage, folder: RunFolder, path: Path, evaluate: Callable[[i
     if path.is_file() and (stage.args.aggregate_only or not stage.run.overwrite):
         kept = read_json(path)
         if "settings" in kept and kept["settings"] != settings:
-            raise TrustSerError(f"{path} was made with other settings ({settings_differences(kept['settings'], settings)})"
+            raise TrustSerError(f"{path} was made with other settings ({_settings_differences(kept['settings'], settings)})"
                                 f"; redo with --overwrite, or run with those settings")
         log.info(f"already measured: {path}, skipping (--overwrite to redo)")
         return kept
