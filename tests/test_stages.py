@@ -1,6 +1,7 @@
 """The trust-stage table and the stage skeleton: what a stage writes is what the profile reads back."""
 import itertools
 import logging
+import re
 from argparse import Namespace
 
 import pytest
@@ -8,7 +9,9 @@ import pytest
 from utils.core.errors import TrustSerError
 from utils.core.io import read_json, write_json
 from utils.data.corpora import get_corpus
+from synthetic_project import load_script
 from utils.reporting.profile import table_rows
+from utils.runs.cli import base_parser
 from utils.runs.identity import RunConfig
 from utils.runs.paths import RunId
 from utils.runs.stages import (FAIRNESS_GROUPS, FAIRNESS_METRICS, PRIVACY_PROBES, STAGE, STAGES, Variant, has_key,
@@ -111,6 +114,31 @@ def test_a_kept_per_run_result_of_other_settings_stops_the_stage(tmp_path):
         run_stage(_stage(tmp_path), trust, measured, settings={"input_seconds": 10.0})
     redone = run_stage(_stage(tmp_path, overwrite=True), trust, measured, settings={"input_seconds": 10.0})
     assert redone["settings"] == {"input_seconds": 10.0}
+
+
+# every flag a trust script adds to the shared ones, and how it stays apart in results: in the folder's name, in
+# the saved settings, as result keys of its own, or not changing a number
+STAGE_FLAGS = {
+    "trustworthy/fairness/fairness_evaluation.py": {"--run": "names the run", "--bootstrap": "settings",
+                                                    "--group_by": "result keys of its own (extra_keys)"},
+    "trustworthy/safety/adversarial_attack.py": {"--run": "names the run", "--attack_method": "folder", "--snr": "folder",
+                                                 "--pgd_steps": "settings", "--fp32": "settings (precision)"},
+    "trustworthy/privacy/gender_inference.py": {"--run": "names the run", "--privacy_attack": "folder",
+                                                "--bootstrap": "settings"},
+    "trustworthy/robustness/robustness.py": {"--run": "names the run", "--perturbations": "settings",
+                                             "--noise_dir": "settings"},
+    "trustworthy/sustainability/sustainability.py": {"--run": "names the run", "--input_seconds": "settings",
+                                                     "--throughput_batch": "settings", "--repeats": "settings"},
+}
+
+
+@pytest.mark.parametrize("script", STAGE_FLAGS)
+def test_every_flag_of_a_trust_script_says_how_its_results_stay_apart(script, capsys):
+    with pytest.raises(SystemExit):
+        load_script(script).main(["--help"])
+    shared = {a.option_strings[0] for a in base_parser("")._actions if a.option_strings}
+    added = {flag for flag in re.findall(r"^  (--\w+)", capsys.readouterr().out, re.MULTILINE)} - shared - {"--help"}
+    assert added == set(STAGE_FLAGS[script])
 
 
 def test_skeleton_skips_finished_folds_redoes_unfinished_and_overwrites(tmp_path, caplog):
