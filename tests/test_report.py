@@ -1,6 +1,8 @@
 import json
+import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -97,3 +99,18 @@ def test_report_writes_figures_and_markdown(tmp_path):
     # one fold: no spread, whatever results.json holds
     assert "| Whisper Tiny (random init) | " + RUN + " | 1 | 55.00 | n/a | n/a | n/a | n/a |" in report
     assert "## Whisper Tiny (random init)" in report and "- System Performance: 55.00\n" in report
+
+
+def test_characters_no_font_has_are_named_once(tmp_path, caplog):
+    from utils.reporting.figures import plt, save_png
+    for name in ("a", "b"):
+        fig, ax = plt.subplots()
+        ax.set_title("\ue000\ue001 \ue000")          # private-use characters: in no font
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")              # matplotlib's per-character warnings stay inside
+            with caplog.at_level(logging.WARNING, logger="trust-ser"):
+                save_png(fig, tmp_path / f"{name}.png")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"{tmp_path / 'a.png'}: no installed font has \ue000 \ue001, drawn as boxes; install one that "
+                     f"does (e.g. Noto Sans CJK), it is then used for them"]
+    assert mpimg.imread(tmp_path / "b.png").ndim == 3

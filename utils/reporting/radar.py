@@ -9,17 +9,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib.patheffects import withStroke
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patheffects import withStroke  # noqa: E402
-import numpy as np  # noqa: E402
-
-from utils.core.errors import TrustSerError  # noqa: E402
-from utils.core.io import SAVED_RELATIVE_ERROR, save_figure  # noqa: E402
-from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, folds_text, shown_variant  # noqa: E402
-from utils.runs.stages import STAGE, STAGES, TrustStage, Variant  # noqa: E402
+from utils.core.errors import TrustSerError
+from utils.core.io import SAVED_RELATIVE_ERROR
+from utils.reporting.figures import plt, save_png
+from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, folds_text, shown_variant
+from utils.runs.stages import STAGE, STAGES, TrustStage, Variant
 
 COLORS = plt.get_cmap("tab10").colors
 LINESTYLES = ("-", "--", ":", "-.")     # the overlay's runs after the first ten: colours again, other lines
@@ -306,7 +303,3 @@ def draw_overlay(profiles: list[RunProfile], ranges: dict, variant: Variant, dat
     rows = math.ceil(len(profiles) / ncol) * max(legend_label(p, ranges).count("\n") + 1 for p in profiles)
     _footer(ax, profiles, ranges, dataset, y=-0.15 - 0.037 * rows)
     save_png(fig, path)
-
-
-def save_png(fig, path: Path) -> None:
-    save_figure(path, fig, dpi=110, bbox_inches="tight")

@@ -4,23 +4,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib.ticker import MaxNLocator
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-
-from utils.core.errors import TrustSerError  # noqa: E402
-from utils.runs.predictions import read_predictions  # noqa: E402
-from utils.core.io import read_json, write_csv, write_text  # noqa: E402
-from utils.runs.paths import RunFolder, finetune_folder  # noqa: E402
-from utils.reporting.profile import RunProfile, cell, folds_text, table_markdown, table_rows  # noqa: E402
-from utils.reporting.radar import (COLORS, axis_ranges, draw_overlay, draw_single, own_ranges,  # noqa: E402
-                                   save_png)
-from utils.reporting.trust_figures import draw_reliability, draw_robustness  # noqa: E402
-from utils.runs.stages import STAGE, Variant, dig  # noqa: E402
-from utils.trust.calibration import pooled_predictions  # noqa: E402
+from utils.core.errors import TrustSerError
+from utils.runs.predictions import read_predictions
+from utils.core.io import read_json, write_csv, write_text
+from utils.runs.paths import RunFolder, finetune_folder
+from utils.reporting.figures import plt, save_png
+from utils.reporting.profile import RunProfile, cell, folds_text, table_markdown, table_rows
+from utils.reporting.radar import COLORS, axis_ranges, draw_overlay, draw_single, own_ranges
+from utils.reporting.trust_figures import draw_reliability, draw_robustness
+from utils.runs.stages import STAGE, Variant, dig
+from utils.trust.calibration import pooled_predictions
 
 SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
 

@@ -2,16 +2,13 @@
 perturbation (UAR vs SNR per noise type; the other perturbations beside it)."""
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from utils.reporting.radar import COLORS, save_png  # noqa: E402
-from utils.runs.stages import dig, number  # noqa: E402
-from utils.trust.calibration import calibration_scores, confidence_bins  # noqa: E402
-from utils.trust.perturbations import ADDITIVE, perturbation_of  # noqa: E402
+from utils.reporting.figures import plt, save_png
+from utils.reporting.radar import COLORS
+from utils.runs.stages import dig, number
+from utils.trust.calibration import calibration_scores, confidence_bins
+from utils.trust.perturbations import ADDITIVE, perturbation_of
 
 NOISE_LABELS = {"white": "white noise", "pink": "pink noise", "noise": "real noise (--noise_dir)",
                 "babble": "babble"}
