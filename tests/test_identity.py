@@ -14,7 +14,10 @@ from utils.core.errors import TrustSerError
 from utils.runs.cli import add_run_flag, base_parser
 from utils.runs.identity import (IDENTITY_NAMES, NOT_IDENTITY, RunConfig, path_hash, record_differences,
                                  run_record)
-from utils.runs.paths import finetune_dir, run_name
+from utils.reporting.profile import STALE_SPLITS, load_profile
+from utils.reporting.radar import DEFAULT_AXES, run_facts
+from utils.runs.paths import RunId, finetune_dir, run_name
+from utils.runs.stages import Variant
 
 FLAGS = ["--dataset", "demo", "--pretrain_model", "apc", "--random_init", "--tiny", "--device", "cpu",
          "--num_epochs", "1", "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--folds", "1"]
@@ -231,8 +234,12 @@ def test_splits_made_again_differently_are_another_run(config, tmp_path):
         audio = sorted((config.parent / "project" / "audio").rglob("*.wav"))[:2]
         PREDICT.main(argv + ["--audio", *map(str, audio), "--output", str(tmp_path / "p.csv")])    # new audio: fine
         assert not (folder / "fold_2.json").exists()
+        run = RunId.of(RunConfig.from_args(base_parser("").parse_args(argv)))
+        stale = load_profile(config.parent / "project", run, "APC", Variant())
+        assert stale.stale_splits and STALE_SPLITS in run_facts(stale, DEFAULT_AXES)       # the legend says so
         FINETUNE.main(argv + ["--overwrite"])
         assert json.loads((folder / "run.json").read_text())["splits"] != recorded
+        assert not load_profile(config.parent / "project", run, "APC", Variant()).stale_splits
     finally:
         split.write_text(original)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.reporting.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.reporting.profile import load_profiles  # noqa: E402
+from utils.reporting.profile import STALE_SPLITS, load_profiles  # noqa: E402
 from utils.reporting.radar import parse_axes, parse_ranges  # noqa: E402
 from utils.reporting.report import AxisChoice, write_trust_profile  # noqa: E402
 
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     for profile in profiles:
         for note in profile.notes:
             print(f"{profile.label}: n/a: {note}", file=sys.stderr)
+        if profile.stale_splits:
+            print(f"{profile.label}: {STALE_SPLITS} (train_split/ no longer holds its run.json's splits): its numbers "
+                  f"do not compare with runs on the present splits", file=sys.stderr)
     choice = AxisChoice(parse_axes(args.axes), given_ranges, get_corpus(args.dataset, project_dir).num_classes,
                         args.zoom)
     write_trust_profile(profiles, choice, variant, args.dataset, Path(args.output_dir))

@@ -1,6 +1,4 @@
 """Split files -> labelled utterances with preprocessed audio paths; class weights; padded batches."""
-import hashlib
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -15,21 +13,6 @@ from utils.core.io import read_json
 from utils.data.layout import SPLITS, audio_dir, split_path
 
 log = logging.getLogger("trust-ser")
-
-
-def splits_fingerprint(project_dir: str | Path, dataset: str, folds: list[int]) -> str | None:
-    """A short hash of what the folds' split files hold: every utterance's key, speaker, gender and label, split by
-    split, in their order (which the batches follow). The audio paths are left out: the same splits made where the
-    corpus lies elsewhere have the same fingerprint. None while a split file is missing."""
-    digest = hashlib.sha256()
-    for path in dict.fromkeys(split_path(project_dir, dataset, fold) for fold in folds):
-        if not path.is_file():
-            return None
-        split_dict = read_json(path)
-        content = {split: [[*e[:3], *e[4:]] if isinstance(e, list) else e for e in split_dict.get(split) or []]
-                   for split in SPLITS} if isinstance(split_dict, dict) else split_dict
-        digest.update(json.dumps(content).encode())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.core.errors import TrustSerError
-from utils.core.io import saved_number
-from utils.runs.paths import RunId
-from utils.runs.stages import (STAGE, STAGES, Measurement, Variant, backbone_build, for_run, measure,
+from utils.core.io import read_json, saved_number
+from utils.data.layout import splits_fingerprint
+from utils.runs.paths import RunId, finetune_folder
+from utils.runs.stages import (STAGE, STAGES, Measurement, Variant, backbone_build, dig, for_run, measure,
                               recorded_flags)
+
+STALE_SPLITS = "trained on splits remade since"
 
 PRETTY_MODELS = {"wav2vec2_0": "Wav2vec 2.0", "wavlm": "WavLM", "apc": "APC", "tera": "TERA",
                  "whisper_tiny": "Whisper Tiny", "whisper_base": "Whisper Base", "whisper_small": "Whisper Small"}
@@ -23,6 +26,7 @@ class RunProfile:
     measurements: dict = field(default_factory=dict)    # stage key -> Measurement
     variant: Variant = Variant()                        # what was read for this run ("auto" resolved)
     original_probe: Measurement | None = None           # the original's privacy probe, where the axis shows another
+    stale_splits: bool = False                          # its run.json's splits are not those train_split/ holds now
 
     @property
     def random_init(self) -> bool:
@@ -56,7 +60,20 @@ def load_profile(project_dir: Path, run: RunId, label: str, variant: Variant) ->
     original = None if variant.privacy_probe == "original" else \
         measure(STAGE["privacy"], project_dir, run, dataclasses.replace(variant, privacy_probe="original"), flags)
     return RunProfile(run, label, backbone_build(run, flags), {s.key: measure(s, project_dir, run, variant, flags)
-                                                               for s in STAGES}, variant, original)
+                                                               for s in STAGES}, variant, original,
+                      trained_on_other_splits(project_dir, run))
+
+
+def trained_on_other_splits(project_dir: Path, run: RunId) -> bool:
+    """Whether the run's run.json records splits that train_split/ no longer holds (the corpus split again since):
+    its numbers then do not compare with runs on the present splits."""
+    record, results = finetune_folder(project_dir, run).record, STAGE["uar"].result_path(project_dir, run)
+    if not record.is_file() or not results.is_file():
+        return False
+    meta = dig(read_json(results), ["meta"]) or {}
+    folds = sorted((meta.get("folds_done") or []) + (meta.get("folds_missing") or []))
+    recorded, now = read_json(record).get("splits"), splits_fingerprint(project_dir, run.dataset, folds)
+    return None not in (recorded, now) and recorded != now
 
 
 def _parse_run_spec(spec: str) -> tuple[str, str, str | None]:

@@ -15,7 +15,7 @@ import numpy as np
 from utils.core.errors import TrustSerError
 from utils.core.io import SAVED_RELATIVE_ERROR
 from utils.reporting.figures import plt, save_png
-from utils.reporting.profile import RunProfile, axis_label, fmt, fold_count, folds_text, shown_variant
+from utils.reporting.profile import STALE_SPLITS, RunProfile, axis_label, fmt, fold_count, folds_text, shown_variant
 from utils.runs.stages import STAGE, STAGES, TrustStage, Variant
 
 COLORS = plt.get_cmap("tab10").colors
@@ -248,6 +248,8 @@ def run_facts(profile: RunProfile, axes) -> list[str]:
         facts.append(folds_text(profile.folds) + (f" ({', '.join(fewer)})" if fewer else ""))
     if profile.missing_titles(axes):
         facts.append("n/a: " + ", ".join(profile.missing_titles(axes)))
+    if profile.stale_splits:
+        facts.append(STALE_SPLITS)
     return facts
 
 

@@ -232,7 +232,10 @@ def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path
     for r in runs:
         p = r.profile
         lines += [f"## {p.name}", "", f"Run `{p.run.pretrain_model}/{p.run.name}`"
-                  + (" (random initial weights: a pipeline check, not a result)" if p.random_init else "") + ".", ""]
+                  + (" (random initial weights: a pipeline check, not a result)" if p.random_init else "") + "."
+                  + (" It was trained on splits that `train_split/` no longer holds (the corpus was split again "
+                     "since): its numbers do not compare with runs on the present splits." if p.stale_splits else ""),
+                  ""]
         lines += [f"- {STAGE[k].title}: {cell(p.measurements[k], p.folds)}" for k in ranges]
         if p.original_probe and "privacy" in ranges:
             lines.append(f"- Privacy, the original's probe: {cell(p.original_probe, p.folds)}")

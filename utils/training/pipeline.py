@@ -23,8 +23,7 @@ from utils.features.cache import CachedFeatures, LastLayerFeatures
 from utils.features.source import AudioBank, FeatureSource, LiveFeatures
 from utils.core.io import as_saved, load_torch, read_json, write_json
 from utils.training.metrics import folds_with_values, mean_std
-from utils.data.layout import cache_dir
-from utils.data.utterances import splits_fingerprint
+from utils.data.layout import cache_dir, splits_fingerprint
 from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_seconds, fold_ids, head_shape,
                                      protocol_of, protocol_source)
 from utils.runs.identity import IDENTITY, RunConfig, record_differences, run_record
