@@ -146,6 +146,16 @@ def test_trust_profile_says_what_ran_and_on_how_many_folds(chain):
 
 
 @pytest.mark.slow
+def test_a_fresh_process_reads_the_profile_of_a_manifest_corpus(chain, monkeypatch):
+    from utils.data import corpora
+    from utils.reporting.profile import load_profiles
+    from utils.runs.stages import Variant
+    monkeypatch.setattr(corpora, "_MANIFEST_CORPORA", {})      # what plot_spider.py starts from: no corpus read yet
+    root, project = chain
+    profiles = load_profiles(project, "yours", None, Variant())
+    assert [p.stale_splits for p in profiles] == [False] and profiles[0].value("uar") is not None
+
+
 def test_written_files_honour_the_umask(chain):
     root, project = chain
     written = [p for p in [*project.rglob("*"), *(root / "profile").rglob("*")] if p.is_file()

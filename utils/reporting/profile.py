@@ -7,6 +7,7 @@ from pathlib import Path
 
 from utils.core.errors import TrustSerError
 from utils.core.io import read_json, saved_number
+from utils.data.corpora import get_corpus
 from utils.data.layout import splits_fingerprint
 from utils.runs.paths import RunId, finetune_folder
 from utils.runs.stages import (STAGE, STAGES, Measurement, Variant, backbone_build, dig, for_run, measure,
@@ -70,6 +71,10 @@ def trained_on_other_splits(project_dir: Path, run: RunId) -> bool:
     record, results = finetune_folder(project_dir, run).record, STAGE["uar"].result_path(project_dir, run)
     if not record.is_file() or not results.is_file():
         return False
+    try:
+        get_corpus(run.dataset, project_dir)    # a manifest corpus: its description names its split files
+    except TrustSerError:
+        return False                            # results without their corpus: nothing to compare with
     meta = dig(read_json(results), ["meta"]) or {}
     folds = sorted((meta.get("folds_done") or []) + (meta.get("folds_missing") or []))
     recorded, now = read_json(record).get("splits"), splits_fingerprint(project_dir, run.dataset, folds)
