@@ -21,7 +21,8 @@ log = logging.getLogger("trust-ser")
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(predict_parser(__doc__.splitlines()[0]))
     parser.add_argument("--audio", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
-    parser.add_argument("--output", default="predictions.csv", type=file_to_write, help="CSV: path, prediction, prob_<class>")
+    parser.add_argument("--output", default="predictions.csv", type=file_to_write,
+                        help="CSV: path, prediction, prob_<class>")
     stage = start_stage(parser, argv=argv)
     trained_folder(stage, same_splits=False)     # checkpoints of this run, wherever its splits are now
     files = find_audio(stage.args.audio)

@@ -62,7 +62,8 @@ class WhisperBackbone(Backbone):
         x = F.gelu(encoder.conv2(x)).transpose(1, 2)
         if x.shape[1] > encoder.config.max_source_positions:
             raise TrustSerError(f"{self.name}: clips longer than {encoder.config.max_source_positions * 2 // 100} s "
-                                f"exceed Whisper's positional table; crop them (--audio_duration; sustainability: --input_seconds)")
+                                f"exceed Whisper's positional table; crop them (--audio_duration; sustainability: "
+                                f"--input_seconds)")
         x = x + encoder.embed_positions.weight[: x.shape[1]]
         x = F.dropout(x, p=encoder.config.dropout, training=encoder.training)
         return x, self.frame_lengths(torch.tensor(sizes, device=wav.device))

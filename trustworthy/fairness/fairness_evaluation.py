@@ -75,7 +75,8 @@ def fold_fairness(run: RunConfig, n_bootstrap: int, fold: int, trained: RunFolde
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
-    parser.add_argument("--bootstrap", default=1000, type=at_least(0), help="bootstrap resamples for the 95%% CIs (0: none)")
+    parser.add_argument("--bootstrap", default=1000, type=at_least(0),
+                        help="bootstrap resamples for the 95%% CIs (0: none)")
     parser.add_argument("--group_by", default=None, metavar="COLUMN",
                         help="also a speaker-level column of the corpus manifest (age group, accent, ...)")
     stage = start_stage(parser, argv=argv)

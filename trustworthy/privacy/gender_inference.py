@@ -28,7 +28,8 @@ def ci_text(ci: list | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
     parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
-    parser.add_argument("--bootstrap", default=1000, type=at_least(0), help="speaker resamples for the linear probe's 95%% CI")
+    parser.add_argument("--bootstrap", default=1000, type=at_least(0),
+                        help="speaker resamples for the linear probe's 95%% CI")
     stage = start_stage(parser, default_folds="1", argv=argv)
     args, run, trust = stage.args, stage.run, STAGE["privacy"]
     variant = Variant(privacy_attack=args.privacy_attack)

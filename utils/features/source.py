@@ -17,7 +17,8 @@ log = logging.getLogger("trust-ser")
 
 
 class AudioBank:
-    """Cropped 16 kHz waveforms, read once per process; unreadable or too short files raise, or are skipped with --skip_bad."""
+    """Cropped 16 kHz waveforms, read once per process; unreadable or too short files raise, or are skipped with
+    --skip_bad."""
 
     def __init__(self, max_seconds: float, skip_bad: bool):
         self.max_seconds, self.skip_bad = max_seconds, skip_bad

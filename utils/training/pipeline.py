@@ -206,8 +206,9 @@ def _run_once(stage: Stage, folder: RunFolder, path: Path, evaluate: Callable[[i
     if path.is_file() and (stage.args.aggregate_only or not stage.run.overwrite):
         kept = read_json(path)
         if "settings" in kept and kept["settings"] != settings:
-            raise TrustSerError(f"{path} was made with other settings ({_settings_differences(kept['settings'], settings)})"
-                                f"; redo with --overwrite, or run with those settings")
+            differences = _settings_differences(kept["settings"], settings)
+            raise TrustSerError(f"{path} was made with other settings ({differences}); redo with --overwrite, or run "
+                                f"with those settings")
         log.info(f"already measured: {path}, skipping (--overwrite to redo)")
         return kept
     if stage.args.aggregate_only:
