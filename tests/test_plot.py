@@ -256,6 +256,18 @@ def test_runs_after_the_first_ten_keep_apart_by_their_lines(tmp_path, monkeypatc
     assert styles[10] == (styles[0][0], "--")
 
 
+def test_runs_of_one_corpus_read_its_present_splits_once(tmp_path, monkeypatch):
+    from utils.reporting import profile
+    project = _fake_project(tmp_path / "project")
+    for model in MODELS:
+        _write(project / "finetune" / "iemocap" / model / RUN / "run.json", {"splits": "0123456789abcdef"})
+    read = []
+    monkeypatch.setattr(profile, "splits_fingerprint", lambda *args: read.append(args) or "fedcba9876543210")
+    profiles = load_profiles(project, "iemocap", None, profile_variant(_flags()))
+    assert [p.stale_splits for p in profiles] == [True, True]
+    assert read == [(project, "iemocap", [1, 2, 3, 4, 5])]
+
+
 def test_zoom_gives_tight_round_ranges_for_close_runs(tmp_path):
     project = _fake_project(tmp_path / "project")
     profiles = load_profiles(project, "iemocap", None, profile_variant(_flags()))

@@ -55,17 +55,20 @@ class RunProfile:
         return [STAGE[k].title for k in keys if self.value(k) is None]
 
 
-def load_profile(project_dir: Path, run: RunId, label: str, variant: Variant) -> RunProfile:
+def load_profile(project_dir: Path, run: RunId, label: str, variant: Variant,
+                 splits_now: dict | None = None) -> RunProfile:
+    """The run's measurements; `splits_now`: the fingerprints of the present splits that other runs' profiles
+    read already (load_profiles shares one)."""
     flags = recorded_flags(project_dir, run)
     variant = for_run(variant, run, flags)
     original = None if variant.privacy_probe == "original" else \
         measure(STAGE["privacy"], project_dir, run, dataclasses.replace(variant, privacy_probe="original"), flags)
     return RunProfile(run, label, backbone_build(run, flags), {s.key: measure(s, project_dir, run, variant, flags)
                                                                for s in STAGES}, variant, original,
-                      trained_on_other_splits(project_dir, run))
+                      trained_on_other_splits(project_dir, run, {} if splits_now is None else splits_now))
 
 
-def trained_on_other_splits(project_dir: Path, run: RunId) -> bool:
+def trained_on_other_splits(project_dir: Path, run: RunId, splits_now: dict) -> bool:
     """Whether the run's run.json records splits that train_split/ no longer holds (the corpus split again since):
     its numbers then do not compare with runs on the present splits."""
     record, results = finetune_folder(project_dir, run).record, STAGE["uar"].result_path(project_dir, run)
@@ -76,8 +79,10 @@ def trained_on_other_splits(project_dir: Path, run: RunId) -> bool:
     except TrustSerError:
         return False                            # results without their corpus: nothing to compare with
     meta = dig(read_json(results), ["meta"]) or {}
-    folds = sorted((meta.get("folds_done") or []) + (meta.get("folds_missing") or []))
-    recorded, now = read_json(record).get("splits"), splits_fingerprint(project_dir, run.dataset, folds)
+    folds = tuple(sorted((meta.get("folds_done") or []) + (meta.get("folds_missing") or [])))
+    if (run.dataset, folds) not in splits_now:
+        splits_now[run.dataset, folds] = splits_fingerprint(project_dir, run.dataset, list(folds))
+    recorded, now = read_json(record).get("splits"), splits_now[run.dataset, folds]
     return None not in (recorded, now) and recorded != now
 
 
@@ -111,7 +116,9 @@ def default_labels(runs: list[tuple[RunId, str | None]]) -> list[str]:
 
 def load_profiles(project_dir: Path, dataset: str, specs: list[str] | None, variant: Variant) -> list[RunProfile]:
     runs = find_runs(project_dir, dataset, specs)
-    profiles = [load_profile(project_dir, run, label, variant) for (run, _), label in zip(runs, default_labels(runs))]
+    splits_now: dict = {}
+    profiles = [load_profile(project_dir, run, label, variant, splits_now)
+                for (run, _), label in zip(runs, default_labels(runs))]
     for p in profiles:
         if all(m.value is None for m in p.measurements.values()):
             raise TrustSerError(f"no results at all for {p.run.pretrain_model}/{p.run.name} under {project_dir}")
