@@ -191,6 +191,8 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
     (lambda t: pd.concat([t, t.iloc[[4]].assign(label="sad")]),
      r"1 file\(s\) listed more than once: .*spk01_F/spk01_neu_1.wav \(lines 6, 50\)$"),
     (lambda t: t.assign(gender=["F", "M"] + list(t.gender[2:])), r"a speaker with more than one gender \(spk01: F, M\)"),
+    (lambda t: t.assign(split=["train"] * 3 + ["training", ""] + ["test"] * 43),
+     r"split values must be train, dev or test, found '', 'training' \(first: line 5\)$"),
 ])
 def test_bad_manifests_fail_in_one_line(tmp_path_factory, edit, message):
     root = tmp_path_factory.getbasetemp() / "bad_manifest"

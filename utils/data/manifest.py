@@ -131,10 +131,13 @@ def check_folds(table: pd.DataFrame, num_folds: int, manifest: Path) -> None:
 
 
 def check_splits(table: pd.DataFrame, manifest: Path) -> None:
-    values = set(table["split"].str.lower())
+    split = table["split"].str.lower()
+    values = set(split)
     bad = sorted(values - set(SPLITS))
     if bad:
-        raise TrustSerError(f"manifest {manifest}: split values must be train, dev or test, found {', '.join(bad)}")
+        first = int((~split.isin(SPLITS)).idxmax()) + 2         # the header is line 1
+        raise TrustSerError(f"manifest {manifest}: split values must be train, dev or test, found "
+                            f"{shown([repr(v) for v in bad])} (first: line {first})")
     absent = [s for s in SPLITS if s not in values]
     if absent:
         raise TrustSerError(f"manifest {manifest}: no {' / '.join(absent)} rows in the split column")
