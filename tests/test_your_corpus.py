@@ -14,7 +14,6 @@ import pytest
 
 from manifest_corpus import write_manifest_corpus
 from synthetic_project import REPO, call_script
-from utils.core.errors import TrustSerError
 from utils.data.audio import audio_info
 from utils.trust.fairness import multiclass_statistical_parity
 
@@ -189,7 +188,9 @@ def test_privacy_on_a_split_with_one_gender_in_dev_and_test(tmp_path, caplog):
 
 @pytest.mark.parametrize("genders, says", [({"F"}, "every utterance with a gender label is female"),
                                            (None, "no utterance has a gender label (one starting with f or m)")])
-def test_privacy_on_a_corpus_without_both_genders_says_what_it_holds(tmp_path, genders, says):
+def test_privacy_on_a_corpus_without_both_genders_is_not_available_and_says_why(tmp_path, genders, says, capsys):
+    """As MELD: the stage finishes (a grid's fold task does not fail), the fold says why, no model is loaded (no
+    finetune run is needed), and the trust profile's n/a names the reason."""
     manifest = write_manifest_corpus(tmp_path, n_speakers=4, utts_per_emotion=1, gender=genders is not None)
     if genders:
         table = pd.read_csv(manifest)
@@ -200,6 +201,14 @@ def test_privacy_on_a_corpus_without_both_genders_says_what_it_holds(tmp_path, g
     call_script("train_split_gen/manifest.py", "--manifest", str(manifest), "--dataset", "own", "--num_folds", "2",
                 "--config", str(config))
     call_script("preprocess_audio/preprocess_audio.py", "--dataset", "own", "--config", str(config))
-    with pytest.raises(TrustSerError) as info:      # before any model is loaded: no finetune run is needed
-        call_script("trustworthy/privacy/gender_inference.py", "--dataset", "own", *MODEL, "--config", str(config))
-    assert str(info.value) == f"own fold 1: gender inference needs both genders, and {says}"
+    call_script("trustworthy/privacy/gender_inference.py", "--dataset", "own", *MODEL, "--config", str(config))
+    privacy = json.loads((tmp_path / "project" / "privacy" / "gender" / "own" / RUN / "results.json").read_text())
+    reason = f"gender inference needs both genders, and {says}"
+    assert privacy["1"]["original_probe_skipped"] == privacy["1"]["linear_probe"]["reason"] == reason
+    assert privacy["average"]["uar"] is None and privacy["average"]["linear_probe"]["uar"] is None
+    from utils.reporting.profile import load_profile
+    from utils.runs.paths import RunId
+    from utils.runs.stages import Variant
+    note = load_profile(tmp_path / "project", RunId("own", "wavlm", RUN.name), "WavLM", Variant()).measurements[
+        "privacy"].note
+    assert note.endswith(f"(fold 1: {reason})")

@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate_fold(fold: int) -> dict:
         fold_json = privacy_fold(run, fold, stage.project_dir, trained, out, device, stage.corpus.num_classes,
                                  args.bootstrap)
-        best = out.result_of(fold_json)
-        log.info(f"fold {fold}: {original_text(best)}; {linear_text(best['linear_probe'])}")
+        measured = measured_text(out.result_of(fold_json))
+        if measured:        # what could not be measured, and why, log_summary says
+            log.info(f"fold {fold}: {measured}")
         return fold_json
 
     results = run_stage(stage, trust, evaluate_fold, variant,
@@ -55,18 +56,17 @@ def collapsed_meta(per_fold: dict) -> dict:
     return {"collapsed": bool(folds), "collapsed_folds": folds}
 
 
-def original_text(best: dict) -> str:
-    if best.get("original_probe_skipped"):
-        return f"original probe not run ({best['original_probe_skipped']})"
-    return f"original probe test UAR {best['uar']:.2f}%" + (" (one class for every test utterance)"
-                                                           if best["collapsed"] else "")
-
-
-def linear_text(probe: dict) -> str:
-    if probe["uar"] is None:
-        return f"linear probe not available ({probe['reason']})"
-    return (f"linear probe UAR {probe['uar']:.2f}%{ci_text(probe['ci95'])} ({probe['n_splits']} speaker-grouped "
-            f"folds over {probe['num_utterances']} utterances)")
+def measured_text(best: dict) -> str:
+    """The fold's probe scores, those that could be measured."""
+    parts = []
+    if not best.get("original_probe_skipped"):
+        parts.append(f"original probe test UAR {best['uar']:.2f}%" + (" (one class for every test utterance)"
+                                                                      if best["collapsed"] else ""))
+    probe = best["linear_probe"]
+    if probe["uar"] is not None:
+        parts.append(f"linear probe UAR {probe['uar']:.2f}%{ci_text(probe['ci95'])} ({probe['n_splits']} "
+                     f"speaker-grouped folds over {probe['num_utterances']} utterances)")
+    return "; ".join(parts)
 
 
 def log_summary(results: dict, collapsed: list[int], results_path: Path) -> None:
@@ -79,10 +79,14 @@ def log_summary(results: dict, collapsed: list[int], results_path: Path) -> None
         parts.append(f"{name} " + (f"{value:.2f}%{count}" if value is not None else "n/a"))
     for fold in done:
         entry = results[str(fold)]
-        if entry.get("original_probe_skipped"):
-            log.warning(f"fold {fold}: original probe not run: {entry['original_probe_skipped']}")
+        skipped, unavailable = entry.get("original_probe_skipped"), entry["linear_probe"].get("reason")
+        if skipped and skipped == unavailable:
+            log.warning(f"fold {fold}: neither probe ran: {skipped}")
+            continue
+        if skipped:
+            log.warning(f"fold {fold}: original probe not run: {skipped}")
         if entry["linear_probe"]["uar"] is None:
-            log.warning(f"fold {fold}: linear probe not available: {entry['linear_probe']['reason']}")
+            log.warning(f"fold {fold}: linear probe not available: {unavailable}")
     log.info("gender inference test UAR (50% = nothing leaks): " + ", ".join(parts)
              + (f" (original probe collapsed to one class in fold {', '.join(map(str, collapsed))})" if collapsed
                 else "") + f"; results: {results_path}")

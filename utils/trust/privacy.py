@@ -18,7 +18,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from utils.data.utterances import SPLITS, Utterance, length_sorted_batches, load_fold
-from utils.core.errors import TrustSerError
 from utils.training.finetune import FitSpec, train_fold
 from utils.core.io import read_json
 from utils.training.loop import EvalResult
@@ -134,11 +133,16 @@ def privacy_fold(run: RunConfig, fold: int, project_dir: str, trained: RunFolder
     """Both probes on one fold, the linear probe first: the fold's result gets "collapsed" and "linear_probe" with
     the original probe's, so that the fold is finished only with both; returns the fold's fold_k.json content.
     The linear probe needs no dev set and runs whenever the corpus has both genders; the original probe only where
-    train, dev and test each hold both ("original_probe_skipped" says why not; its scores are then None)."""
+    train, dev and test each hold both ("original_probe_skipped" says why not; its scores are then None). A fold
+    without both genders (MELD: no gender labels) gets neither, and the reason, without loading a model."""
     split_file = load_fold(project_dir, run.dataset, fold, run.config)
-    lacking = missing_gender(relabel_by_gender([u for s in SPLITS for u in split_file[s]]))
+    labelled = relabel_by_gender([u for s in SPLITS for u in split_file[s]])
+    lacking = missing_gender(labelled)
     if lacking:
-        raise TrustSerError(f"{run.dataset} fold {fold}: gender inference needs both genders, and {lacking}")
+        reason = f"gender inference needs both genders, and {lacking}"
+        probe = {"num_utterances": len(labelled), "num_speakers": len({u.speaker for u in labelled}), "n_splits": 0,
+                 "uar": None, "ci95": None, "reason": reason}
+        return _without_original_probe(reason, probe)
     backbone, emotion_head = load_trained(run, trained, fold, device, num_classes)
     backbone.set_finetune("frozen")     # the probes read the (fine-tuned) backbone; it is not trained
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
@@ -147,9 +151,14 @@ def privacy_fold(run: RunConfig, fold: int, project_dir: str, trained: RunFolder
     probe = gender_probe(emotion_head, source, everything, run.eval_batch_size, n_bootstrap, seed=fold)
     skipped = one_gender_splits(data)
     if skipped:
-        return {"best": {**dict.fromkeys(CLASSIFICATION_KEYS), "collapsed": False, "original_probe_skipped": skipped,
-                         "linear_probe": probe}}
+        return _without_original_probe(skipped, probe)
     train_fold(run, fold, data, backbone, source, out, device,
                FitSpec(GENDER_CLASSES, PRIVACY_LR, PRIVACY_EPOCHS, class_weighted=False,
                        annotate=lambda test: {"collapsed": collapsed(test), "linear_probe": probe}))
     return read_json(out.fold_json(fold))
+
+
+def _without_original_probe(why: str, probe: dict) -> dict:
+    """A fold's content where the original probe could not run: its scores None, why, and the linear probe."""
+    return {"best": {**dict.fromkeys(CLASSIFICATION_KEYS), "collapsed": False, "original_probe_skipped": why,
+                     "linear_probe": probe}}
