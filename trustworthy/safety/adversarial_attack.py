@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
     parser.add_argument("--attack_method", default="fgsm", choices=ATTACK_METHODS)
     parser.add_argument("--snr", "-snr", default=45, type=int, help="SNR (dB) of the perturbation")
-    parser.add_argument("--pgd_steps", default=10, type=at_least(1))
+    parser.add_argument("--pgd_steps", default=10, type=at_least(1), help="PGD iterations")
     parser.add_argument("--fp32", action="store_true",
                         help="attack in fp32 on CUDA too, clean predictions from a live pass, as the original (no bf16 "
                              "autocast; slower; always so under --protocol original)")

@@ -65,7 +65,7 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="disk the feature cache may take, in GiB (default: 80%% of the free space); what does not fit is recomputed every epoch")
     p.add_argument("--memory_gb", type=not_negative, default=None,
                    help="GPU (or host) memory holding cached features, in GiB (default: 60%% of free GPU / 30%% of available host memory)")
-    p.add_argument("--skip_bad", action="store_true", help="skip unreadable audio files (counted in results)")
+    p.add_argument("--skip_bad", action="store_true", help="skip unreadable audio files and clips under 25 ms (counted in results)")
     p.add_argument("--overwrite", action="store_true", help="redo folds whose outputs already exist")
     p.add_argument("--aggregate_only", action="store_true", help="rebuild results.json from per-fold files")
 
