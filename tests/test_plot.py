@@ -125,6 +125,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, spider):
         spider.main(common + ["--ranges", "uar=70:50"])
     with pytest.raises(TrustSerError, match="AXIS=LOW:HIGH"):
         spider.main(common + ["--ranges", "speed=1:2"])
+    typo = _run(*common, "--attack_method", "pgdd")
+    assert typo.returncode == 2 and "invalid choice: 'pgdd'" in typo.stderr and len(typo.stderr.splitlines()) == 1
     with pytest.raises(TrustSerError, match="no results at all for wavlm/no_such_run"):
         spider.main(common + ["--runs", "wavlm/no_such_run"])
     with pytest.raises(TrustSerError, match="MODEL/RUN_NAME"):

@@ -78,6 +78,8 @@ def test_report_writes_figures_and_markdown(tmp_path):
     _write(project / "robustness" / "demo" / "tera" / RUN / "results.json", json.dumps(
         {"average": {"clean": {"uar": 55.0}, "perturbations": uar, "mean_uar_drop": 11.6}, "std": {},
          "meta": {"folds_done": [1, 2], "robustness": {"perturbations": names}}}))
+    _write(project / "attack" / "pgd" / "30" / "demo" / "tera" / RUN / "results.json",
+           json.dumps({"average": {"success_rate": 40.0}}))
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, str(REPO / "trustworthy" / "report.py"), "--dataset", "demo",
                            "--project_dir", str(project), "--output_dir", str(out)],
@@ -99,6 +101,10 @@ def test_report_writes_figures_and_markdown(tmp_path):
     # one fold: no spread, whatever results.json holds
     assert "| Whisper Tiny (random init) | " + RUN + " | 1 | 55.00 | n/a | n/a | n/a | n/a |" in report
     assert "## Whisper Tiny (random init)" in report and "- System Performance: 55.00\n" in report
+    # an axis without a value says why, and where the run has the results of another attack, which flags show them
+    assert (f"- Safety: n/a (missing {project}/attack/fgsm/45/demo/tera/{RUN}/results.json; it has safety results "
+            f"for pgd at 30 dB (--attack_method pgd --snr 30))\n") in report
+    assert f"- Safety: n/a (missing {project}/attack/fgsm/45/demo/whisper_tiny/{RUN}/results.json)\n" in report
 
 
 def test_characters_no_font_has_are_named_once(tmp_path, caplog):

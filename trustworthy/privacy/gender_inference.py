@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.core.flags import at_least  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
-from utils.runs.stages import STAGE, Variant, dig  # noqa: E402
+from utils.runs.stages import PRIVACY_ATTACKS, STAGE, Variant, dig  # noqa: E402
 from utils.training.pipeline import resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.trust.privacy import PROBE_DESCRIPTION, privacy_fold  # noqa: E402
 
@@ -27,7 +27,7 @@ def ci_text(ci: list | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_run_flag(base_parser(__doc__.splitlines()[0]))
-    parser.add_argument("--privacy_attack", default="gender", choices=["gender"])
+    parser.add_argument("--privacy_attack", default="gender", choices=PRIVACY_ATTACKS)
     parser.add_argument("--bootstrap", default=1000, type=at_least(0),
                         help="speaker resamples for the linear probe's 95%% CI")
     stage = start_stage(parser, default_folds="1", argv=argv)

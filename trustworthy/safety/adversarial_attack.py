@@ -16,7 +16,8 @@ from utils.core.errors import run_main  # noqa: E402
 from utils.runs.stages import STAGE, Variant  # noqa: E402
 from utils.training.loop import set_seed  # noqa: E402
 from utils.training.pipeline import load_trained, resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
-from utils.trust.safety import ATTACK_METHODS, attack_fold, attack_precision, attack_spec, clean_inputs  # noqa: E402
+from utils.runs.stages import ATTACK_METHODS  # noqa: E402
+from utils.trust.safety import attack_fold, attack_precision, attack_spec, clean_inputs  # noqa: E402
 
 log = logging.getLogger("trust-ser")
 

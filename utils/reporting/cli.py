@@ -4,7 +4,8 @@ from pathlib import Path
 
 from utils.core.config import add_config_flag, load_config
 from utils.core.flags import ArgumentParser
-from utils.runs.stages import FAIRNESS_GROUPS, FAIRNESS_METRICS, PRIVACY_PROBES, STAGE, STAGES, Variant
+from utils.runs.stages import (ATTACK_METHODS, FAIRNESS_GROUPS, FAIRNESS_METRICS, PRIVACY_ATTACKS, PRIVACY_PROBES, STAGE,
+                               STAGES, Variant)
 
 _V = Variant()
 
@@ -17,9 +18,10 @@ def profile_parser(description: str) -> argparse.ArgumentParser:
     add_config_flag(p)
     p.add_argument("--runs", nargs="+", default=None, metavar="MODEL/RUN[=LABEL]",
                    help="runs to show (default: every run under finetune/<dataset>)")
-    p.add_argument("--attack_method", default=_V.attack_method)
+    p.add_argument("--attack_method", default=_V.attack_method, choices=ATTACK_METHODS,
+                   help="the attack results to read (with --snr)")
     p.add_argument("--snr", default=_V.snr, type=float, help="SNR (dB) of the attack results to read")
-    p.add_argument("--privacy_attack", default=_V.privacy_attack)
+    p.add_argument("--privacy_attack", default=_V.privacy_attack, choices=PRIVACY_ATTACKS)
     p.add_argument("--privacy_probe", default=_V.privacy_probe, choices=PRIVACY_PROBES,
                    help="the linear probe on the emotion model's embeddings, or the original's gender probe; auto: "
                         "the linear probe for --protocol fixed runs, the original's for --protocol original runs")

@@ -15,7 +15,7 @@ from utils.reporting.figures import plt, save_png
 from utils.reporting.profile import RunProfile, cell, folds_text, table_markdown, table_rows
 from utils.reporting.radar import COLORS, axis_ranges, draw_overlay, draw_single, own_ranges
 from utils.reporting.trust_figures import draw_reliability, draw_robustness
-from utils.runs.stages import STAGE, Variant, dig
+from utils.runs.stages import STAGE, Measurement, Variant, dig
 from utils.trust.calibration import pooled_predictions
 
 SPLIT_COLORS = {"train": "tab:blue", "dev": "tab:orange", "test": "tab:green"}
@@ -220,6 +220,10 @@ def draw_run_robustness(project_dir: Path, profile: RunProfile, out: Path) -> Pa
     return out / "robustness.png" if draw_robustness(results, title, out / "robustness.png") else None
 
 
+def why_not_available(m: Measurement) -> str:
+    return f" ({m.note})" if m.value is None and m.note else ""
+
+
 def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path], ranges: dict,
                     variant: Variant, root: Path) -> str:
     def link(path: Path) -> str:
@@ -236,7 +240,8 @@ def report_markdown(dataset: str, runs: list[RunFigures], charts: dict[str, Path
                   + (" It was trained on splits that `train_split/` no longer holds (the corpus was split again "
                      "since): its numbers do not compare with runs on the present splits." if p.stale_splits else ""),
                   ""]
-        lines += [f"- {STAGE[k].title}: {cell(p.measurements[k], p.folds)}" for k in ranges]
+        lines += [f"- {STAGE[k].title}: {cell(p.measurements[k], p.folds)}{why_not_available(p.measurements[k])}"
+                  for k in ranges]
         if p.original_probe and "privacy" in ranges:
             lines.append(f"- Privacy, the original's probe: {cell(p.original_probe, p.folds)}")
         lines += ["", f"- Radar: [{link(charts[p.label])}]({link(charts[p.label])})"]

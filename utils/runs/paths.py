@@ -1,5 +1,6 @@
 """The one place that names run folders under <project_dir> and the files in them (utils/data/layout.py names the
 corpus files): no other module spells a per-fold file name."""
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,22 @@ def fairness_dir(project_dir: str | Path, run: RunConfig | RunId) -> Path:
 def attack_dir(project_dir: str | Path, run: RunConfig | RunId, method: str, snr: float | str) -> Path:
     """attack/<method>/<snr>/...: 45, 45.0 and "45" all name the folder 45."""
     return _run_dir(project_dir, "attack", method, f"{float(snr):g}", run=run)
+
+
+def attacks_run(project_dir: str | Path, run: RunConfig | RunId) -> list[tuple[str, float]]:
+    """The (method, SNR) of every attack with a results.json for the run, sorted."""
+    rid = RunId.of(run)
+    found = Path(project_dir).glob(f"attack/*/*/{glob.escape(f'{rid.dataset}/{rid.pretrain_model}/{rid.name}')}/results.json")
+    return sorted((path.parents[4].name, float(path.parents[3].name)) for path in found
+                  if _is_number(path.parents[3].name))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def privacy_dir(project_dir: str | Path, run: RunConfig | RunId, attack: str = "gender") -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from utils.core.io import read_json
-from utils.runs.paths import (RunFolder, RunId, attack_dir, fairness_dir, finetune_dir, flops_dir, privacy_dir,
+from utils.runs.paths import (RunFolder, RunId, attack_dir, attacks_run, fairness_dir, finetune_dir, flops_dir, privacy_dir,
                               robustness_dir)
 from utils.runs.identity import RunConfig
 
@@ -21,6 +21,8 @@ FAIRNESS_GROUPS = ("speaker", "gender")
 # latest code passed gender to its parity metrics
 PROTOCOL_FAIRNESS_GROUP = {"fixed": "speaker", "original": "gender"}
 FAIRNESS_METRICS = ("statistical_parity", "equality_of_opportunity", "demographic_parity")
+ATTACK_METHODS = ("fgsm", "pgd", "gaussian_noise")
+PRIVACY_ATTACKS = ("gender",)
 PRIVACY_PROBES = ("auto", "linear", "original")   # auto: linear for --protocol fixed runs, original for original
 LINEAR_PROBE_UAR = "linear_probe.uar"
 
@@ -157,7 +159,7 @@ def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Var
     variant = for_run(variant, run, recorded_flags(project_dir, run) if flags is None else flags)
     path = stage.result_path(project_dir, run, variant)
     if not path.is_file():
-        return Measurement(note=f"missing {path}")
+        return Measurement(note=f"missing {path}{other_attacks_text(project_dir, run) if stage.key == 'safety' else ''}")
     data = read_json(path)
     key = stage.value_key(variant).split(".")
     where = (["average"] if stage.per_fold else []) + key
@@ -170,6 +172,13 @@ def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Var
     return Measurement(stage.scale * value, None if std is None else stage.scale * std,
                        len(folds) if isinstance(folds, list) else None,
                        stage.key == "privacy" and variant.privacy_probe == "original" and privacy_collapsed(data))
+
+
+def other_attacks_text(project_dir: str | Path, run: RunId) -> str:
+    """The attacks the run has results for, with the flags that show one ("" for none)."""
+    attacks = [f"{method} at {snr:g} dB (--attack_method {method} --snr {snr:g})"
+               for method, snr in attacks_run(project_dir, run)]
+    return f"; it has safety results for {', '.join(attacks)}" if attacks else ""
 
 
 def reasons_text(results: dict, keys: list[str]) -> str:

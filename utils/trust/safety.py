@@ -22,7 +22,6 @@ from utils.core.progress import progress
 from utils.training.loop import evaluate
 
 log = logging.getLogger("trust-ser")
-ATTACK_METHODS = ("fgsm", "pgd", "gaussian_noise")
 
 
 @dataclass(frozen=True)
