@@ -297,6 +297,10 @@ def test_wrong_checkpoints_are_refused_by_name(tmp_path):
         build_backbone("whisper_tiny", pretrain_path=str(tmp_path / "wavlm"), tiny=True)
     with pytest.raises(TrustSerError, match="needs a Hugging Face model folder"):
         build_backbone("wavlm", pretrain_path=str(tmp_path / "apc.ckpt"), tiny=True)
+    (tmp_path / "untyped").mkdir()
+    (tmp_path / "untyped" / "config.json").write_text("{}")
+    with pytest.raises(TrustSerError, match="untyped/config.json has no model_type; wavlm needs a 'wavlm' model folder"):
+        build_backbone("wavlm", pretrain_path=str(tmp_path / "untyped"), tiny=True)
 
 
 def test_offline_hub_explains_the_three_choices(monkeypatch, tmp_path):

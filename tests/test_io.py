@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from synthetic_project import REPO
-from utils.core.io import save_torch, write_bytes, write_json, write_text
+from utils.core.errors import TrustSerError
+from utils.core.io import load_torch, save_torch, write_bytes, write_json, write_text
 from utils.core.progress import progress
 from utils.data.synthetic import make_corpus
 
@@ -50,6 +51,29 @@ def test_json_floats_have_six_significant_digits(tmp_path):
     assert got["t"] == 0.123457 and got["arr"] == [0.333333, 2.0] and got["nested"] == [{"v": 0.666667}]
     assert math.isnan(got["nan"]) and '"nan": NaN' in text and got["none"] is None
     assert got["int"] == 12345678 and got["flag"] is True
+
+
+class _NotWeights:
+    pass
+
+
+def test_an_unreadable_checkpoint_says_what_is_wrong_with_it(tmp_path):
+    import torch
+    save_torch(tmp_path / "fold_1.pt", {"w": torch.ones(2)})
+    whole = (tmp_path / "fold_1.pt").read_bytes()
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert load_torch(tmp_path / "legacy.pt")["w"].tolist() == [1.0, 1.0]      # the pre-zip format still loads
+    torch.save({"w": _NotWeights()}, tmp_path / "objects.pt")
+    files = {"empty.pt": b"", "cut.pt": whole[: len(whole) // 2], "text.pt": b"hello", "objects.pt": None}
+    reasons = {"empty.pt": "the file is empty", "cut.pt": "not a file torch.save wrote, or cut short",
+               "text.pt": "not a file torch.save wrote, or cut short",
+               "objects.pt": "it holds Python objects besides weights, which are never unpickled here"}
+    for name, content in files.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(TrustSerError) as info:
+            load_torch(tmp_path / name)
+        assert str(info.value) == f"{tmp_path / name} is not a readable checkpoint ({reasons[name]})"
 
 
 def test_progress_logs_quarters_when_stderr_is_not_a_terminal(caplog):

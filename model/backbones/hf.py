@@ -42,6 +42,8 @@ def check_hf_folder(path: Path, name: str, family: str) -> None:
     if not (path / "config.json").is_file():
         raise TrustSerError(f"--pretrain_path {path}: {name} needs a Hugging Face model folder (with config.json)")
     model_type = read_json(path / "config.json").get("model_type")
+    if model_type is None:
+        raise TrustSerError(f"{path / 'config.json'} has no model_type; {name} needs a '{family}' model folder")
     if model_type != family:
         raise TrustSerError(f"--pretrain_path {path} holds a '{model_type}' model; {name} needs a '{family}' one")
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import secrets
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -109,7 +110,24 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for damaged archives
-        raise TrustSerError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise TrustSerError(f"{path} is not a readable checkpoint ({unreadable_checkpoint_reason(path, err)})") from None
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def unreadable_checkpoint_reason(path: Path, err: Exception) -> str:
+    import pickle
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path) and not _starts_like_a_pickle(path):    # torch.save writes zip, once pickle
+        return "not a file torch.save wrote, or cut short"
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+        return "it holds Python objects besides weights, which are never unpickled here"
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def as_saved(obj: Any) -> Any:
