@@ -123,6 +123,24 @@ def test_missing_checkpoints_name_the_finetune_command(folds):
 
 
 @pytest.mark.slow
+def test_a_damaged_checkpoint_says_how_to_train_the_fold_again(folds, tmp_path):
+    root, _, flags = folds
+    head = next((root / "project" / "finetune").rglob("fold_2.pt"))
+    kept = head.read_bytes()
+    try:
+        head.write_bytes(b"")                                   # e.g. a full disk when it was written
+        with pytest.raises(TrustSerError) as info:
+            call_script("experiment/predict.py", *flags, "--folds", "2", "--audio", str(root / "corpus" / "spk01_F"),
+                        "--output", str(tmp_path / "p.csv"))
+    finally:
+        head.write_bytes(kept)
+    message = str(info.value)
+    assert message.startswith(f"{head} is not a readable checkpoint (the file is empty); to train the fold again: ")
+    assert message.endswith("--overwrite --folds 2") and "finetune_single_thread.py" in message
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.slow
 def test_sustainability_without_a_checkpoint(folds):
     root, _, flags = folds
     flags = [*flags]

@@ -308,10 +308,11 @@ def load_trained(run: RunConfig, folder: RunFolder, fold: int, device: torch.dev
         raise TrustSerError(f"checkpoint {head_path} not found; train it first: {finetune_command(run)} --folds {fold}")
     backbone = make_backbone(run, device)
     head = build_head(run, backbone, num_classes).to(device)
-    load_state(head, head_path)
+    retrain = f"; to train the fold again: {finetune_command(run)} --overwrite --folds {fold}"
+    load_state(head, head_path, retrain)
     if backbone.finetune != "frozen":
         backbone_path = folder.backbone(fold)
-        load_state(backbone, backbone_path, strict=False)
+        load_state(backbone, backbone_path, retrain, strict=False)
         st = backbone_path.stat()
         backbone.weights_id += f"+finetuned:{backbone_path}:{st.st_size}:{st.st_mtime_ns}"   # its own feature cache
     backbone.eval()
@@ -319,9 +320,16 @@ def load_trained(run: RunConfig, folder: RunFolder, fold: int, device: torch.dev
     return backbone, head
 
 
-def load_state(module: torch.nn.Module, path: Path, strict: bool = True) -> None:
+def load_state(module: torch.nn.Module, path: Path, remedy: str = "", strict: bool = True) -> None:
     """Weights saved by this project; strict=False: the file may hold a subset (the trained part), never
-    weights the module does not have."""
+    weights the module does not have. `remedy`: what to do about a file that cannot be used, said after why."""
+    try:
+        _load_state(module, path, strict)
+    except TrustSerError as err:
+        raise TrustSerError(f"{err}{remedy}") from None
+
+
+def _load_state(module: torch.nn.Module, path: Path, strict: bool) -> None:
     state = load_torch(path)
     hint = "other --pretrain_model, --finetune, --hidden_size, --conv_layers or --pooling?"
     if not isinstance(state, dict):
