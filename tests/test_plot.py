@@ -127,6 +127,12 @@ def test_bad_inputs_give_one_line_errors(tmp_path, spider):
         spider.main(common + ["--ranges", "speed=1:2"])
     typo = _run(*common, "--attack_method", "pgdd")
     assert typo.returncode == 2 and "invalid choice: 'pgdd'" in typo.stderr and len(typo.stderr.splitlines()) == 1
+    with pytest.raises(TrustSerError, match="two runs are labelled 'Same'; give them different labels"):
+        spider.main(common + ["--runs", f"wavlm/{RUN}=Same", f"apc/{RUN}=Same"])
+    with pytest.raises(TrustSerError, match=r"the label 'a b' gives the chart file a_b.png, as the label 'A/B' does"):
+        spider.main(common + ["--runs", f"wavlm/{RUN}=A/B", f"apc/{RUN}=a b"])      # also where case is ignored
+    with pytest.raises(TrustSerError, match="gives the chart file compare.png, as the comparison chart does"):
+        spider.main(common + ["--runs", f"wavlm/{RUN}=compare"])
     with pytest.raises(TrustSerError, match="no results at all for wavlm/no_such_run"):
         spider.main(common + ["--runs", "wavlm/no_such_run"])
     with pytest.raises(TrustSerError, match="MODEL/RUN_NAME"):

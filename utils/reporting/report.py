@@ -44,11 +44,28 @@ class AxisChoice:
     zoom: bool
 
 
+def chart_files(profiles: list[RunProfile], out: Path) -> dict[str, Path]:
+    """Each run's chart (and report folder), named after its label; labels that would share a file (also on a
+    file system that ignores case) are refused."""
+    charts, taken = {}, {"compare": "the comparison chart"}
+    for p in profiles:
+        name = slug(p.label)
+        if p.label in charts:
+            raise TrustSerError(f"--runs: two runs are labelled {p.label!r}; give them different labels "
+                                f"(MODEL/RUN=LABEL)")
+        if name.lower() in taken:
+            raise TrustSerError(f"--runs: the label {p.label!r} gives the chart file {name}.png, as "
+                                f"{taken[name.lower()]} does; give the runs different labels (MODEL/RUN=LABEL)")
+        taken[name.lower()] = f"the label {p.label!r}"
+        charts[p.label] = out / f"{name}.png"
+    return charts
+
+
 def write_trust_profile(profiles: list[RunProfile], choice: AxisChoice, variant: Variant, dataset: str,
                         out: Path) -> tuple[dict[str, Path], dict]:
     """A radar per run (by label) on its own ranges, compare.png with all runs on common ones, trust_profile.csv
     and .md; returns the charts and the common ranges."""
-    charts = {p.label: out / f"{slug(p.label)}.png" for p in profiles}
+    charts = chart_files(profiles, out)
     for i, profile in enumerate(profiles):
         own = own_ranges(profile, choice.given, choice.num_classes, choice.zoom, choice.axes)
         draw_single(profile, own, COLORS[i % len(COLORS)], dataset, charts[profile.label])
