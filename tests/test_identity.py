@@ -258,8 +258,7 @@ def test_run_folder_gives_what_the_flags_give(config, tmp_path):
     FAIRNESS.main(argv + ["--bootstrap", "20"])
     by_flags = (out / "results.json").read_bytes()
     shutil.rmtree(out)
-    # a run folder alone: the project_dir is the one it lies in
-    FAIRNESS.main(["--run", str(folder), "--folds", "1", "--bootstrap", "20"])
+    FAIRNESS.main(["--run", str(folder), "--config", str(config), "--folds", "1", "--bootstrap", "20"])
     assert (out / "results.json").read_bytes() == by_flags
     assert json.loads(by_flags)["meta"]["flags"]["batch_size"] == 8
 
@@ -274,10 +273,6 @@ def test_run_folder_gives_what_the_flags_give(config, tmp_path):
     assert "--batch_size 4 contradicts --run" in message and "8" in message
     message = refusal(FAIRNESS.main, ["--run", "apc/no_such_run", "--dataset", "demo", "--config", str(config)])
     assert "no such run folder" in message
-    elsewhere = tmp_path / "elsewhere.yml"
-    elsewhere.write_text(f"project_dir: {tmp_path / 'other_project'}\n")
-    message = refusal(FAIRNESS.main, ["--run", str(folder), "--config", str(elsewhere)])
-    assert f"of project_dir {tmp_path / 'other_project'}; pass --config with the project_dir the run belongs to" in message
 
 
 # ---------------------------------------------------------------- one module names the files

@@ -66,7 +66,7 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: 
     check dataset, backbone and folds before any work."""
     args = parser.parse_args(argv)
     setup_logging()
-    config = stage_config(args)
+    config = load_config(args.config)
     if getattr(args, "run", None):
         flags_of_run(args, parser, config["project_dir"])
     corpus = get_corpus(args.dataset, config["project_dir"])
@@ -74,16 +74,6 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: 
     run = RunConfig.from_args(args)
     all_folds = fold_ids(run, corpus)
     return Stage(args, run, config, corpus, parse_folds(args.folds or default_folds, all_folds), all_folds)
-
-
-def stage_config(args: Namespace) -> dict:
-    """config.yml; with --run naming a run folder and no --config, the project_dir the folder lies in
-    (<project_dir>/finetune/<dataset>/<model>/<run>): a run is found where it is."""
-    folder = Path(args.run).expanduser().resolve() if getattr(args, "run", None) else None
-    if args.config is None and folder is not None and folder.is_dir() and len(folder.parents) > 3 \
-            and folder.parents[2].name == "finetune":
-        return {"project_dir": str(folder.parents[3]), "data_dir": {}}
-    return load_config(args.config)
 
 
 def flags_of_run(args: Namespace, parser: ArgumentParser, project_dir: str) -> None:
