@@ -273,6 +273,18 @@ def test_run_folder_gives_what_the_flags_give(config, tmp_path):
     assert "--batch_size 4 contradicts --run" in message and "8" in message
     message = refusal(FAIRNESS.main, ["--run", "apc/no_such_run", "--dataset", "demo", "--config", str(config)])
     assert "no such run folder" in message
+    elsewhere = tmp_path / "elsewhere.yml"
+    elsewhere.write_text(f"project_dir: {tmp_path / 'other_project'}\n")
+    message = refusal(FAIRNESS.main, ["--run", str(folder), "--config", str(elsewhere)])
+    assert message == (f"--run {folder}: the run lies in project_dir {project.resolve()}; pass --config with that "
+                       f"project_dir; the config file {elsewhere} has project_dir {tmp_path / 'other_project'}")
+    renamed = folder.with_name(folder.name + "_copy")
+    shutil.copytree(folder, renamed)
+    try:
+        message = refusal(FAIRNESS.main, ["--run", str(renamed), "--config", str(config)])
+    finally:
+        shutil.rmtree(renamed)
+    assert f"its run.json describes the run finetune/demo/apc/{folder.name} under a project_dir, which this" in message
 
 
 # ---------------------------------------------------------------- one module names the files

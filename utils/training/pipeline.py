@@ -68,7 +68,7 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: 
     setup_logging()
     config = load_config(args.config)
     if getattr(args, "run", None):
-        flags_of_run(args, parser, config["project_dir"])
+        flags_of_run(args, parser, config["project_dir"], config["_path"])
     corpus = get_corpus(args.dataset, config["project_dir"])
     check_backbone_name(args.pretrain_model, args.pretrain_path)  # fails before any file is read or written
     run = RunConfig.from_args(args)
@@ -76,7 +76,7 @@ def start_stage(parser: ArgumentParser, default_folds: str | None = None, argv: 
     return Stage(args, run, config, corpus, parse_folds(args.folds or default_folds, all_folds), all_folds)
 
 
-def flags_of_run(args: Namespace, parser: ArgumentParser, project_dir: str) -> None:
+def flags_of_run(args: Namespace, parser: ArgumentParser, project_dir: str, config_path: str) -> None:
     """--run: the identity flags from the run folder's run.json (a folder path, or MODEL/RUN under
     finetune/<--dataset>, as the trust profile names runs); a flag given as well must agree with it."""
     given = Path(args.run).expanduser()
@@ -96,8 +96,16 @@ def flags_of_run(args: Namespace, parser: ArgumentParser, project_dir: str) -> N
         setattr(args, flag.name, stored.get(flag.name, value))
     expected = finetune_dir(project_dir, RunConfig.from_args(args))
     if expected.resolve() != folder.resolve():
-        raise TrustSerError(f"--run {args.run}: its run.json describes the run folder {expected} of project_dir "
-                            f"{project_dir}; pass --config with the project_dir the run belongs to")
+        raise TrustSerError(f"--run {args.run}: {_where_the_run_is(folder.resolve(), expected)}; the config file "
+                            f"{config_path} has project_dir {project_dir}")
+
+
+def _where_the_run_is(folder: Path, expected: Path) -> str:
+    """Where the project of a run folder is (<project_dir>/finetune/<dataset>/<model>/<run>), to name in an error."""
+    if folder.parts[-4:] == expected.parts[-4:]:
+        return f"the run lies in project_dir {folder.parents[3]}; pass --config with that project_dir"
+    return (f"its run.json describes the run {'/'.join(expected.parts[-4:])} under a project_dir, which this folder "
+            f"is not (a run folder keeps its name and place)")
 
 
 def _model_run(spec: str) -> tuple[str, str]:
