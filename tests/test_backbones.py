@@ -350,3 +350,20 @@ def test_tera_chunks_long_clips_as_s3prl(tmp_path):
         _, reference = reference_model([wav[i, :n]])
         assert reference.shape[2] == frame_lengths[i]
         assert max_rel_err(hidden[:, i, :frame_lengths[i]], reference[:, 0]) < 1e-4
+
+
+def test_whisper_takes_clips_up_to_its_positional_table_and_longer_runs_are_cropped_to_it(caplog):
+    from utils.runs.identity import RunConfig
+    from utils.training.protocol import crop_seconds
+    whisper, apc = (build_backbone(name, random_init=True, tiny=True) for name in ("whisper_tiny", "apc"))
+    assert whisper.max_seconds == 30
+    whisper(torch.zeros(1, 30 * 16000), torch.tensor([30 * 16000]))        # the longest clip fits
+    with pytest.raises(TrustSerError, match="clips longer than 30 s exceed Whisper's positional table"):
+        whisper(torch.zeros(1, 30 * 16000 + 320), torch.tensor([30 * 16000 + 320]))
+    run = RunConfig(pretrain_model="whisper_tiny", audio_duration=37)
+    with caplog.at_level("INFO", logger="trust-ser"):
+        assert crop_seconds(run, whisper) == 30 and crop_seconds(run, whisper) == 30
+        assert crop_seconds(RunConfig(audio_duration=37), apc) == 37
+        assert crop_seconds(RunConfig(audio_duration=6), whisper) == 6
+    assert caplog.text.count("whisper_tiny takes clips of at most 30 s: clips are cropped to 30 s, not "
+                             "--audio_duration 37") == 1

@@ -2,6 +2,7 @@
 its registry entry (BackboneSpec) and helpers for masks, weight identities and s3prl checkpoints."""
 import argparse
 import hashlib
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Backbone(nn.Module):
     front_end_is_deterministic = False   # front_end() has no dropout: its output may be stored in train mode too
     front_end_dim = 0                    # channels of front_end()'s output, where there is one
     padded_batch = False                 # inside padded_batch_features() only
+    max_seconds = math.inf               # the longest clip it takes (Whisper: its positional table)
 
     def __init__(self, name: str, weights_id: str, finetune: str):
         super().__init__()

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from model.backbones.base import Backbone, frame_mask
 from model.backbones.hf import check_hf_folder, hf_load
-from model.whisper_frontend import WhisperLogMel, num_mel_frames
+from model.whisper_frontend import HOP_LENGTH, SAMPLE_RATE, WhisperLogMel, num_mel_frames
 from utils.core.errors import TrustSerError
 
 def whisper_config(d_model: int, layers: int, heads: int) -> dict:
@@ -28,6 +28,7 @@ class WhisperBackbone(Backbone):
         self.log_mel = WhisperLogMel(encoder.config.num_mel_bins)
         self.hidden_dim = encoder.config.d_model
         self.num_layers = encoder.config.encoder_layers
+        self.max_seconds = encoder.config.max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE   # conv2: stride 2
         self._apply_finetune()
 
     @staticmethod

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def evaluate_fold(fold: int) -> dict:
         backbone, head = load_trained(run, trained, fold, device, num_classes)
-        audio = AudioBank(crop_seconds(run), run.skip_bad)
+        audio = AudioBank(crop_seconds(run, backbone), run.skip_bad)
         test = [u for u in load_fold(stage.project_dir, run.dataset, fold, run.config)["test"]
                 if audio.get(u.path) is not None]
         evaluation = evaluation_source(run, backbone, audio, device)

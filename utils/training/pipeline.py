@@ -254,7 +254,7 @@ def make_source(run: RunConfig, backbone, device: torch.device, project_dir: str
     with --finetune unfrozen (the evaluation source of a trainable backbone). --no_cache recomputes on every batch
     (the original's per-epoch recomputation) what the cache would hold, rounded as it rounds it: the frozen
     backbone live, or the last layer's inputs through the evaluation source, a cache that keeps nothing."""
-    audio = AudioBank(crop_seconds(run), run.skip_bad)
+    audio = AudioBank(crop_seconds(run, backbone), run.skip_bad)
     last_layer_only = (grad_backbone and run.finetune == "unfrozen_last_layer"
                        and backbone.supports_last_layer_split)
     if grad_backbone and (run.no_cache or not last_layer_only):

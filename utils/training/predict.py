@@ -100,7 +100,7 @@ class EmotionRecognizer:
             clips = []
             for path in paths[start:start + FILES_IN_MEMORY]:
                 try:
-                    clips.append(load_clip(path, crop_seconds(self.run)))
+                    clips.append(load_clip(path, crop_seconds(self.run, self.models[0][0])))
                     kept.append(path)
                 except BadAudioError as err:
                     log.warning(f"skipping: {err}")

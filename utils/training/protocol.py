@@ -1,6 +1,8 @@
 """`--protocol`: "fixed" (the default, this project's procedure) or "original" (the original code's procedure,
 number for number). Every difference `--protocol original` switches back is one named field of `Protocol`;
 README "The two protocols" explains each one, and what it cannot reproduce."""
+import functools
+import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -13,6 +15,8 @@ from utils.features.cache import StoredFeatures
 from utils.features.source import FeatureSource, low_precision
 from utils.runs.identity import RunConfig
 from utils.runs.stages import PROTOCOL_FAIRNESS_GROUP
+
+log = logging.getLogger("trust-ser")
 
 
 ORIGINAL_CROP_SECONDS = 6       # the original's dataset and collate_fn both cut at 16000 * 6 samples
@@ -80,9 +84,19 @@ def fold_ids(run: RunConfig, corpus: Corpus) -> list[int]:
     return corpus.fold_ids(run.seeds or protocol_of(run).single_split_runs)
 
 
-def crop_seconds(run: RunConfig) -> int:
-    """Seconds each utterance is cropped to."""
-    return protocol_of(run).crop_seconds or run.audio_duration
+def crop_seconds(run: RunConfig, backbone) -> float:
+    """Seconds each utterance is cropped to: the run's, or the longest the backbone takes (Whisper: 30 s, where the
+    original's feature extractor truncated too)."""
+    asked = protocol_of(run).crop_seconds or run.audio_duration
+    if asked > backbone.max_seconds:
+        _note_shorter_crop(backbone.name, asked, backbone.max_seconds)
+    return min(asked, backbone.max_seconds)
+
+
+@functools.cache
+def _note_shorter_crop(name: str, asked: float, longest: float) -> None:
+    log.info(f"{name} takes clips of at most {longest:g} s: clips are cropped to {longest:g} s, not "
+             f"--audio_duration {asked:g}")
 
 
 def head_shape(run: RunConfig) -> tuple[int, int]:

@@ -50,7 +50,7 @@ def clean_inputs(run: RunConfig, attack: AttackSpec, backbone, head, test: list[
     attack.fp32 (attack_fold's own live fp32 pass, as the original), else the feature cache's, as the finetune
     stage saw them."""
     if attack.fp32:
-        audio = AudioBank(crop_seconds(run), run.skip_bad)
+        audio = AudioBank(crop_seconds(run, backbone), run.skip_bad)
         return audio.readable(test), audio, None
     source = make_source(run, backbone, device, project_dir, grad_backbone=False)
     test = source.prepare(test)
