@@ -593,6 +593,18 @@ def test_two_processes_filling_one_cache_at_once(utts, tmp_path):
     assert all(torch.equal(reader.get(u), fresh.get(u)) for u in utts)
 
 
+def test_an_entry_found_on_disk_counts_once_and_the_report_says_what_happened(utts, tmp_path):
+    """A fold prepares its splits together, then each split: an entry still only on disk was counted each time."""
+    bb = backbone("wavlm")
+    cached(bb, tmp_path).prepare(utts)
+    reader = CachedFeatures(bb, AudioBank(2, skip_bad=False), CPU, 8, tmp_path, memory_budget_bytes=0)
+    reader.prepare(utts)
+    reader.prepare(utts[:3])
+    assert reader.stats["from_disk"] == len(utts) and not reader.store.memory
+    assert reader.cache_report() == (f"feature cache: 0 utterances computed, {len(utts)} read from disk, 0 run live "
+                                     f"on every batch; {reader.disk_bytes() / 2**20:.1f} MiB on disk under {tmp_path}")
+
+
 def test_cache_budgets_are_logged_once_per_run_even_when_they_move(tmp_path, caplog):
     """Privacy and safety make a source per fold; free memory moves between folds, the line is not repeated."""
     with caplog.at_level("INFO", logger="trust-ser"):

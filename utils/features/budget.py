@@ -65,7 +65,12 @@ def feature_budgets(cache_gb: float | None, memory_gb: float | None, device: tor
         disk = in_use + int(0.8 * shutil.disk_usage(existing_folder(cache_root)).free)
     if cache_root not in _logged_budgets:
         _logged_budgets.add(cache_root)
-        log.info(f"feature cache budgets: {memory / GiB:.1f} GiB of {device.type} memory"
-                 f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {disk / GiB:.1f} GiB on "
+        log.info(f"feature cache budgets: {size_text(memory)} of {device.type} memory"
+                 f"{'' if memory_gb is not None else ' (default; --memory_gb to change)'}, {size_text(disk)} on "
                  f"disk under {cache_root}{'' if cache_gb is not None else ' (default; --cache_gb to change)'}")
     return memory, disk
+
+
+def size_text(n_bytes: int) -> str:
+    """"5.9 GiB", or "0.5 MiB" below 1 GiB."""
+    return f"{n_bytes / GiB:.1f} GiB" if n_bytes >= GiB else f"{n_bytes / 2**20:.1f} MiB"

@@ -11,7 +11,7 @@ import torch
 from model.backbones.base import frame_mask
 from utils.core.progress import progress
 from utils.data.utterances import Utterance, length_sorted_batches, pad_features
-from utils.features.budget import MemoryBudget, existing_folder, fitting, plan_tiers
+from utils.features.budget import MemoryBudget, existing_folder, fitting, plan_tiers, size_text
 from utils.features.shards import ENTRY_BYTES, SHARD_BYTES, ShardStore
 from utils.features.source import AudioBank, FeatureSource, autocast_for, frozen_pass
 from utils.features.storage import TieredStore, nbytes
@@ -40,8 +40,10 @@ class StoredFeatures(FeatureSource):
         self.keys: dict[str, str] = {}
         self.frames: dict[str, int] = {}      # key -> frames, for every prepared utterance, stored or live
         self.precision = "bf16" if device.type == "cuda" else "fp32"
-        self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0, "live": 0}   # live: kept nowhere
+        # utterances computed, found on disk (each once), found in memory (per prepare), live (kept nowhere)
+        self.stats = {"computed": 0, "from_disk": 0, "from_memory": 0, "live": 0}
         self.live: set[str] = set()
+        self.found_on_disk: set[str] = set()
         disk = None
         if cache_root is not None:
             if disk_budget_bytes is None:
@@ -99,7 +101,9 @@ class StoredFeatures(FeatureSource):
                 if key in self.store.memory:
                     self.stats["from_memory"] += 1
                 elif key in self.store:
-                    self.stats["from_disk"] += 1
+                    if key not in self.found_on_disk:
+                        self.found_on_disk.add(key)
+                        self.stats["from_disk"] += 1
                     self.frames[key] = self.store.frames(key)
                 elif key not in self.live:
                     missing.append(u)
@@ -198,7 +202,12 @@ class StoredFeatures(FeatureSource):
     def cache_report(self) -> str | None:
         if self.cache_root is None:       # keeps nothing (--no_cache): every batch is computed anew
             return None
-        return f"feature cache: {self.stats}, {self.disk_bytes() / 2**20:.1f} MiB on disk under {self.cache_root}"
+        stats = self.stats
+        from_front_ends = (f" ({stats['live_from_front_end']} of them from stored front ends)"
+                           if stats.get("live_from_front_end") else "")
+        return (f"feature cache: {stats['computed']} utterances computed, {stats['from_disk']} read from disk, "
+                f"{stats['live']} run live on every batch{from_front_ends}; {size_text(self.disk_bytes())} on disk "
+                f"under {self.cache_root}")
 
 
 class FrontEndFeatures(StoredFeatures):
