@@ -76,12 +76,16 @@ def test_an_unreadable_checkpoint_says_what_is_wrong_with_it(tmp_path):
         assert str(info.value) == f"{tmp_path / name} is not a readable checkpoint ({reasons[name]})"
 
 
-def test_progress_logs_quarters_when_stderr_is_not_a_terminal(caplog):
+def test_progress_logs_quarters_when_stderr_is_not_a_terminal(caplog, monkeypatch):
+    from utils.core import progress as module
     with caplog.at_level(logging.INFO, logger="trust-ser"):
+        assert list(progress(range(8), desc="quick")) == list(range(8))         # done at once: no lines
+        clock = iter(range(0, 100, 3))                                          # 3 s per quarter
+        monkeypatch.setattr(module.time, "monotonic", lambda: next(clock))
         assert list(progress(range(8), desc="attack")) == list(range(8))
         assert list(progress(iter([1, 2]), desc="short")) == [1, 2]            # no total: no lines
-    assert [r.getMessage() for r in caplog.records] == ["attack: 2/8 (25%)", "attack: 4/8 (50%)",
-                                                        "attack: 6/8 (75%)", "attack: 8/8 (100%)"]
+    # the first quarter came after 3 s, before the loop had run 5 s
+    assert [r.getMessage() for r in caplog.records] == ["attack: 4/8 (50%)", "attack: 6/8 (75%)", "attack: 8/8 (100%)"]
 
 
 def run_in_process(script: str, *args: str) -> None:
