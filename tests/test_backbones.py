@@ -299,7 +299,7 @@ def test_wrong_checkpoints_are_refused_by_name(tmp_path):
         build_backbone("wavlm", pretrain_path=str(tmp_path / "apc.ckpt"), tiny=True)
     (tmp_path / "untyped").mkdir()
     (tmp_path / "untyped" / "config.json").write_text("{}")
-    with pytest.raises(TrustSerError, match="untyped/config.json has no model_type; wavlm needs a 'wavlm' model folder"):
+    with pytest.raises(TrustSerError, match="untyped/config.json has no model_type; wavlm needs a 'wavlm' model"):
         build_backbone("wavlm", pretrain_path=str(tmp_path / "untyped"), tiny=True)
 
 

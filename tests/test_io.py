@@ -1,4 +1,5 @@
-"""utils/core/io.py: atomic writes honour the umask, JSON floats are rounded; utils/core/progress.py: plain lines in logs."""
+"""utils/core/io.py: atomic writes honour the umask, JSON floats are rounded, damaged checkpoints are explained;
+utils/core/progress.py: plain lines in logs."""
 import json
 import logging
 import math

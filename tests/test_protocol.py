@@ -339,8 +339,9 @@ def test_original_crops_at_6_seconds_whatever_audio_duration_says(tmp_path, prot
     path = tmp_path / "long.wav"
     sf.write(path, 0.1 * np.random.default_rng(0).standard_normal(8 * 16000).astype(np.float32), 16000)
     run = _run(pretrain_model="apc", audio_duration=3, protocol=protocol)
-    source = make_source(run, make_backbone(run, CPU), CPU, str(tmp_path / "project"), grad_backbone=False)
-    assert crop_seconds(run) == seconds and len(source.audio.get(str(path))) == seconds * 16000
+    backbone = make_backbone(run, CPU)
+    source = make_source(run, backbone, CPU, str(tmp_path / "project"), grad_backbone=False)
+    assert crop_seconds(run, backbone) == seconds and len(source.audio.get(str(path))) == seconds * 16000
 
 
 def test_the_profile_reads_the_fairness_group_of_the_runs_protocol(tmp_path):

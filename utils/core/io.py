@@ -110,7 +110,8 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for damaged archives
-        raise TrustSerError(f"{path} is not a readable checkpoint ({unreadable_checkpoint_reason(path, err)})") from None
+        reason = unreadable_checkpoint_reason(path, err)
+        raise TrustSerError(f"{path} is not a readable checkpoint ({reason})") from None
 
 
 def _starts_like_a_pickle(path: Path) -> bool:

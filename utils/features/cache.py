@@ -62,7 +62,7 @@ class StoredFeatures(FeatureSource):
         """Cache key of the file as it is now (weights, path, size, mtime, crop, precision); kept per process."""
         st = os.stat(path)
         ident = (f"{self.kind}|{self.backbone.weights_id}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
-                 f"|{self.audio.max_seconds}|{self.precision}")
+                 f"|{self.audio.max_seconds:g}|{self.precision}")
         if self.dtype != torch.float16:       # fp16, the first stored type, is left out: older caches stay valid
             ident += f"|{self.dtype}"
         self.keys[path] = hashlib.sha1(ident.encode()).hexdigest()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from utils.core.config import add_config_flag, load_config
 from utils.core.flags import ArgumentParser
-from utils.runs.stages import (ATTACK_METHODS, FAIRNESS_GROUPS, FAIRNESS_METRICS, PRIVACY_ATTACKS, PRIVACY_PROBES, STAGE,
-                               STAGES, Variant)
+from utils.runs.stages import (ATTACK_METHODS, FAIRNESS_GROUPS, FAIRNESS_METRICS, PRIVACY_ATTACKS, PRIVACY_PROBES,
+                               STAGE, STAGES, Variant)
 
 _V = Variant()
 

@@ -57,7 +57,8 @@ def attack_dir(project_dir: str | Path, run: RunConfig | RunId, method: str, snr
 def attacks_run(project_dir: str | Path, run: RunConfig | RunId) -> list[tuple[str, float]]:
     """The (method, SNR) of every attack with a results.json for the run, sorted."""
     rid = RunId.of(run)
-    found = Path(project_dir).glob(f"attack/*/*/{glob.escape(f'{rid.dataset}/{rid.pretrain_model}/{rid.name}')}/results.json")
+    run_path = glob.escape(f"{rid.dataset}/{rid.pretrain_model}/{rid.name}")
+    found = Path(project_dir).glob(f"attack/*/*/{run_path}/results.json")
     return sorted((path.parents[4].name, float(path.parents[3].name)) for path in found
                   if _is_number(path.parents[3].name))
 

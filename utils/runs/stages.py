@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from utils.core.io import read_json
-from utils.runs.paths import (RunFolder, RunId, attack_dir, attacks_run, fairness_dir, finetune_dir, flops_dir, privacy_dir,
-                              robustness_dir)
+from utils.runs.paths import (RunFolder, RunId, attack_dir, attacks_run, fairness_dir, finetune_dir, flops_dir,
+                              privacy_dir, robustness_dir)
 from utils.runs.identity import RunConfig
 
 CLASSIFICATION_KEYS = ("uar", "acc", "macro_f1")     # an emotion (or gender probe) head's test scores
@@ -159,7 +159,8 @@ def measure(stage: TrustStage, project_dir: str | Path, run: RunId, variant: Var
     variant = for_run(variant, run, recorded_flags(project_dir, run) if flags is None else flags)
     path = stage.result_path(project_dir, run, variant)
     if not path.is_file():
-        return Measurement(note=f"missing {path}{other_attacks_text(project_dir, run) if stage.key == 'safety' else ''}")
+        others = other_attacks_text(project_dir, run) if stage.key == "safety" else ""
+        return Measurement(note=f"missing {path}{others}")
     data = read_json(path)
     key = stage.value_key(variant).split(".")
     where = (["average"] if stage.per_fold else []) + key

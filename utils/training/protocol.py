@@ -85,8 +85,8 @@ def fold_ids(run: RunConfig, corpus: Corpus) -> list[int]:
 
 
 def crop_seconds(run: RunConfig, backbone) -> float:
-    """Seconds each utterance is cropped to: the run's, or the longest the backbone takes (Whisper: 30 s, where the
-    original's feature extractor truncated too)."""
+    """Seconds each utterance is cropped to: the run's, or the longest the backbone takes (Whisper: 30 s, its
+    positional table)."""
     asked = protocol_of(run).crop_seconds or run.audio_duration
     if asked > backbone.max_seconds:
         _note_shorter_crop(backbone.name, asked, backbone.max_seconds)
