@@ -22,7 +22,7 @@ import torch
 from synthetic_project import ENV, REPO, load_script, make_project, run_script
 from model.heads import CNNSelfAttention
 from utils.core.io import write_wav
-from utils.runs.cli import base_parser
+from utils.runs.cli import base_parser, parse_folds
 from utils.core.config import corpus_dir, load_config
 from utils.data.utterances import load_fold
 from utils.data.corpora import get_corpus, preprocessed_name
@@ -550,6 +550,15 @@ def test_scale_out_scripts_parse_and_map_tasks(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--array=0-5" in proc.stderr
     assert "#SBATCH --open-mode=append" in text and "#SBATCH --output=logs/" in text
     assert (REPO / "logs" / ".gitignore").is_file()
+
+
+def test_folds_flag_gives_each_fold_once_in_order():
+    assert parse_folds("2,1,2", [1, 2, 3]) == [1, 2] and parse_folds(" 3 ", [1, 2, 3]) == [3]
+    assert parse_folds(None, [1, 2, 3]) == [1, 2, 3]
+    with pytest.raises(TrustSerError, match="--folds ',' names no fold; this corpus has folds"):
+        parse_folds(",", [1, 2, 3])
+    with pytest.raises(TrustSerError, match=r"fold\(s\) \[4\] do not exist"):
+        parse_folds("1,4", [1, 2, 3])
 
 
 @pytest.mark.slow

@@ -79,7 +79,8 @@ def add_run_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def parse_folds(spec: str | None, all_folds: list[int]) -> list[int]:
-    """'--folds 3' or '--folds 1,2' -> [3] / [1, 2], checked against the corpus' folds."""
+    """'--folds 3' or '--folds 2,1,2' -> [3] / [1, 2] (each fold once, in order), checked against the corpus'
+    folds."""
     from utils.core.errors import TrustSerError
     if not spec:
         return all_folds
@@ -87,7 +88,9 @@ def parse_folds(spec: str | None, all_folds: list[int]) -> list[int]:
         folds = [int(x) for x in spec.replace(" ", "").split(",") if x]
     except ValueError:
         raise TrustSerError(f"--folds must be comma-separated integers, got '{spec}'") from None
+    if not folds:
+        raise TrustSerError(f"--folds '{spec}' names no fold; this corpus has folds {all_folds}")
     bad = [f for f in folds if f not in all_folds]
     if bad:
         raise TrustSerError(f"--folds {spec}: fold(s) {bad} do not exist; this corpus has folds {all_folds}")
-    return folds
+    return sorted(set(folds))
