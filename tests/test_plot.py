@@ -357,6 +357,12 @@ def test_legend_names_what_ran_counts_folds_per_axis_and_wraps_between_entries()
     assert _value_text(profile, "uar", Point(0.5, 0)) == "50"
     assert wrap_entries(["a" * 20, "b" * 8, "c" * 8, "d" * 30], 20) == \
         "a" * 20 + "\nbbbbbbbb · cccccccc\n" + "d" * 30
+    # a model with several runs is labelled with the run's name: broken before its parentheses
+    run = "lr00005_ep30_cnn_conv2_hid128_mean_frozen"
+    profile.label = f"WavLM ({run})"
+    assert legend_label(profile, ["uar", "fairness"]) == f"WavLM\n({run})\n(tiny, random init) · 5 folds"
+    profile.label = "APC"
+    assert legend_label(profile, ["uar", "privacy"]) == "APC (tiny, random init)\n5 folds (privacy 1)"
 
 
 def test_each_run_chart_on_its_own_ranges_the_comparison_on_common_ones(tmp_path):

@@ -22,6 +22,7 @@ COLORS = plt.get_cmap("tab10").colors
 LINESTYLES = ("-", "--", ":", "-.")     # the overlay's runs after the first ten: colours again, other lines
 DEFAULT_AXES = tuple(s.key for s in STAGES if s.default_axis)     # the original's five
 AXIS_ALIASES = {"sustainability": "gflops", "performance": "uar"}
+LEGEND_WIDTH = 34    # characters of a legend line, where entries allow
 HOLE = 0.25         # empty disc at the centre (in radius units), where each axis' inner value is written
 
 
@@ -253,19 +254,24 @@ def run_facts(profile: RunProfile, axes) -> list[str]:
     return facts
 
 
-def wrap_entries(entries: list[str], width: int) -> str:
-    """Entries joined by " · ", lines broken only between entries (never inside one)."""
+def wrap_entries(entries: list[str], width: int, separators: list[str] | None = None) -> str:
+    """Entries joined by " · " (or by separators[i] before entry i + 1), lines broken only between entries (never
+    inside one)."""
+    separators = separators or [" · "] * (len(entries) - 1)
     lines = [entries[0]]
-    for entry in entries[1:]:
-        if len(lines[-1]) + 3 + len(entry) > width:
+    for entry, separator in zip(entries[1:], separators):
+        if len(lines[-1]) + len(separator) + len(entry) > width:
             lines.append(entry)
         else:
-            lines[-1] += " · " + entry
+            lines[-1] += separator + entry
     return "\n".join(lines)
 
 
 def legend_label(profile: RunProfile, axes) -> str:
-    return wrap_entries([profile.name] + run_facts(profile, axes), width=34)
+    """The run's name, broken before its parentheses where long ("WavLM", "(lr00005_..._frozen)", "(tiny, random
+    init)"), then its facts."""
+    name, facts = re.split(r" (?=\()", profile.name), run_facts(profile, axes)
+    return wrap_entries(name + facts, LEGEND_WIDTH, [" "] * (len(name) - 1) + [" · "] * len(facts))
 
 
 def _footer(ax, profiles: list[RunProfile], ranges: dict, dataset: str, y: float) -> None:
