@@ -165,7 +165,7 @@ def test_parallel_folds_then_skip_aggregate_only_and_overwrite(base, reference, 
     # rerun: both folds skipped, their files untouched, no model built
     mtimes = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("fold_*")}
     rerun = finetune(config, "--folds", "1,2")
-    assert "fold 1: already finished" in rerun.stderr and "fold 2: already finished" in rerun.stderr
+    assert f"folds 1, 2: already finished in {run_dir}, skipping" in rerun.stderr
     assert "feature cache" not in rerun.stderr and "epoch" not in rerun.stderr
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("fold_*")} == mtimes
 
@@ -550,6 +550,26 @@ def test_scale_out_scripts_parse_and_map_tasks(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--array=0-5" in proc.stderr
     assert "#SBATCH --open-mode=append" in text and "#SBATCH --output=logs/" in text
     assert (REPO / "logs" / ".gitignore").is_file()
+
+
+def test_skipped_folds_are_one_line_and_a_damaged_fold_says_why_it_is_done_again(tmp_path, caplog):
+    from utils.runs.paths import RunFolder
+    from utils.training.finetune import folds_to_train
+    folder = RunFolder(tmp_path, trains=True)
+    for fold in (1, 2, 4):
+        folder.fold_json(fold).write_text(json.dumps({"best": {"uar": 50.0, "best_epoch": 0}}))
+        folder.head(fold).write_bytes(b"head")
+        folder.predictions(fold).write_text("key\n")
+    folder.fold_json(3).write_text("{cut sh")
+    folder.predictions(4).unlink()
+    with caplog.at_level("INFO", logger="trust-ser"):
+        assert folds_to_train(folder, [1, 2, 3, 4, 5], overwrite=False) == [3, 4, 5]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"folds 1, 2: already finished in {tmp_path}, skipping (--overwrite to redo)",
+        f"{folder.fold_json(3)} is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+        f"(char 1)): fold 3 is done again",
+        f"{folder.fold_json(4)} holds the fold's result, but fold_4_test_predictions.csv is not there: fold 4 is "
+        f"done again"]
 
 
 def test_folds_flag_gives_each_fold_once_in_order():

@@ -155,6 +155,20 @@ class RunFolder:
             return None     # a trained head's result, without the head or its test predictions
         return result
 
+    def damage(self, fold: int) -> str | None:
+        """Why a fold with a fold_k.json is not finished after all (it is done again): the file cannot be read, or
+        a trained head's result lacks the head or its test predictions. None where nothing is wrong."""
+        if not self.fold_json(fold).is_file():
+            return None
+        try:
+            result = self.result_of(read_json(self.fold_json(fold)))
+        except TrustSerError as err:
+            return str(err)
+        missing = [path.name for path in (self.head(fold), self.predictions(fold)) if not path.is_file()]
+        if isinstance(result, dict) and "best_epoch" in result and missing:
+            return f"{self.fold_json(fold)} holds the fold's result, but {' and '.join(missing)} is not there"
+        return None
+
     def result_of(self, fold_json) -> dict | None:
         """The result inside a fold_k.json's content: under "best" where the folder trains heads."""
         if not isinstance(fold_json, dict):

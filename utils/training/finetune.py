@@ -11,7 +11,7 @@ from torch import nn
 from utils.data.utterances import Utterance, class_weights
 from utils.core.errors import TrustSerError
 from utils.core.io import load_torch, save_torch, write_csv, write_json
-from utils.training.pipeline import build_head, trainable_backbone_state
+from utils.training.pipeline import announce_folds, build_head, trainable_backbone_state
 from utils.training.protocol import protocol_of
 from utils.runs.identity import RunConfig
 from utils.runs.paths import RunFolder
@@ -23,8 +23,7 @@ log = logging.getLogger("trust-ser")
 def folds_to_train(folder: RunFolder, folds: list[int], overwrite: bool) -> list[int]:
     """The folds not finished (all of them with --overwrite); the others are logged as skipped."""
     todo = [f for f in folds if overwrite or not folder.fold_finished(f)]
-    for f in sorted(set(folds) - set(todo)):
-        log.info(f"fold {f}: already finished in {folder.path}, skipping (--overwrite to redo)")
+    announce_folds(folder, [f for f in folds if f not in todo], todo, "finished")
     return todo
 
 

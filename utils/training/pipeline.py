@@ -177,10 +177,10 @@ def run_stage(stage: Stage, trust: TrustStage, evaluate: Callable[[int], dict], 
     redone = stage.folds if stage.run.overwrite and not stage.args.aggregate_only else []
     _check_settings(folder, [f for f in stage.fold_ids if f not in redone], settings)
     if not stage.args.aggregate_only:
-        for fold in stage.folds:
-            if trust.holds(folder.fold_result(fold), keys) and not stage.run.overwrite:
-                log.info(f"fold {fold}: already evaluated in {folder.path}, skipping (--overwrite to redo)")
-                continue
+        todo = [fold for fold in stage.folds
+                if stage.run.overwrite or not trust.holds(folder.fold_result(fold), keys)]
+        announce_folds(folder, [fold for fold in stage.folds if fold not in todo], todo, "evaluated")
+        for fold in todo:
             start_folder(stage, folder)
             fold_json = evaluate(fold)
             result = folder.result_of(fold_json)
@@ -189,6 +189,20 @@ def run_stage(stage: Stage, trust: TrustStage, evaluate: Callable[[int], dict], 
             result["settings"] = settings
             write_json(folder.fold_json(fold), fold_json)
     return aggregate(stage, trust, variant, meta, extra_keys, fold_meta)
+
+
+def announce_folds(folder: RunFolder, skipped: list[int], todo: list[int], done: str) -> None:
+    """One line for the folds skipped, one for each fold done again because its file is damaged."""
+    if skipped:
+        log.info(f"{folds_named(skipped)}: already {done} in {folder.path}, skipping (--overwrite to redo)")
+    for fold in todo:
+        if why := folder.damage(fold):
+            log.warning(f"{why}: fold {fold} is done again")
+
+
+def folds_named(folds: list[int]) -> str:
+    """"fold 3", "folds 1, 2, 4"."""
+    return f"fold {folds[0]}" if len(folds) == 1 else f"folds {', '.join(map(str, folds))}"
 
 
 def _check_settings(folder: RunFolder, folds: list[int], settings: dict) -> None:
