@@ -151,6 +151,9 @@ def test_sustainability_without_a_checkpoint(folds):
     report = json.loads(next((root / "project" / "flops" / "mine" / "apc").glob("*hid64*/gflops.json")).read_text())
     assert report["trained_checkpoint"] is False and report["gflops"] > report["backbone_gflops"] > 0
     assert report["params_trainable"] == report["params_head"] > 0
+    flags[flags.index("--pretrain_model") + 1] = "whisper_tiny"
+    with pytest.raises(TrustSerError, match=r"^--input_seconds 31: whisper_tiny takes clips of at most 30 s$"):
+        call_script("trustworthy/sustainability/sustainability.py", *flags, "--input_seconds", "31")
 
 
 @pytest.mark.slow

@@ -62,9 +62,8 @@ class WhisperBackbone(Backbone):
         x = x * frame_mask(mel_frames, x.shape[2])[:, None, :]  # conv2 must see zeros past a clip, as unpadded
         x = F.gelu(encoder.conv2(x)).transpose(1, 2)
         if x.shape[1] > encoder.config.max_source_positions:
-            raise TrustSerError(f"{self.name}: clips longer than {encoder.config.max_source_positions * 2 // 100} s "
-                                f"exceed Whisper's positional table; crop them (--audio_duration; sustainability: "
-                                f"--input_seconds)")
+            raise TrustSerError(f"{self.name}: clips longer than {self.max_seconds:g} s exceed Whisper's positional "
+                                f"table")
         x = x + encoder.embed_positions.weight[: x.shape[1]]
         x = F.dropout(x, p=encoder.config.dropout, training=encoder.training)
         return x, self.frame_lengths(torch.tensor(sizes, device=wav.device))

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from model.backbones import MIN_SAMPLES, SAMPLE_RATE  # noqa: E402
 from utils.core.flags import at_least, number_from  # noqa: E402
 from utils.runs.cli import add_run_flag, base_parser  # noqa: E402
-from utils.core.errors import run_main  # noqa: E402
+from utils.core.errors import TrustSerError, run_main  # noqa: E402
 from utils.data.audio import TARGET_SR  # noqa: E402
 from utils.training.pipeline import resolve_device, run_stage, start_stage, trained_folder  # noqa: E402
 from utils.training.protocol import protocol_of  # noqa: E402
@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     def evaluate(fold: int) -> dict:
         device = resolve_device(run.device)
         backbone, head, trained = model_to_profile(run, trained_folder(stage), fold, device, corpus.num_classes)
+        if args.input_seconds > backbone.max_seconds:
+            raise TrustSerError(f"--input_seconds {args.input_seconds:g}: {backbone.name} takes clips of at most "
+                                f"{backbone.max_seconds:g} s")
         result = profile(Classifier(backbone, head).eval(), args.input_seconds, args.throughput_batch, args.repeats,
                          device)
         if protocol_of(run).thop_style_gflops:
