@@ -1,14 +1,17 @@
 """Resample every file of a corpus' splits to 16 kHz mono, into <project_dir>/audio/<dataset>/.
 
-Reads all folds' split files (their union: a file is written once), skips outputs already done,
-and reports unreadable inputs at the end (non-zero exit, unless --skip_bad).
+Reads all folds' split files (their union: a file is written once), skips outputs already done (unless their source
+changed since, audio included), and reports unreadable inputs at the end (non-zero exit, unless --skip_bad).
 """
 import logging
+import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from utils.data.audio import TARGET_SR, BadAudioError, audio_info, read_audio, to_16k_mono  # noqa: E402
@@ -62,25 +65,49 @@ def is_done(output: Path) -> bool:
     return sr == TARGET_SR and channels == 1 and frames > 0
 
 
-def preprocess(plan: dict[str, str], out_dir: Path) -> tuple[int, int, list[str], list[str]]:
-    """Write what is not done yet; returns (written, skipped, bad-file messages, written clips under 25 ms)."""
-    written, skipped, bad, short = 0, 0, [], []
+def changed_since(source: str, output: Path) -> bool:
+    """The source was modified after its preprocessed copy was written (False where it is gone)."""
+    try:
+        return os.stat(source).st_mtime_ns > output.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
+@dataclass
+class Preprocessed:
+    written: int = 0
+    skipped: int = 0
+    again: list[str] = field(default_factory=list)      # sources written again: their audio changed
+    bad: list[str] = field(default_factory=list)        # why each unreadable source is
+    short: list[str] = field(default_factory=list)      # sources written whose clip is under 25 ms
+
+
+def preprocess(plan: dict[str, str], out_dir: Path) -> Preprocessed:
+    """Write what is not done yet, and again where the source changed since and its audio with it (a copy of the
+    corpus with new times but the same audio keeps its files, and the feature cache built on them)."""
+    outcome = Preprocessed()
     for out_name, source in tqdm(sorted(plan.items()), desc=f"preprocess {out_dir.name}", unit="file"):
         output = out_dir / out_name
-        if is_done(output):
-            skipped += 1
+        was_done = is_done(output)
+        if was_done and not changed_since(source, output):
+            outcome.skipped += 1
             continue
         try:
             audio, sr = read_audio(source)
         except BadAudioError as err:
-            bad.append(str(err))
+            outcome.bad.append(str(err))
             continue
         clip = to_16k_mono(audio, sr)
+        if was_done and np.array_equal(read_audio(output)[0][0], clip):
+            outcome.skipped += 1
+            continue
         write_wav(output, clip, TARGET_SR)
-        written += 1
+        outcome.written += 1
+        if was_done:
+            outcome.again.append(source)
         if len(clip) < MIN_SAMPLES:
-            short.append(source)
-    return written, skipped, bad, short
+            outcome.short.append(source)
+    return outcome
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,9 +124,14 @@ def main(argv: list[str] | None = None) -> None:
     split_files = [split_path(config["project_dir"], corpus.name, fold) for fold in corpus.fold_ids()]
     plan = plan_outputs(corpus.name, split_files, args.config)
     out_dir = audio_dir(config["project_dir"], corpus.name)
-    written, skipped, bad, short = preprocess(plan, out_dir)
-    logging.info(f"{corpus.name}: {len(plan)} files in the splits; {written} written, "
-                 f"{skipped} already preprocessed (skipped), {len(bad)} unreadable; output in {out_dir}")
+    outcome = preprocess(plan, out_dir)
+    again, bad, short = outcome.again, outcome.bad, outcome.short
+    logging.info(f"{corpus.name}: {len(plan)} files in the splits; {outcome.written} written, "
+                 f"{outcome.skipped} already preprocessed (skipped), {len(bad)} unreadable; output in {out_dir}")
+    if again:
+        logging.warning(f"{len(again)} file(s) written again, their audio changed since they were preprocessed ("
+                        + ", ".join(again[:SHOWN_BAD]) + (", ..." if len(again) > SHOWN_BAD else "")
+                        + "): runs trained on the old audio do not match it any more")
     if short:
         logging.warning(f"{len(short)} clip(s) shorter than 25 ms, which no backbone takes ("
                         + ", ".join(short[:SHOWN_BAD]) + (", ..." if len(short) > SHOWN_BAD else "")

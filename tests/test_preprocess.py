@@ -1,4 +1,5 @@
 """preprocess_audio/preprocess_audio.py on a small synthetic corpus (22.05 kHz, plus stereo and 8 kHz files)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_meld_keeps_same_file_names_of_different_splits_apart(tmp_path):
     write_json(tmp_path / "meld.json", split)
     plan = script.plan_outputs("meld", [tmp_path / "meld.json"])
     assert sorted(plan) == ["dev_dia0_utt0.wav", "test_dia0_utt0.wav", "train_dia0_utt0.wav"]
-    assert script.preprocess(plan, tmp_path / "out") == (3, 0, [], [])
+    assert script.preprocess(plan, tmp_path / "out") == script.Preprocessed(written=3)
     outputs = [sf.read(tmp_path / "out" / name)[0] for name in sorted(plan)]
     assert all(len(o) == 1600 for o in outputs)
     assert not np.allclose(outputs[0], outputs[1])
@@ -134,7 +135,8 @@ def test_clips_too_short_for_the_backbones_are_written_and_named(tmp_path):
     for name, samples in (("window", 1200), ("short", 1197)):      # 400 and 399 samples at 16 kHz
         sf.write(tmp_path / f"{name}.wav", np.full(samples, 0.1), 48000)
     plan = {f"{name}.wav": str(tmp_path / f"{name}.wav") for name in ("window", "short")}
-    assert script.preprocess(plan, tmp_path / "out") == (2, 0, [], [str(tmp_path / "short.wav")])
+    short = [str(tmp_path / "short.wav")]
+    assert script.preprocess(plan, tmp_path / "out") == script.Preprocessed(written=2, short=short)
 
 
 def test_two_sources_for_one_output_name_is_an_error(tmp_path):
@@ -159,3 +161,20 @@ def test_unfinished_output_is_redone(tmp_path):
     sf.write(tmp_path / "y.wav", np.zeros(100), 22050)
     sf.write(tmp_path / "z.wav", np.zeros(100), 16000)
     assert [script.is_done(tmp_path / n) for n in ("x.wav", "y.wav", "z.wav", "w.wav")] == [False, False, True, False]
+
+
+def test_a_source_changed_since_is_preprocessed_again_and_one_only_touched_is_kept(tmp_path):
+    script = load_script(SCRIPT)
+    rng = np.random.default_rng(1)
+    sources = {name: tmp_path / f"{name}.wav" for name in ("edited", "touched", "same")}
+    for path in sources.values():
+        sf.write(path, rng.uniform(-0.3, 0.3, 22050), 22050)
+    plan, out = {f"{name}.wav": str(path) for name, path in sources.items()}, tmp_path / "out"
+    assert script.preprocess(plan, out) == script.Preprocessed(written=3)
+    written = {name: (out / f"{name}.wav").stat().st_mtime_ns for name in sources}
+    sf.write(sources["edited"], rng.uniform(-0.3, 0.3, 11025), 22050)       # trimmed and re-recorded
+    for name in ("edited", "touched"):                                       # e.g. a copy without -p
+        os.utime(sources[name], ns=(written[name] + 10**9, written[name] + 10**9))
+    assert script.preprocess(plan, out) == script.Preprocessed(written=1, skipped=2, again=[str(sources["edited"])])
+    assert sf.info(str(out / "edited.wav")).frames == 8000
+    assert [(out / f"{name}.wav").stat().st_mtime_ns == written[name] for name in sources] == [False, True, True]
