@@ -11,9 +11,9 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from synthetic_project import load_script  # noqa: E402
 from utils.core.errors import TrustSerError  # noqa: E402
 from utils.core.io import write_json  # noqa: E402
+from utils.data import preprocessing  # noqa: E402
 from utils.data.synthetic import make_corpus  # noqa: E402
 
 SCRIPT = REPO / "preprocess_audio" / "preprocess_audio.py"
@@ -97,23 +97,20 @@ def test_bad_input_fails_naming_it_unless_skip_bad(tmp_path):
 
 
 def test_missing_split_file_names_the_split_script_with_the_config_given(tmp_path):
-    script = load_script(SCRIPT)
     with pytest.raises(TrustSerError, match=r"demo_fold1.json not found; run first: python3 "
                                             r"train_split_gen/demo.py --generate$"):
-        script.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
+        preprocessing.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
     with pytest.raises(TrustSerError, match=r"run first: python3 train_split_gen/crema-d.py --config '/my dir/c.yml'$"):
-        script.plan_outputs("crema_d", [tmp_path / "crema_d_fold1.json"], "/my dir/c.yml")
+        preprocessing.plan_outputs("crema_d", [tmp_path / "crema_d_fold1.json"], "/my dir/c.yml")
 
 
 def test_malformed_split_file(tmp_path):
-    script = load_script(SCRIPT)
     write_json(tmp_path / "demo_fold1.json", {"train": [["only", "two"]]})
     with pytest.raises(TrustSerError, match="is not \\[key, speaker, gender, path, label\\]"):
-        script.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
+        preprocessing.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
 
 
 def test_meld_keeps_same_file_names_of_different_splits_apart(tmp_path):
-    script = load_script(SCRIPT)
     rng = np.random.default_rng(1)
     split = {}
     for name in ("train", "dev", "test"):
@@ -122,59 +119,54 @@ def test_meld_keeps_same_file_names_of_different_splits_apart(tmp_path):
         sf.write(source, rng.uniform(-0.5, 0.5, (4800, 2)), 48000)
         split[name] = [["dia0_utt0", "meld_0", "F", str(source), "joy"]]
     write_json(tmp_path / "meld.json", split)
-    plan = script.plan_outputs("meld", [tmp_path / "meld.json"])
+    plan = preprocessing.plan_outputs("meld", [tmp_path / "meld.json"])
     assert sorted(plan) == ["dev_dia0_utt0.wav", "test_dia0_utt0.wav", "train_dia0_utt0.wav"]
-    assert script.preprocess(plan, tmp_path / "out") == script.Preprocessed(written=3)
+    assert preprocessing.preprocess(plan, tmp_path / "out") == preprocessing.Preprocessed(written=3)
     outputs = [sf.read(tmp_path / "out" / name)[0] for name in sorted(plan)]
     assert all(len(o) == 1600 for o in outputs)
     assert not np.allclose(outputs[0], outputs[1])
 
 
 def test_clips_too_short_for_the_backbones_are_written_and_named(tmp_path):
-    script = load_script(SCRIPT)
     for name, samples in (("window", 1200), ("short", 1197)):      # 400 and 399 samples at 16 kHz
         sf.write(tmp_path / f"{name}.wav", np.full(samples, 0.1), 48000)
     plan = {f"{name}.wav": str(tmp_path / f"{name}.wav") for name in ("window", "short")}
     short = [str(tmp_path / "short.wav")]
-    assert script.preprocess(plan, tmp_path / "out") == script.Preprocessed(written=2, short=short)
+    assert preprocessing.preprocess(plan, tmp_path / "out") == preprocessing.Preprocessed(written=2, short=short)
 
 
 def test_two_sources_for_one_output_name_is_an_error(tmp_path):
-    script = load_script(SCRIPT)
     entries = [["a", "s1", "F", "/corpus/Session1/x.wav", "neu"], ["b", "s2", "M", "/corpus/Session2/x.wav", "ang"]]
     write_json(tmp_path / "iemocap_fold1.json", {"train": entries, "dev": [], "test": []})
     with pytest.raises(TrustSerError, match="Session1/x.wav and /corpus/Session2/x.wav would both be preprocessed to x.wav"):
-        script.plan_outputs("iemocap", [tmp_path / "iemocap_fold1.json"])
+        preprocessing.plan_outputs("iemocap", [tmp_path / "iemocap_fold1.json"])
 
 
 def test_same_source_in_several_folds_is_written_once(tmp_path):
-    script = load_script(SCRIPT)
     entry = ["a", "s1", "F", "/corpus/a.wav", "neu"]
     write_json(tmp_path / "f1.json", {"train": [entry], "dev": [], "test": []})
     write_json(tmp_path / "f2.json", {"train": [], "dev": [], "test": [entry]})
-    assert script.plan_outputs("iemocap", [tmp_path / "f1.json", tmp_path / "f2.json"]) == {"a.wav": "/corpus/a.wav"}
+    assert preprocessing.plan_outputs("iemocap", [tmp_path / "f1.json", tmp_path / "f2.json"]) == {"a.wav": "/corpus/a.wav"}
 
 
 def test_unfinished_output_is_redone(tmp_path):
-    script = load_script(SCRIPT)
     (tmp_path / "x.wav").write_bytes(b"RIFF")
     sf.write(tmp_path / "y.wav", np.zeros(100), 22050)
     sf.write(tmp_path / "z.wav", np.zeros(100), 16000)
-    assert [script.is_done(tmp_path / n) for n in ("x.wav", "y.wav", "z.wav", "w.wav")] == [False, False, True, False]
+    assert [preprocessing.is_done(tmp_path / n) for n in ("x.wav", "y.wav", "z.wav", "w.wav")] == [False, False, True, False]
 
 
 def test_a_source_changed_since_is_preprocessed_again_and_one_only_touched_is_kept(tmp_path):
-    script = load_script(SCRIPT)
     rng = np.random.default_rng(1)
     sources = {name: tmp_path / f"{name}.wav" for name in ("edited", "touched", "same")}
     for path in sources.values():
         sf.write(path, rng.uniform(-0.3, 0.3, 22050), 22050)
     plan, out = {f"{name}.wav": str(path) for name, path in sources.items()}, tmp_path / "out"
-    assert script.preprocess(plan, out) == script.Preprocessed(written=3)
+    assert preprocessing.preprocess(plan, out) == preprocessing.Preprocessed(written=3)
     written = {name: (out / f"{name}.wav").stat().st_mtime_ns for name in sources}
     sf.write(sources["edited"], rng.uniform(-0.3, 0.3, 11025), 22050)       # trimmed and re-recorded
     for name in ("edited", "touched"):                                       # e.g. a copy without -p
         os.utime(sources[name], ns=(written[name] + 10**9, written[name] + 10**9))
-    assert script.preprocess(plan, out) == script.Preprocessed(written=1, skipped=2, again=[str(sources["edited"])])
+    assert preprocessing.preprocess(plan, out) == preprocessing.Preprocessed(written=1, skipped=2, again=[str(sources["edited"])])
     assert sf.info(str(out / "edited.wav")).frames == 8000
     assert [(out / f"{name}.wav").stat().st_mtime_ns == written[name] for name in sources] == [False, True, True]
