@@ -391,3 +391,14 @@ def test_six_runs_compare_chart(tmp_path, spider):
     assert image.shape[1] < 1400 and image.shape[0] < 1700
     markdown = (out / "trust_profile.md").read_text()
     assert "| Whisper Base (tiny, random init) | " + RUN + "_tiny_randinit | 5 | 60.00 ± 0.00 |" in markdown
+
+
+def test_a_run_is_named_by_its_model_folder_or_its_hub_id():
+    from utils.reporting.profile import find_runs
+    from utils.runs.paths import RunId, model_and_run
+    assert model_and_run("microsoft/wavlm-base-plus/r1") == model_and_run("microsoft--wavlm-base-plus/r1") == \
+        ("microsoft--wavlm-base-plus", "r1")
+    assert model_and_run("wavlm/r1/") == ("wavlm", "r1")
+    assert [model_and_run(bad) for bad in ("wavlm", "/r1", "a/b/c/r1")] == [None, None, None]
+    assert find_runs(Path("/p"), "iemocap", ["microsoft/wavlm-base-plus/r1=Mine = best", "apc/r2="]) == [
+        (RunId("iemocap", "microsoft--wavlm-base-plus", "r1"), "Mine = best"), (RunId("iemocap", "apc", "r2"), None)]

@@ -1,6 +1,5 @@
 """Trust profiles of finished runs: every stage's measurement per run, and the tables that show them."""
 import dataclasses
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +8,7 @@ from utils.core.errors import TrustSerError
 from utils.core.io import read_json, saved_number
 from utils.data.corpora import get_corpus
 from utils.data.layout import splits_fingerprint
-from utils.runs.paths import RunId, finetune_folder
+from utils.runs.paths import RunId, finetune_folder, model_and_run
 from utils.runs.stages import (STAGE, STAGES, Measurement, Variant, backbone_build, dig, for_run, measure,
                               recorded_flags)
 
@@ -87,10 +86,10 @@ def trained_on_other_splits(project_dir: Path, run: RunId, splits_now: dict) -> 
 
 
 def _parse_run_spec(spec: str) -> tuple[str, str, str | None]:
-    match = re.fullmatch(r"([^/=]+)/([^/=]+)(?:=(.+))?", spec)
-    if not match:
+    target, _, label = spec.partition("=")
+    if (parsed := model_and_run(target)) is None:
         raise TrustSerError(f"--runs entry '{spec}' must look like MODEL/RUN_NAME or MODEL/RUN_NAME=LABEL")
-    return match.group(1), match.group(2), match.group(3)
+    return *parsed, label or None
 
 
 def find_runs(project_dir: Path, dataset: str, specs: list[str] | None) -> list[tuple[RunId, str | None]]:

@@ -24,6 +24,15 @@ def backbone_dir_name(pretrain_model: str) -> str:
     return pretrain_model.replace("/", "--")
 
 
+def model_and_run(spec: str) -> tuple[str, str] | None:
+    """MODEL/RUN, as the trust profile names a run (MODEL: a built-in name, a hub id owner/name or its folder name
+    owner--name) -> (the model's folder name, the run's); None where spec is not of that form."""
+    model, _, name = spec.strip("/").rpartition("/")
+    if not model or not name or model.count("/") > 1:
+        return None
+    return backbone_dir_name(model), name
+
+
 @dataclass(frozen=True)
 class RunId:
     """A run as its folders know it: what the trust profile and the report find on disk."""

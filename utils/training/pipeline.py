@@ -27,7 +27,7 @@ from utils.data.layout import cache_dir, splits_fingerprint
 from utils.training.protocol import (apply_to_backbone, backbone_finetune, crop_seconds, fold_ids, head_shape,
                                      protocol_of, protocol_source)
 from utils.runs.identity import IDENTITY, RunConfig, record_differences, run_record
-from utils.runs.paths import RunFolder, RunId, finetune_dir, finetune_folder
+from utils.runs.paths import RunFolder, RunId, finetune_dir, finetune_folder, model_and_run
 from utils.runs.stages import TrustStage, Variant
 
 log = logging.getLogger("trust-ser")
@@ -109,10 +109,9 @@ def _where_the_run_is(folder: Path, expected: Path) -> str:
 
 
 def _model_run(spec: str) -> tuple[str, str]:
-    parts = spec.strip("/").split("/")
-    if len(parts) != 2:
+    if (parsed := model_and_run(spec)) is None:
         raise TrustSerError(f"--run {spec}: neither a run folder nor MODEL/RUN (a run under finetune/<dataset>)")
-    return parts[0], parts[1]
+    return parsed
 
 
 def take_folder(stage: Stage, folder: RunFolder) -> None:
