@@ -119,6 +119,7 @@ def test_parse_perturbations():
         ["white_20db", "reverb_300ms", "telephone", "gain_-20db"]
     assert [p.name for p in parse_perturbations("white_20db,pink_20db,pink_0db", noise_dir="x")] == \
         ["noise_20db", "noise_0db"]
+    assert [p.name for p in parse_perturbations("gain_+6db,gain_6db,white_20db,white_20db")] == ["gain_6db", "white_20db"]
     for bad in ("white_20", "reverb_0.3ms", "echo_3db", "clip_100pct", "noise_10db", ""):
         with pytest.raises(TrustSerError):
             parse_perturbations(bad)

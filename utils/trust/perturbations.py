@@ -10,7 +10,7 @@ UNITS = {"white": "db", "pink": "db", "noise": "db", "babble": "db", "reverb": "
 ADDITIVE = ("white", "pink", "noise", "babble")
 DEFAULT_PERTURBATIONS = ("white_20db,white_10db,white_0db,pink_20db,pink_10db,pink_0db,babble_10db,"
                          "reverb_300ms,reverb_800ms,telephone,clip_25pct,gain_-20db")
-_NAME = re.compile(r"^([a-z]+)(?:_(-?\d+)(db|ms|pct))?$")
+_NAME = re.compile(r"^([a-z]+)(?:_([+-]?\d+)(db|ms|pct))?$")
 
 
 @dataclass(frozen=True)
