@@ -152,31 +152,25 @@ class RunFolder:
 
     def fold_result(self, fold: int) -> dict | None:
         """The fold's result; None while the fold is not finished."""
-        if not self.fold_json(fold).is_file():
-            return None
-        try:
-            data = read_json(self.fold_json(fold))
-        except TrustSerError:       # damaged: the fold is done again
-            return None
-        result = self.result_of(data)
-        if isinstance(result, dict) and "best_epoch" in result and not (self.head(fold).is_file()
-                                                                      and self.predictions(fold).is_file()):
-            return None     # a trained head's result, without the head or its test predictions
-        return result
+        return self._fold_state(fold)[0]
 
     def damage(self, fold: int) -> str | None:
-        """Why a fold with a fold_k.json is not finished after all (it is done again): the file cannot be read, or
-        a trained head's result lacks the head or its test predictions. None where nothing is wrong."""
+        """Why a fold with a fold_k.json is not finished after all (it is done again); None where nothing is wrong."""
+        return self._fold_state(fold)[1]
+
+    def _fold_state(self, fold: int) -> tuple[dict | None, str | None]:
+        """(the fold's result, why its fold_k.json does not count): a file that cannot be read, or a trained head's
+        result without the head or its test predictions."""
         if not self.fold_json(fold).is_file():
-            return None
+            return None, None
         try:
             result = self.result_of(read_json(self.fold_json(fold)))
         except TrustSerError as err:
-            return str(err)
+            return None, str(err)
         missing = [path.name for path in (self.head(fold), self.predictions(fold)) if not path.is_file()]
         if isinstance(result, dict) and "best_epoch" in result and missing:
-            return f"{self.fold_json(fold)} holds the fold's result, but {' and '.join(missing)} is not there"
-        return None
+            return None, f"{self.fold_json(fold)} holds the fold's result, but {' and '.join(missing)} is not there"
+        return result, None
 
     def result_of(self, fold_json) -> dict | None:
         """The result inside a fold_k.json's content: under "best" where the folder trains heads."""
