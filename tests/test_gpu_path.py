@@ -293,6 +293,19 @@ def test_a_batch_and_the_labels_move_to_the_device_once(utts, monkeypatch):
     assert moves == {"batch": 1 + 4, "labels": 1}
 
 
+def test_a_training_split_smaller_than_the_batch_size_is_one_batch(utts):
+    backbone = build_backbone("tera", random_init=True, tiny=True)
+    source = LiveFeatures(backbone, AudioBank(2, skip_bad=False), CPU, round_like_cache=True)
+    head = CNNSelfAttention(backbone.hidden_dim, backbone.num_layers, 4, hidden_dim=8, conv_layers=2)
+    sizes, fetch = [], source.fetch
+    source.fetch = lambda batch: sizes.append(len(batch)) or fetch(batch)
+    before = [p.detach().clone() for p in head.parameters()]
+    train_epoch(head, backbone, source, utts, nn.NLLLoss(), torch.optim.Adam(head.parameters()), 64,
+                torch.Generator().manual_seed(0), 4)
+    assert sizes == [len(utts)] and len(utts) < 64
+    assert any(not torch.equal(b, p) for b, p in zip(before, head.parameters()))      # it trained
+
+
 class Computed(torch.Tensor):
     """What a backbone pass computed, and everything made of it; `.cpu()` / `.numpy()` results are marked."""
 
