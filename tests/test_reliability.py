@@ -265,6 +265,7 @@ def test_cli_mistakes_give_one_line_and_exit_2(base, flag, value, expected):
     ("experiment/finetune_single_thread.py", "--num_epochs", "0", "must be at least 1, got 0"),
     ("experiment/finetune_single_thread.py", "--cache_gb", "nan", "must be 0 or more, got nan"),
     ("experiment/predict.py", "--output", "/", "/ is a folder; give a file path, e.g. /predictions.csv"),
+    ("experiment/predict.py", "--device", "gpu", "'gpu' is not a torch device (cpu, cuda, cuda:1, mps, ...)"),
 ])
 def test_a_stage_flag_out_of_range_is_refused_before_any_work(script, flag, value, says):
     with pytest.raises(TrustSerError) as err:
@@ -295,6 +296,20 @@ def test_s3prl_backbones_without_hub_fail_at_once(monkeypatch):
 
 
 # ---------------------------------------------------------------- one-line errors, in-process
+
+def test_a_device_this_machine_lacks_is_named(monkeypatch):
+    import torch
+    from utils.training.pipeline import resolve_device
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrustSerError, match="--device cuda requested but CUDA is not available; use --device cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(TrustSerError, match=r"--device cuda:3: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:3")
+
 
 def test_config_file_or_key_missing(tmp_path):
     with pytest.raises(TrustSerError, match="not found; pass --config"):

@@ -45,6 +45,16 @@ def number_from(minimum: float):
 not_negative = number_from(0)
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a device torch knows by that name (cpu, cuda, cuda:1, mps, ...)."""
+    import torch
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    return text
+
+
 def file_to_write(text: str) -> Path:
     """An argparse type: the path of a file to write, not an existing folder."""
     path = Path(text)

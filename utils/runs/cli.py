@@ -3,7 +3,7 @@ import argparse
 
 from model.backbones import BACKBONES
 from utils.core.config import add_config_flag
-from utils.core.flags import ArgumentParser, at_least, not_negative, positive
+from utils.core.flags import ArgumentParser, at_least, device_name, not_negative, positive
 from utils.data.corpora import CORPORA
 from utils.runs.identity import ORIGINAL_ONLY, RunConfig
 
@@ -56,7 +56,8 @@ def _run_flags(p: argparse.ArgumentParser, original_only_help: str) -> None:
     p.add_argument("--seeds", default=None, type=at_least(1),
                    help="a corpus with one split (msp-podcast, meld): seeded runs over it, numbered as folds 1..N, "
                         "seed 8 x run (default: 1; 5 under --protocol original, as the original)")
-    p.add_argument("--device", default=_D.device)
+    p.add_argument("--device", default=_D.device, type=device_name, help="cpu, cuda, cuda:1, mps, ... (default: cuda "
+                   "where there is one)")
 
 
 def _training_flags(p: argparse.ArgumentParser) -> None:
