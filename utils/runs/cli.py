@@ -37,19 +37,22 @@ def _run_flags(p: argparse.ArgumentParser, original_only_help: str) -> None:
     p.add_argument("--random_init", action="store_true",
                    help="true architecture with random weights (offline demo and tests; recorded in results)")
     p.add_argument("--tiny", action="store_true", help="a tiny version of the architecture (tests only)")
-    p.add_argument("--finetune", default=_D.finetune, choices=["frozen", "unfrozen_last_layer", "unfrozen"])
+    p.add_argument("--finetune", default=_D.finetune, choices=["frozen", "unfrozen_last_layer", "unfrozen"],
+                   help="what of the backbone trains with the head: nothing (default), its last layer, or all of it "
+                        "(wav2vec2-style CNN encoders stay frozen)")
     p.add_argument("--downstream_model", default=_D.downstream_model, choices=["cnn"])
-    p.add_argument("--learning_rate", default=_D.learning_rate, type=positive)
-    p.add_argument("--num_epochs", default=_D.num_epochs, type=at_least(1))
+    p.add_argument("--learning_rate", default=_D.learning_rate, type=positive, help="Adam's learning rate (default: %(default)s)")
+    p.add_argument("--num_epochs", default=_D.num_epochs, type=at_least(1),
+                   help="epochs per fold; the one with the best dev UAR is kept (default: %(default)s)")
     p.add_argument("--num_layers", default=1, type=int, help=original_only_help)
-    p.add_argument("--conv_layers", default=_D.conv_layers, type=at_least(1), help="number of pointwise Conv1d layers in the head")
-    p.add_argument("--hidden_size", default=_D.hidden_size, type=at_least(1), help="channels of the head's Conv1d layers")
-    p.add_argument("--pooling", default=_D.pooling, choices=["mean", "att"], help="mean, or att (self-attention)")
+    p.add_argument("--conv_layers", default=_D.conv_layers, type=at_least(1), help="number of pointwise Conv1d layers in the head (default: %(default)s)")
+    p.add_argument("--hidden_size", default=_D.hidden_size, type=at_least(1), help="channels of the head's Conv1d layers (default: %(default)s)")
+    p.add_argument("--pooling", default=_D.pooling, choices=["mean", "att"], help="mean, or att (self-attention; the default)")
     p.add_argument("--norm", default="nonorm", help=original_only_help)
     p.add_argument("--optimizer", default="adam", choices=["adam"], help=original_only_help)
-    p.add_argument("--audio_duration", default=_D.audio_duration, type=at_least(1), help="seconds each utterance is cropped to")
-    p.add_argument("--batch_size", default=_D.batch_size, type=at_least(1), help="training batch size")
-    p.add_argument("--eval_batch_size", default=_D.eval_batch_size, type=at_least(1), help="batch size for evaluation and feature passes")
+    p.add_argument("--audio_duration", default=_D.audio_duration, type=at_least(1), help="seconds each utterance is cropped to (default: %(default)s; Whisper: at most 30)")
+    p.add_argument("--batch_size", default=_D.batch_size, type=at_least(1), help="training batch size (default: %(default)s)")
+    p.add_argument("--eval_batch_size", default=_D.eval_batch_size, type=at_least(1), help="batch size for evaluation and feature passes (default: %(default)s)")
     p.add_argument("--protocol", default=_D.protocol, choices=["fixed", "original"],
                    help="original: the original's procedure, number for number (README: the two protocols)")
     p.add_argument("--folds", default=None, help="folds to run, e.g. '3' or '1,2' (default: all)")
