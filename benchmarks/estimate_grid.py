@@ -1,6 +1,7 @@
-"""Extrapolate the paper's whole grid (7 backbones x 6 corpora x their folds, 30 epochs, every evaluation) on one
-H100 from a measured `benchmark_finetune.py --preset iemocap` JSON: the original's loop against this repository;
-`--corpus NAME` breaks one corpus down for WavLM base+ (feature pass, time per epoch, 30 epochs).
+"""Extrapolate the paper's whole grid to one H100 from a measured benchmark_finetune.py --preset iemocap JSON.
+
+The grid: 7 backbones x 6 corpora x their folds, 30 epochs, every evaluation; the original's loop against this
+repository; `--corpus NAME` breaks one corpus down for WavLM base+ (feature pass, time per epoch, 30 epochs).
 
 Assumptions (printed with the table): every backbone costs what WavLM base+ costs (APC, TERA, Whisper tiny/base
 cost less; wav2vec2 base and Whisper small about the same); backbone time scales with audio seconds, head time

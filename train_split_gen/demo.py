@@ -1,5 +1,7 @@
-"""Train/dev/test splits of the built-in synthetic corpus (utils/data/synthetic.py), as for RAVDESS/CREMA-D:
-5 folds over speakers (KFold, no shuffle); dev is the last fifth of each fold's training speakers.
+"""The built-in synthetic corpus (--generate writes it) and its train/dev/test splits.
+
+The corpus is utils/data/synthetic.py's. As for RAVDESS/CREMA-D: 5 folds over speakers (KFold, no shuffle); dev is
+the last fifth of each fold's training speakers.
 
 Entries are [key, speaker id, gender, path, label], e.g.
 ["spk01_neu_1", "demo_spk01", "F", "/data/demo/spk01_F/spk01_neu_1.wav", "neu"].

@@ -1,5 +1,7 @@
-"""Per-run report: training curves (per fold, train/dev/test UAR and loss per epoch, best epoch marked), the
-confusion matrix summed over folds, the trust profile, and one report.md linking them all.
+"""Report: the trust profile and, per run, training curves, confusion matrix and more, linked from one report.md.
+
+Per run: training curves (per fold, train/dev/test UAR and loss per epoch, best epoch marked), the confusion
+matrix summed over folds, the reliability diagram and UAR under perturbation.
 
     python3 trustworthy/report.py --dataset iemocap [--runs MODEL/RUN[=LABEL] ...] \\
         [--project_dir P | --config config.yml] [--output_dir <project_dir>/report/<dataset>] \\

@@ -1,6 +1,7 @@
-"""Robustness: test UAR of each fold's model on clean audio and under noise, babble, reverberation, telephone band,
-clipping and a level change (utils/trust/robustness.py defines each), with the drop from clean and the share of
-predictions that changed.
+"""Robustness: test UAR of each fold's model on clean audio and under everyday perturbations.
+
+Noise, babble, reverberation, telephone band, clipping and a level change (utils/trust/robustness.py defines each),
+with the drop from clean and the share of predictions that changed.
 
 The perturbed audio runs through the live backbone (the feature cache holds clean features only), in eval mode, in
 length-sorted batches.

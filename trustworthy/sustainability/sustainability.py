@@ -1,5 +1,7 @@
-"""Sustainability: FLOPs of backbone + head for one input (torch.utils.flop_counter, exact), parameter
-counts, and measured inference latency and throughput on the chosen device. Without a trained checkpoint it
+"""Sustainability: FLOPs, parameter counts, inference latency and throughput of a trained model.
+
+FLOPs of backbone + head for one input (torch.utils.flop_counter, exact), parameter counts, and measured inference
+latency and throughput on the chosen device. Without a trained checkpoint it
 profiles the backbone and an untrained head of the same shape, and says so ("trained_checkpoint": false)."""
 import logging
 import sys
