@@ -742,3 +742,14 @@ def test_run_local_runs_every_task_then_aggregates():
     assert commands[-len(aggregate):] == aggregate and len(aggregate) == 6    # after every task
     assert {Path(c[0]).name for c in aggregate} == set(scripts) - {"sustainability.py"}
     assert all(c[c.index("--pretrain_model") + 1] == "whisper_tiny" and "--random_init" in c for c in commands)
+
+
+def test_every_script_describes_itself_in_a_whole_first_line():
+    """argparse shows the docstring's first line as the description: a sentence cut there reads as a fragment."""
+    import ast
+    scripts = [path for top in ("experiment", "trustworthy", "train_split_gen", "preprocess_audio", "benchmarks",
+                                "scripts") for path in sorted((REPO / top).rglob("*.py"))]
+    cut = [f"{path.relative_to(REPO)}: {first}" for path in scripts
+           if "__doc__" in (text := path.read_text())
+           and not (first := ast.get_docstring(ast.parse(text)).splitlines()[0]).endswith(".")]
+    assert len(scripts) > 20 and cut == []
