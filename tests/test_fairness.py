@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from utils.trust.fairness import (demographic_parity, fairness_report, multiclass_equality_of_opp,
+from utils.trust.parity import (demographic_parity, fairness_report, multiclass_equality_of_opp,
                             multiclass_statistical_parity)
 
 # holisticai's docstring example

@@ -13,7 +13,7 @@ from synthetic_project import call_script, load_script, make_project, run_script
 from utils.core.errors import TrustSerError
 from utils.core.io import write_wav
 from utils.trust.calibration import brier_score, expected_calibration_error, read_probabilities
-from utils.trust.fairness import fairness_report
+from utils.trust.parity import fairness_report
 from utils.training.metrics import classification_scores
 from utils.runs.cli import base_parser
 from utils.training.pipeline import finetune_command

@@ -15,7 +15,7 @@ import pytest
 from manifest_corpus import write_manifest_corpus
 from synthetic_project import REPO, call_script
 from utils.data.audio import audio_info
-from utils.trust.fairness import multiclass_statistical_parity
+from utils.trust.parity import multiclass_statistical_parity
 
 MODEL = ["--pretrain_model", "wavlm", "--random_init", "--tiny", "--device", "cpu", "--num_epochs", "2",
          "--conv_layers", "1", "--hidden_size", "16", "--pooling", "mean", "--batch_size", "8",
