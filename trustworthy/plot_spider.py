@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     variant, given_ranges = profile_variant(args), parse_ranges(args.ranges)
     project_dir = profile_project_dir(args)
     profiles = load_profiles(project_dir, args.dataset, args.runs, variant)
+    choice = AxisChoice(parse_axes(args.axes), given_ranges, get_corpus(args.dataset, project_dir).num_classes,
+                        args.zoom)
     for profile in profiles:
-        for note in profile.notes:
+        for note in profile.notes(choice.axes):
             print(f"{profile.label}: n/a: {note}", file=sys.stderr)
         if profile.stale_splits:
             print(f"{profile.label}: {STALE_SPLITS} (train_split/ no longer holds its run.json's splits): its numbers "
                   f"do not compare with runs on the present splits", file=sys.stderr)
-    choice = AxisChoice(parse_axes(args.axes), given_ranges, get_corpus(args.dataset, project_dir).num_classes,
-                        args.zoom)
     write_trust_profile(profiles, choice, variant, args.dataset, Path(args.output_dir))
     print(f"wrote {len(profiles) + 1} charts and trust_profile.csv/.md to {args.output_dir}")
 

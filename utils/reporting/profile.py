@@ -45,9 +45,9 @@ class RunProfile:
         """Folds the emotion UAR averages: the run's fold count."""
         return self.measurements["uar"].folds
 
-    @property
-    def notes(self) -> list[str]:
-        return [m.note for m in self.measurements.values() if m.note]
+    def notes(self, keys) -> list[str]:
+        """Why the run has no value on these axes (stage keys), where it has none."""
+        return [self.measurements[k].note for k in keys if self.measurements[k].note]
 
     def missing_titles(self, keys) -> list[str]:
         """Titles of the axes (stage keys) this run has no value for."""
