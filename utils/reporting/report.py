@@ -47,7 +47,7 @@ class AxisChoice:
 def chart_files(profiles: list[RunProfile], out: Path) -> dict[str, Path]:
     """Each run's chart (and report folder), named after its label; labels that would share a file (also on a
     file system that ignores case) are refused."""
-    charts, taken = {}, {"compare": "the comparison chart"}
+    charts, taken = {}, {"compare": "the comparison chart", "trust_profile": "the report's chart folder"}
     for p in profiles:
         name = slug(p.label)
         if p.label in charts:
