@@ -67,14 +67,15 @@ def parse_ranges(specs: list[str] | None) -> dict[str, tuple[float, float]]:
     """--ranges AXIS=LOW:HIGH entries."""
     ranges = {}
     for spec in specs or []:
-        match = re.fullmatch(r"(\w+)=(-?[\d.]+):(-?[\d.]+)", spec)
-        if not match or match.group(1) not in STAGE:
+        match = re.fullmatch(r"(\w+)=(-?\d+(?:\.\d*)?|-?\.\d+):(-?\d+(?:\.\d*)?|-?\.\d+)", spec)
+        axis = AXIS_ALIASES.get(match.group(1), match.group(1)) if match else None
+        if axis not in STAGE:
             raise TrustSerError(f"--ranges entry '{spec}' must be AXIS=LOW:HIGH with AXIS one of "
-                                f"{', '.join(STAGE)}, e.g. uar=56:72")
+                                f"{', '.join(list(STAGE) + list(AXIS_ALIASES))}, e.g. uar=56:72")
         low, high = float(match.group(2)), float(match.group(3))
         if not low < high:
             raise TrustSerError(f"--ranges entry '{spec}': LOW must be below HIGH")
-        ranges[match.group(1)] = (low, high)
+        ranges[axis] = (low, high)
     return ranges
 
 
