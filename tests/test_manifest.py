@@ -123,6 +123,23 @@ def test_missing_checkpoints_name_the_finetune_command(folds):
 
 
 @pytest.mark.slow
+def test_predicting_with_a_fold_not_trained_names_the_trained_ones(folds, tmp_path):
+    root, _, flags = folds
+    result = next((root / "project" / "finetune").rglob("fold_2.json"))
+    kept = result.read_bytes()
+    result.unlink()
+    try:
+        with pytest.raises(TrustSerError) as info:
+            call_script("experiment/predict.py", *flags, "--audio", str(root / "corpus" / "spk01_F"),
+                        "--output", str(tmp_path / "p.csv"))
+    finally:
+        result.write_bytes(kept)
+    assert str(info.value).startswith(f"fold(s) 2 of {result.parent} are not trained; predict with the trained ones "
+                                      f"(--folds 1,3), or train them: ")
+    assert str(info.value).endswith(" --folds 2")
+
+
+@pytest.mark.slow
 def test_a_damaged_checkpoint_says_how_to_train_the_fold_again(folds, tmp_path):
     root, _, flags = folds
     head = next((root / "project" / "finetune").rglob("fold_2.pt"))
