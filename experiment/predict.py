@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="predictions.csv", type=file_to_write,
                         help="CSV: path, prediction, prob_<class>")
     stage = start_stage(parser, argv=argv)
-    trained_folder(stage, same_splits=False)     # checkpoints of this run, wherever its splits are now
+    trained_folder(stage, same_splits=False, every_fold=False)     # this run's, wherever its splits are now
     files = find_audio(stage.args.audio)
     recognizer = EmotionRecognizer.from_run(stage.run, stage.project_dir, stage.folds)
     log.info(f"{len(files)} audio files; averaging {len(recognizer.models)} fold model(s) {stage.folds}")

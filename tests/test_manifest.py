@@ -119,24 +119,30 @@ def test_missing_checkpoints_name_the_finetune_command(folds):
     flags[flags.index("--hidden_size") + 1] = "64"
     proc = run_script("experiment/predict.py", *flags, "--audio", str(root / "corpus"), check=False)
     assert proc.returncode == 2
-    assert "fold_1.pt not found; train it first:" in proc.stderr and "--hidden_size 64" in proc.stderr
+    assert "folds 1, 2, 3 of " in proc.stderr and " are not trained; train them first: " in proc.stderr
+    assert "--hidden_size 64" in proc.stderr and proc.stderr.strip().endswith("--folds 1,2,3")
 
 
 @pytest.mark.slow
-def test_predicting_with_a_fold_not_trained_names_the_trained_ones(folds, tmp_path):
+def test_a_fold_not_trained_is_named_with_the_trained_ones_before_any_work(folds, tmp_path):
     root, _, flags = folds
     result = next((root / "project" / "finetune").rglob("fold_2.json"))
     kept = result.read_bytes()
     result.unlink()
+    messages = []
     try:
-        with pytest.raises(TrustSerError) as info:
-            call_script("experiment/predict.py", *flags, "--audio", str(root / "corpus" / "spk01_F"),
-                        "--output", str(tmp_path / "p.csv"))
+        for script, extra in (("experiment/predict.py", ["--audio", str(root / "corpus" / "spk01_F"), "--output",
+                                                          str(tmp_path / "p.csv")]),
+                              ("trustworthy/safety/adversarial_attack.py", ["-snr", "31"])):
+            with pytest.raises(TrustSerError) as info:
+                call_script(script, *flags, *extra)
+            messages.append(str(info.value))
     finally:
         result.write_bytes(kept)
-    assert str(info.value).startswith(f"fold(s) 2 of {result.parent} are not trained; predict with the trained ones "
-                                      f"(--folds 1,3), or train them: ")
-    assert str(info.value).endswith(" --folds 2")
+    for message in messages:
+        assert message.startswith(f"fold 2 of {result.parent} is not trained; use the trained ones (--folds 1,3), or "
+                                  f"train it first: ") and message.endswith(" --folds 2")
+    assert not (tmp_path / "p.csv").exists() and not (root / "project" / "attack" / "fgsm" / "31").exists()
 
 
 @pytest.mark.slow

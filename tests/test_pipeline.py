@@ -279,21 +279,19 @@ def test_fix_it_commands_keep_the_config_given(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_evaluation_without_checkpoint_names_the_file_and_the_finetune_command(project):
+def test_an_evaluation_without_checkpoint_names_the_folds_and_the_finetune_command(project):
     config, _ = project
     flags = _flags(config)
     flags[flags.index("--hidden_size") + 1] = "64"          # a run that was never trained
-    proc = run_script("trustworthy/safety/adversarial_attack.py", *flags, "-snr", "45", check=False)
-    assert proc.returncode == 2
-    line = proc.stderr.strip()
-    assert "\n" not in line and "hid64" in line and "fold_1.pt not found" in line
-    assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
-    assert "--batch_size 8" in line                         # not the default: it names the run folder too
-    proc = run_script("trustworthy/fairness/fairness_evaluation.py", *flags, check=False)
-    assert proc.returncode == 2
-    line = proc.stderr.strip()
-    assert "\n" not in line and "fold 1 of" in line and "hid64" in line and "fold_1_test_predictions.csv" in line
-    assert "finetune_single_thread.py" in line and "--hidden_size 64" in line and "--folds 1" in line
+    for script, extra in (("trustworthy/safety/adversarial_attack.py", ["-snr", "45"]),
+                          ("trustworthy/fairness/fairness_evaluation.py", ["--folds", "2"])):
+        proc = run_script(script, *flags, *extra, check=False)
+        assert proc.returncode == 2
+        line = proc.stderr.strip()
+        assert "\n" not in line and "hid64" in line and "finetune_single_thread.py" in line and "--hidden_size 64" in line
+        assert "--batch_size 8" in line                     # not the default: it names the run folder too
+    assert line.startswith("error: fold 2 of ") and " is not trained; train it first: " in line
+    assert line.endswith(" --folds 2")
 
 
 @pytest.mark.slow

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     args, run, trust = stage.args, stage.run, STAGE["privacy"]
     variant = Variant(privacy_attack=args.privacy_attack)
     out = trust.folder(stage.project_dir, run, variant)
-    trained, device = trained_folder(stage), resolve_device(run.device)
+    # a fold without both genders needs no model: its checkpoint is checked where it is loaded
+    trained, device = trained_folder(stage, every_fold=False), resolve_device(run.device)
 
     def evaluate_fold(fold: int) -> dict:
         fold_json = privacy_fold(run, fold, stage.project_dir, trained, out, device, stage.corpus.num_classes,

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def evaluate(fold: int) -> dict:
         device = resolve_device(run.device)
-        backbone, head, trained = model_to_profile(run, trained_folder(stage), fold, device, corpus.num_classes)
+        trained_run = trained_folder(stage, every_fold=False)    # no trained fold: an untrained head of its shape
+        backbone, head, trained = model_to_profile(run, trained_run, fold, device, corpus.num_classes)
         if args.input_seconds > backbone.max_seconds:
             raise TrustSerError(f"--input_seconds {args.input_seconds:g}: {backbone.name} takes clips of at most "
                                 f"{backbone.max_seconds:g} s")

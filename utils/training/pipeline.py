@@ -137,9 +137,10 @@ def start_folder(stage: Stage, folder: RunFolder) -> None:
     write_json(folder.record, stage.record)
 
 
-def trained_folder(stage: Stage, same_splits: bool = True) -> RunFolder:
+def trained_folder(stage: Stage, same_splits: bool = True, every_fold: bool = True) -> RunFolder:
     """The finetune run whose checkpoints an evaluation reads; checkpoints another run trained are refused, and
-    with `same_splits` checkpoints trained on splits that train_split/ no longer holds."""
+    with `same_splits` checkpoints trained on splits that train_split/ no longer holds. `every_fold`: each fold of
+    --folds must be trained (checked before any is evaluated; not for --aggregate_only)."""
     folder = finetune_folder(stage.project_dir, stage.run)
     if folder.record.is_file():
         differences = record_differences(read_json(folder.record), stage.record, splits=same_splits)
@@ -148,7 +149,23 @@ def trained_folder(stage: Stage, same_splits: bool = True) -> RunFolder:
                                 f"; train this run: {finetune_command(stage.run)} --overwrite")
     elif folder.fold_files():
         _warn_unrecorded(folder)
+    if every_fold and not getattr(stage.args, "aggregate_only", False):
+        check_trained(stage.run, folder, stage.folds)
     return folder
+
+
+def check_trained(run: RunConfig, folder: RunFolder, folds: list[int]) -> None:
+    """Every fold is trained; else one line with the command that trains the others and, where some are, the
+    --folds of those."""
+    untrained = [fold for fold in folds if not folder.fold_finished(fold)]
+    if not untrained:
+        return
+    trained = [fold for fold in folds if fold not in untrained]
+    some = f"use the trained ones (--folds {','.join(map(str, trained))}), or " if trained else ""
+    several = len(untrained) > 1
+    raise TrustSerError(f"{folds_named(untrained)} of {folder.path} {'are' if several else 'is'} not trained; {some}"
+                        f"train {'them' if several else 'it'} first: {finetune_command(run)} "
+                        f"--folds {','.join(map(str, untrained))}")
 
 
 def _warn_unrecorded(folder: RunFolder) -> None:

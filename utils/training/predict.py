@@ -24,7 +24,7 @@ from utils.core.errors import TrustSerError
 from utils.core.io import write_csv
 from utils.features.source import AudioBank, long_enough, to_device
 from utils.runs.paths import finetune_folder
-from utils.training.pipeline import evaluation_source, finetune_command, load_trained, resolve_device
+from utils.training.pipeline import check_trained, evaluation_source, load_trained, resolve_device
 from utils.training.protocol import crop_seconds, fold_ids
 from utils.runs.identity import RunConfig
 
@@ -69,12 +69,7 @@ class EmotionRecognizer:
         device = resolve_device(run.device)
         trained = finetune_folder(project_dir, run)
         folds = folds or fold_ids(run, corpus)
-        untrained = [fold for fold in folds if not trained.fold_finished(fold)]
-        if untrained and len(untrained) < len(folds):
-            done = ",".join(str(fold) for fold in folds if fold not in untrained)
-            raise TrustSerError(f"fold(s) {','.join(map(str, untrained))} of {trained.path} are not trained; predict "
-                                f"with the trained ones (--folds {done}), or train them: {finetune_command(run)} "
-                                f"--folds {','.join(map(str, untrained))}")
+        check_trained(run, trained, folds)
         models = []
         for fold in folds:
             backbone, head = load_trained(run, trained, fold, device, corpus.num_classes)
