@@ -237,6 +237,7 @@ def test_split_column_no_gender_label_subset_and_a_hugging_face_folder(tmp_path)
     (lambda t: t.assign(gender=["F", "M"] + list(t.gender[2:])), r"a speaker with more than one gender \(spk01: F, M\)"),
     (lambda t: t.assign(split=["train"] * 3 + ["training", ""] + ["test"] * 43),
      r"split values must be train, dev or test, found '', 'training' \(first: line 5\)$"),
+    (lambda t: t.assign(label="ang"), r"every row has the label 'ang'; emotion recognition needs at least 2 classes$"),
 ])
 def test_bad_manifests_fail_in_one_line(tmp_path_factory, edit, message):
     root = tmp_path_factory.getbasetemp() / "bad_manifest"
@@ -255,6 +256,10 @@ def test_labels_left_out_are_counted(tmp_path, caplog):
         found = manifest_corpus(manifest, "mine", 2, ["sad", "ang"])
     assert len(found.items) == 8
     assert "left out 8 row(s) whose label is not in --labels (hap 4, neu 4)" in caplog.text
+    with pytest.raises(TrustSerError, match=r"^--labels sad,ang,sad: sad given twice$"):
+        manifest_corpus(manifest, "mine", 2, ["sad", "ang", "sad"])        # a class of two label indices
+    with pytest.raises(TrustSerError, match=r"^--labels sad: emotion recognition needs at least 2 classes$"):
+        manifest_corpus(manifest, "mine", 2, ["sad"])
 
 
 def test_without_gender_the_folds_are_the_originals_protocol():

@@ -82,11 +82,19 @@ def class_names(labels: pd.Series, subset: list[str] | None, manifest: Path) -> 
     """The data's own labels (sorted), or the --labels subset in that order."""
     present = sorted(set(labels))
     if not subset:
+        if len(present) < 2:
+            raise TrustSerError(f"manifest {manifest}: every row has the label {present[0]!r}; emotion recognition "
+                                f"needs at least 2 classes")
         return present
     unknown = [label for label in subset if label not in present]
     if unknown:
         raise TrustSerError(f"--labels {','.join(subset)}: {', '.join(unknown)} not in manifest {manifest} "
                             f"(its labels: {', '.join(present)})")
+    repeated = sorted({label for label in subset if subset.count(label) > 1})
+    if repeated:
+        raise TrustSerError(f"--labels {','.join(subset)}: {', '.join(repeated)} given twice")
+    if len(subset) < 2:
+        raise TrustSerError(f"--labels {','.join(subset)}: emotion recognition needs at least 2 classes")
     return subset
 
 
