@@ -112,6 +112,10 @@ def test_runs_filter_labels_ranges_and_gender_metric(tmp_path, spider):
     assert not (out / "APC.png").exists()
     markdown = (out / "trust_profile.md").read_text()
     assert "| My WavLM | " in markdown and "7.65" in markdown          # 100 * 0.153 / 2
+    spider.main(["--dataset", "iemocap", "--project_dir", str(project), "--output_dir", str(out),
+                 "--runs", f"wavlm/{RUN}=WavLM | frozen"])
+    row = (out / "trust_profile.md").read_text().splitlines()[2]
+    assert row.startswith("| WavLM \\| frozen | ") and row.count(" | ") == 7     # 8 cells: the pipe splits none
     assert "System Performance 50 to 70" in markdown and "Sustainability 0 to 48" in markdown
 
 

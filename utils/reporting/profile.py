@@ -197,6 +197,11 @@ def table_rows(profiles: list[RunProfile]) -> list[list]:
     return rows
 
 
+def markdown_cell(text: str) -> str:
+    """Text in a Markdown table cell: its pipes escaped, so that they do not split the cell."""
+    return text.replace("|", "\\|")
+
+
 def table_markdown(profiles: list[RunProfile], ranges: dict, variant: Variant) -> str:
     """The runs' values on the axes shown (the keys of ranges, in their order)."""
     variant = shown_variant(profiles, variant)
@@ -205,7 +210,7 @@ def table_markdown(profiles: list[RunProfile], ranges: dict, variant: Variant) -
     lines = ["| Model | Run | Folds | " + " | ".join(titles) + " |", "|" + "---|" * (len(shown) + 3)]
     for p in profiles:
         cells = [cell(p.measurements[s.key], p.folds) for s in shown]
-        lines.append(f"| {p.name} | {p.run.name} | {p.folds or 'n/a'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {markdown_cell(p.name)} | {p.run.name} | {p.folds or 'n/a'} | " + " | ".join(cells) + " |")
     direction = ", ".join(f"{s.title} {'higher' if s.higher_is_better else 'lower'} is better" for s in shown)
     chart = "; ".join(f"{s.title} " + ("n/a" if ranges[s.key] is None else
                                        f"{fmt(ranges[s.key][0])} to {fmt(ranges[s.key][1])}") for s in shown)
