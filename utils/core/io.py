@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import pickle
 import secrets
 import zipfile
 from pathlib import Path
@@ -120,7 +121,6 @@ def _starts_like_a_pickle(path: Path) -> bool:
 
 
 def unreadable_checkpoint_reason(path: Path, err: Exception) -> str:
-    import pickle
     if path.stat().st_size == 0:
         return "the file is empty"
     if not zipfile.is_zipfile(path) and not _starts_like_a_pickle(path):    # torch.save writes zip, once pickle

@@ -7,7 +7,7 @@ from utils.runs.paths import RunFolder
 from utils.runs.predictions import read_predictions
 from utils.runs.stages import FAIRNESS_GROUPS, FAIRNESS_METRICS
 from utils.training.metrics import classification_scores
-from utils.training.pipeline import finetune_command
+from utils.training.pipeline import check_trained
 from utils.training.protocol import protocol_of
 from utils.trust.parity import fairness_report
 
@@ -42,10 +42,9 @@ def stored_attributes(out: RunFolder, folds: list[int]) -> list[str]:
 
 def fold_fairness(run: RunConfig, n_bootstrap: int, fold: int, trained: RunFolder, num_classes: int,
                   attributes: dict) -> dict:
+    """Every group's parity on the fold's test predictions, and the fold's UAR."""
+    check_trained(run, trained, [fold])
     finetuned = trained.fold_result(fold)
-    if finetuned is None:
-        raise TrustSerError(f"fold {fold} of {trained.path} is not trained (no {trained.predictions(fold).name}); "
-                            f"train it first: {finetune_command(run)} --folds {fold}")
     rows = read_predictions(trained.predictions(fold))
     labels, predictions = [r["label"] for r in rows], [r["prediction"] for r in rows]
     groups = {attr: [r[attr] if by_speaker is None else by_speaker.get(r["speaker"], "") for r in rows]
