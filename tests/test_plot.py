@@ -134,6 +134,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, spider):
         spider.main(common + ["--ranges", "uar=1..2:3"])             # a ValueError traceback before
     spider.main(common + ["--ranges", "sustainability=0:60", "performance=.5:100"])     # the names --axes takes
     assert "Sustainability 0 to 60" in (Path(out) / "trust_profile.md").read_text()
+    with pytest.raises(TrustSerError, match=r"argument --output_dir: .*config.yml is a file; give a folder"):
+        spider.main([*common[:-2], "--output_dir", str(REPO / "config" / "config.yml")])
     typo = _run(*common, "--attack_method", "pgdd")
     assert typo.returncode == 2 and "invalid choice: 'pgdd'" in typo.stderr and len(typo.stderr.splitlines()) == 1
     with pytest.raises(TrustSerError, match="two runs are labelled 'Same'; give them different labels"):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.core.flags import folder_to_write  # noqa: E402
 from utils.reporting.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
@@ -34,7 +35,7 @@ from utils.reporting.report import AxisChoice, write_trust_profile  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     parser = profile_parser("Draw trust-profile radar charts from finished runs.")
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True, type=folder_to_write)
     args = parser.parse_args(argv)
     variant, given_ranges = profile_variant(args), parse_ranges(args.ranges)
     project_dir = profile_project_dir(args)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         if profile.stale_splits:
             print(f"{profile.label}: {STALE_SPLITS} (train_split/ no longer holds its run.json's splits): its numbers "
                   f"do not compare with runs on the present splits", file=sys.stderr)
-    write_trust_profile(profiles, choice, variant, args.dataset, Path(args.output_dir))
+    write_trust_profile(profiles, choice, variant, args.dataset, args.output_dir)
     print(f"wrote {len(profiles) + 1} charts and trust_profile.csv/.md to {args.output_dir}")
 
 

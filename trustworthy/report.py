@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.core.flags import folder_to_write  # noqa: E402
 from utils.reporting.cli import profile_parser, profile_project_dir, profile_variant  # noqa: E402
 from utils.data.corpora import get_corpus  # noqa: E402
 from utils.core.errors import run_main  # noqa: E402
@@ -26,11 +27,12 @@ from utils.reporting.report import AxisChoice, draw_run, report_markdown, slug, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = profile_parser(__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default=None, help="default: <project_dir>/report/<dataset>")
+    parser.add_argument("--output_dir", default=None, type=folder_to_write,
+                        help="default: <project_dir>/report/<dataset>")
     args = parser.parse_args(argv)
     project_dir, variant = profile_project_dir(args), profile_variant(args)
     corpus = get_corpus(args.dataset, project_dir)
-    out = Path(args.output_dir) if args.output_dir else project_dir / "report" / args.dataset
+    out = args.output_dir or project_dir / "report" / args.dataset
     profiles = load_profiles(project_dir, args.dataset, args.runs, variant)
     choice = AxisChoice(parse_axes(args.axes), parse_ranges(args.ranges), corpus.num_classes, args.zoom)
     charts, ranges = write_trust_profile(profiles, choice, variant, args.dataset, out / "trust_profile")

@@ -63,6 +63,14 @@ def file_to_write(text: str) -> Path:
     return path
 
 
+def folder_to_write(text: str) -> Path:
+    """An argparse type: the path of a folder to write into, not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return path
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
