@@ -108,6 +108,14 @@ def test_malformed_split_file(tmp_path):
     write_json(tmp_path / "demo_fold1.json", {"train": [["only", "two"]]})
     with pytest.raises(TrustSerError, match="is not \\[key, speaker, gender, path, label\\]"):
         preprocessing.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
+    # preprocessing and training read split files through one reader, with the same checks
+    from utils.data.utterances import read_split_file
+    write_json(tmp_path / "demo_fold1.json", [])
+    with pytest.raises(TrustSerError, match="is not a split file: expected lists under 'train', 'dev' and 'test'"):
+        read_split_file(tmp_path / "demo_fold1.json", "demo")
+    write_json(tmp_path / "demo_fold1.json", {"train": [], "test": []})
+    with pytest.raises(TrustSerError, match="demo_fold1.json has no 'dev' list$"):
+        preprocessing.plan_outputs("demo", [tmp_path / "demo_fold1.json"])
 
 
 def test_meld_keeps_same_file_names_of_different_splits_apart(tmp_path):

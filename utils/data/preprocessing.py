@@ -8,23 +8,11 @@ from tqdm import tqdm
 
 from model.backbones import MIN_SAMPLES
 from utils.core.errors import TrustSerError
-from utils.core.io import read_json, write_wav
+from utils.core.io import write_wav
 from utils.data.audio import TARGET_SR, BadAudioError, audio_info, read_audio, to_16k_mono
-from utils.data.corpora import preprocessed_name, split_command
+from utils.data.corpora import preprocessed_name
 from utils.data.layout import SPLITS
-
-
-def read_split_file(path: Path, dataset: str, config: str | None) -> dict:
-    if not path.is_file():
-        raise TrustSerError(f"split file {path} not found; run first: {split_command(dataset, config)}")
-    split = read_json(path)
-    if not isinstance(split, dict) or not any(isinstance(split.get(s), list) for s in SPLITS):
-        raise TrustSerError(f"{path} is not a split file: expected lists under 'train', 'dev' and 'test'")
-    for name in SPLITS:
-        for entry in split.get(name, []):
-            if not isinstance(entry, list) or len(entry) < 5:
-                raise TrustSerError(f"{path}: {name} entry {entry!r} is not [key, speaker, gender, path, label]")
-    return split
+from utils.data.utterances import read_split_file
 
 
 def plan_outputs(dataset: str, split_files: list[Path], config: str | None = None) -> dict[str, str]:
@@ -34,7 +22,7 @@ def plan_outputs(dataset: str, split_files: list[Path], config: str | None = Non
     for path in split_files:
         split = read_split_file(path, dataset, config)
         for name in SPLITS:
-            for entry in split.get(name, []):
+            for entry in split[name]:
                 out_name, source = preprocessed_name(dataset, entry, name), str(entry[3])
                 if plan.setdefault(out_name, source) != source:
                     raise TrustSerError(f"{path}: {plan[out_name]} and {source} would both be preprocessed "

@@ -24,25 +24,37 @@ class Utterance:
     label: int
 
 
+def read_split_file(path: Path, dataset: str, config: str | None = None) -> dict[str, list[list]]:
+    """A split file: train, dev and test lists of [key, speaker, gender, path, label]; one line naming the file
+    for anything else. config: the --config given, repeated in the command of the hint."""
+    if not path.is_file():
+        raise TrustSerError(f"split file {path} not found; run first: {split_command(dataset, config)}")
+    split = read_json(path)
+    if not isinstance(split, dict):
+        raise TrustSerError(f"{path} is not a split file: expected lists under 'train', 'dev' and 'test'")
+    for name in SPLITS:
+        entries = split.get(name)
+        if not isinstance(entries, list):
+            raise TrustSerError(f"split file {path} has no '{name}' list")
+        for entry in entries:
+            if not isinstance(entry, list) or len(entry) != 5:
+                raise TrustSerError(f"split file {path}: {name} entry {entry!r} is not [key, speaker, gender, path, "
+                                    f"label]")
+    return split
+
+
 def load_fold(project_dir: str | Path, dataset: str, fold: int,
               config: str | None = None) -> dict[str, list[Utterance]]:
     """Read one fold's split file; keep the corpus' emotions, map them to class ids, log what was dropped.
     config: the --config given, repeated in the commands of the hints."""
     corpus = get_corpus(dataset, project_dir)
     path = split_path(project_dir, dataset, fold)
-    if not path.is_file():
-        raise TrustSerError(f"split file {path} not found; run first: {split_command(dataset, config)}")
-    split_dict = read_json(path)
+    split_dict = read_split_file(path, dataset, config)
     folder = audio_dir(project_dir, dataset)
     fold_data, dropped_by_split = {}, {}
     for split in SPLITS:
-        entries = split_dict.get(split)
-        if not isinstance(entries, list):
-            raise TrustSerError(f"split file {path} has no '{split}' list")
         kept, dropped = [], Counter()
-        for entry in entries:
-            if not isinstance(entry, list) or len(entry) != 5:
-                raise TrustSerError(f"split file {path}: {split} entry {entry!r} is not [key, speaker, gender, path, label]")
+        for entry in split_dict[split]:
             label = entry[4]
             if corpus.key_contains not in str(entry[0]):
                 continue
